@@ -1,0 +1,57 @@
+# modelyard — every target sets up what it needs, from a bare machine with Python 3.11.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTO_SOURCES := $(shell find protos -name '*.proto')
+PROTO_STAMP := modelyard/.generated
+
+.PHONY: install protos test test-fast lint format demo up down bench clean
+
+install: $(VENV)/.installed $(PROTO_STAMP)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	@touch $@
+
+# Generated code is not committed: protoc writes modelyard/<area>/v1/*_pb2.py(i).
+protos: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTO_SOURCES) $(VENV)/.installed devstack/protos.py
+	$(PY) -m devstack.protos
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not fault"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy runtime services gateway devstack tests bench
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: install
+	$(PY) -m devstack demo
+
+up: install
+	$(PY) -m devstack up
+
+down:
+	@test -x $(PY) && $(PY) -m devstack down || true
+
+bench: install
+	$(PY) -m bench.ingest
+	$(PY) -m bench.dispatch
+	$(PY) -m bench.train
+	$(PY) -m bench.quality
+
+clean:
+	rm -rf $(VENV) modelyard .modelyard .mypy_cache .ruff_cache .pytest_cache

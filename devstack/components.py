@@ -1,0 +1,186 @@
+"""The infrastructure a stack needs, each started on a free port of its own:
+nats-server with JetStream, an MLflow tracking server with basic auth, moto's
+S3-compatible server, and databases on the machine's PostgreSQL when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.processes import ManagedProcess, free_port, port_open, venv_bin
+
+POSTGRES_HOST = "127.0.0.1"
+POSTGRES_PORT = 5432
+POSTGRES_USER = "postgres"
+
+
+@dataclass
+class NatsServer:
+    process: ManagedProcess
+    port: int
+    store_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process.start()
+        self.process.wait_until(lambda: port_open("127.0.0.1", self.port), timeout=30)
+
+
+def start_nats(work_dir: Path) -> NatsServer:
+    port = free_port()
+    store_dir = work_dir / "nats"
+    process = ManagedProcess(
+        name="nats-server",
+        command=[
+            venv_bin("nats-server"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(store_dir),
+        ],
+        env={},
+        log_path=work_dir / "logs" / "nats-server.log",
+    ).start()
+    process.wait_until(lambda: port_open("127.0.0.1", port), timeout=30)
+    return NatsServer(process=process, port=port, store_dir=store_dir)
+
+
+@dataclass
+class MlflowServer:
+    process: ManagedProcess
+    port: int
+    username: str
+    password: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_mlflow(work_dir: Path, backend_store_uri: str | None = None) -> MlflowServer:
+    """MLflow with basic auth, artifacts stored locally and proxied by the server."""
+    port = free_port()
+    mlflow_dir = work_dir / "mlflow"
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    password = "adm-" + secrets.token_urlsafe(18)
+    auth_config = mlflow_dir / "basic_auth.ini"
+    auth_config.write_text(
+        textwrap.dedent(f"""\
+            [mlflow]
+            default_permission = READ
+            database_uri = sqlite:///{mlflow_dir / "auth.db"}
+            admin_username = admin
+            admin_password = {password}
+            authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+            """)
+    )
+    auth_config.chmod(0o600)
+    process = ManagedProcess(
+        name="mlflow",
+        command=[
+            venv_bin("mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--backend-store-uri",
+            backend_store_uri or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(mlflow_dir / "artifacts"),
+            "--serve-artifacts",
+        ],
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
+        log_path=work_dir / "logs" / "mlflow.log",
+    ).start()
+    process.wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), timeout=120)
+    return MlflowServer(process=process, port=port, username="admin", password=password)
+
+
+@dataclass
+class S3Server:
+    process: ManagedProcess
+    port: int
+    access_key_id: str = "testing"
+    secret_access_key: str = "testing"
+    region: str = "us-east-1"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_s3(work_dir: Path) -> S3Server:
+    """moto's server mode: a real S3 HTTP API, in memory."""
+    port = free_port()
+    process = ManagedProcess(
+        name="moto-s3",
+        command=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={},
+        log_path=work_dir / "logs" / "moto.log",
+    ).start()
+    process.wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"), timeout=60)
+    return S3Server(process=process, port=port)
+
+
+def postgres_available() -> bool:
+    return port_open(POSTGRES_HOST, POSTGRES_PORT)
+
+
+def postgres_url(database: str) -> str:
+    return f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
+
+
+def create_postgres_database(prefix: str) -> str:
+    """A new, empty database on the machine's PostgreSQL; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+    return postgres_url(name)
+
+
+def drop_postgres_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin_execute(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(
+        host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER, database="postgres"
+    )
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()

@@ -1,0 +1,238 @@
+"""A whole modelyard stack on one machine: infrastructure, the three services
+and the gateway, each a real process on free ports.
+
+    with Stack(StackOptions(work_dir=tmp)) as stack:
+        stack.gateway_url, stack.api_token, stack.jobs_address, ...
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.components import (
+    MlflowServer,
+    NatsServer,
+    S3Server,
+    create_postgres_database,
+    drop_postgres_database,
+    start_mlflow,
+    start_nats,
+    start_s3,
+)
+from devstack.processes import ManagedProcess, free_port, port_open
+
+SERVICE_MODULES = {
+    "dataset": "services.dataset",
+    "jobs": "services.jobs",
+    "trainer": "services.training",
+}
+
+
+@dataclass
+class StackOptions:
+    work_dir: Path
+    # "sqlite" (embedded default) or "postgresql" (the machine's server).
+    database: str = "sqlite"
+    # "local" (embedded default) or "s3" (moto's S3 server).
+    blob_store: str = "local"
+    trainers: int = 1
+    dev_mode: bool = False
+    # Extra environment per process name ("dataset", "jobs", "trainer", "gateway").
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def grpc_serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+class Stack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.work_dir = options.work_dir.resolve()
+        self.service_token = secrets.token_urlsafe(24)
+        self.api_token = secrets.token_urlsafe(24)
+        self.nats: NatsServer | None = None
+        self.mlflow: MlflowServer | None = None
+        self.s3: S3Server | None = None
+        self.processes: dict[str, ManagedProcess] = {}
+        self.addresses: dict[str, str] = {}
+        self.database_urls: dict[str, str] = {}
+        self.gateway_port = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.nats = start_nats(self.work_dir)
+        self.mlflow = start_mlflow(self.work_dir)
+        if self.options.blob_store == "s3":
+            self.s3 = start_s3(self.work_dir)
+        for service in ("dataset", "jobs"):
+            if self.options.database == "postgresql":
+                self.database_urls[service] = create_postgres_database(f"modelyard_{service}")
+            else:
+                self.database_urls[service] = f"sqlite:///{self.work_dir / service}.db"
+        self.start_service("dataset")
+        self.start_service("jobs")
+        for index in range(self.options.trainers):
+            self.start_service("trainer", instance=index)
+        self.start_gateway()
+        self.write_state()
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.processes[name].stop()
+        for component in (self.s3, self.mlflow, self.nats):
+            if component is not None:
+                component.process.stop()
+        if self.options.database == "postgresql":
+            for url in self.database_urls.values():
+                drop_postgres_database(url)
+            self.database_urls.clear()
+
+    # -- services ----------------------------------------------------------------
+
+    def common_env(self) -> dict[str, str]:
+        return {
+            "MODELYARD_SERVICE_TOKEN": self.service_token,
+            "MODELYARD_STATE_DIR": str(self.work_dir / "state"),
+            "MODELYARD_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def service_env(self, service: str, address: str) -> dict[str, str]:
+        assert self.nats is not None
+        assert self.mlflow is not None
+        if service == "dataset":
+            env = {
+                "MODELYARD_DATASET_LISTEN_ADDRESS": address,
+                "MODELYARD_DATASET_DATABASE_URL": self.database_urls["dataset"],
+                "MODELYARD_DATASET_BLOB_STORE": self.options.blob_store,
+                "MODELYARD_DATASET_BLOB_DIR": str(self.work_dir / "blobs"),
+            }
+            if self.s3 is not None:
+                env |= {
+                    "MODELYARD_DATASET_S3_BUCKET": "modelyard-datasets",
+                    "MODELYARD_DATASET_S3_ENDPOINT_URL": self.s3.endpoint_url,
+                    "MODELYARD_DATASET_S3_REGION": self.s3.region,
+                    "AWS_ACCESS_KEY_ID": self.s3.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY": self.s3.secret_access_key,
+                }
+        elif service == "jobs":
+            env = {
+                "MODELYARD_JOBS_LISTEN_ADDRESS": address,
+                "MODELYARD_JOBS_DATABASE_URL": self.database_urls["jobs"],
+                "MODELYARD_JOBS_NATS_URL": self.nats.url,
+                "MODELYARD_JOBS_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
+            }
+        elif service == "trainer":
+            env = {
+                "MODELYARD_TRAINER_LISTEN_ADDRESS": address,
+                "MODELYARD_TRAINER_NATS_URL": self.nats.url,
+                "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
+                "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": self.mlflow.url,
+                "MODELYARD_TRAINER_MLFLOW_USERNAME": self.mlflow.username,
+                "MODELYARD_TRAINER_MLFLOW_PASSWORD": self.mlflow.password,
+                "MODELYARD_TRAINER_WORK_DIR": str(self.work_dir / "trainer"),
+            }
+        else:
+            raise ValueError(f"unknown service {service}")
+        return env | self.options.extra_env.get(service, {})
+
+    def start_service(self, service: str, instance: int = 0) -> ManagedProcess:
+        """Start (or restart) one service process and wait until it is SERVING."""
+        name = service if instance == 0 else f"{service}-{instance}"
+        address = self.addresses.get(name) or f"127.0.0.1:{free_port()}"
+        self.addresses[name] = address
+        process = ManagedProcess(
+            name=name,
+            command=[sys.executable, "-m", SERVICE_MODULES[service]],
+            env=self.common_env() | self.service_env(service, address),
+            log_path=self.work_dir / "logs" / f"{name}.log",
+        ).start()
+        self.processes[name] = process
+        process.wait_until(lambda: grpc_serving(address), timeout=120)
+        return process
+
+    def gateway_env(self) -> dict[str, str]:
+        env = {
+            "MODELYARD_GATEWAY_PORT": str(self.gateway_port),
+            "MODELYARD_GATEWAY_HOST": "127.0.0.1",
+            "MODELYARD_GATEWAY_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
+            "MODELYARD_GATEWAY_JOBS_SERVICE_ADDRESS": self.addresses["jobs"],
+            "MODELYARD_GATEWAY_TRAINER_SERVICE_ADDRESS": self.addresses["trainer"],
+            "MODELYARD_GATEWAY_API_TOKENS": self.api_token,
+            "MODELYARD_GATEWAY_DEV_MODE": "true" if self.options.dev_mode else "false",
+        }
+        return env | self.options.extra_env.get("gateway", {})
+
+    def start_gateway(self) -> ManagedProcess:
+        self.gateway_port = self.gateway_port or free_port()
+        process = ManagedProcess(
+            name="gateway",
+            command=[sys.executable, "-m", "gateway"],
+            env=self.common_env() | self.gateway_env(),
+            log_path=self.work_dir / "logs" / "gateway.log",
+        ).start()
+        self.processes["gateway"] = process
+        process.wait_until(lambda: port_open("127.0.0.1", self.gateway_port), timeout=60)
+        return process
+
+    # -- what clients need ---------------------------------------------------------
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def logs(self, name: str) -> str:
+        return (self.work_dir / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def write_state(self) -> None:
+        state = {
+            "gateway_url": self.gateway_url,
+            "api_token": self.api_token,
+            "service_token": self.service_token,
+            "addresses": self.addresses,
+            "mlflow_url": self.mlflow.url if self.mlflow else None,
+            "nats_url": self.nats.url if self.nats else None,
+            "pids": {name: p.pid for name, p in self.processes.items()}
+            | {
+                c.process.name: c.process.pid
+                for c in (self.nats, self.mlflow, self.s3)
+                if c is not None
+            },
+        }
+        path = self.work_dir / "stack.json"
+        path.write_text(json.dumps(state, indent=2))
+        path.chmod(0o600)

@@ -1,0 +1,167 @@
+"""Server interceptors every service installs.
+
+- `ServiceTokenInterceptor` refuses calls without the shared service token
+  (health and reflection stay open: probes and grpcurl discovery need them).
+- `RequestContextInterceptor` gives every call a request id, logs it as one
+  JSON line with its code and latency, and turns `ServiceError` into the
+  status the contracts define; any other exception becomes INTERNAL without
+  leaking its text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.rpc import status_pb2
+
+from runtime.errors import STATUS_DETAILS_KEY, ServiceError, code_from_number, make_status
+from runtime.logs import log_context
+from runtime.secrets import tokens_equal
+
+logger = logging.getLogger("modelyard.rpc")
+
+REQUEST_ID_KEY = "x-request-id"
+AUTHORIZATION_KEY = "authorization"
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.", "/grpc.reflection.v1.")
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for item_key, value in details.invocation_metadata or ():
+        if item_key == key:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method.startswith(OPEN_SERVICES):
+            return await continuation(handler_call_details)
+        presented = _metadata_value(handler_call_details, AUTHORIZATION_KEY) or ""
+        scheme, _, token = presented.partition(" ")
+        if scheme.lower() == "bearer" and tokens_equal(token, self._token):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        return _rejecting_handler(handler)
+
+
+def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    if handler is None:
+        return None
+    status = make_status(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "SERVICE_TOKEN_INVALID",
+        "this call needs a valid service token: metadata 'authorization: Bearer <token>'",
+    )
+
+    async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await abort_with_status(context, status)
+
+    return _replace_behaviour(handler, reject, reject)
+
+
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
+            return handler
+        method = handler_call_details.method
+        request_id = _metadata_value(handler_call_details, REQUEST_ID_KEY) or uuid.uuid4().hex
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            behaviour = handler.unary_unary or handler.stream_unary
+            with log_context(request_id=request_id, rpc=method):
+                started = time.perf_counter()
+                try:
+                    response = await behaviour(request, context)
+                except BaseException as error:
+                    await _abort_for(error, context, method, started)
+                    raise
+                _log_done(method, "OK", started)
+                return response
+
+        async def streaming(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            behaviour = handler.unary_stream or handler.stream_stream
+            with log_context(request_id=request_id, rpc=method):
+                started = time.perf_counter()
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except BaseException as error:
+                    await _abort_for(error, context, method, started)
+                    raise
+                _log_done(method, "OK", started)
+
+        return _replace_behaviour(handler, unary, streaming)
+
+
+async def _abort_for(
+    error: BaseException,
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    started: float,
+) -> None:
+    """Abort the call with the status `error` stands for (raises), or just log it."""
+    if isinstance(error, grpc.aio.AbortError):
+        _log_done(method, "ABORTED", started)  # the handler aborted with its own status
+        return
+    if isinstance(error, ServiceError):
+        _log_done(method, error.code.name, started, reason=error.reason)
+        await abort_with_status(context, error.to_status())
+    if isinstance(error, Exception):
+        logger.exception("unhandled error in %s", method)
+        _log_done(method, "INTERNAL", started)
+        await abort_with_status(
+            context, make_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+        )
+    _log_done(method, "CANCELLED", started)
+
+
+async def abort_with_status(
+    context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status
+) -> None:
+    """End the call with `status`, its ErrorInfo carried in the standard trailer."""
+    await context.abort(
+        code_from_number(status.code),
+        status.message,
+        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+    )
+
+
+def _log_done(method: str, code: str, started: float, reason: str | None = None) -> None:
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    extra: dict[str, Any] = {"code": code, "elapsed_ms": elapsed_ms}
+    if reason:
+        extra["reason"] = reason
+    logger.info("rpc %s %s", method, code, extra=extra)
+
+
+def _replace_behaviour(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[..., Any],
+    streaming: Callable[..., Any],
+) -> grpc.RpcMethodHandler:
+    deserialize = handler.request_deserializer
+    serialize = handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, deserialize, serialize)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, deserialize, serialize)
+    return grpc.stream_stream_rpc_method_handler(streaming, deserialize, serialize)

@@ -1,0 +1,73 @@
+"""Fixtures shared by the whole suite: real infrastructure on free ports.
+
+Every process a fixture starts is stopped when its scope ends. PostgreSQL is
+the machine's own server when it answers on 127.0.0.1:5432 (a fresh database
+per use, dropped afterwards); SQLite otherwise, so the suite runs on a bare
+machine too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.components import (
+    MlflowServer,
+    NatsServer,
+    S3Server,
+    create_postgres_database,
+    drop_postgres_database,
+    postgres_available,
+    start_mlflow,
+    start_nats,
+    start_s3,
+)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("modelyard")
+
+
+@pytest.fixture(scope="session")
+def nats_server(session_dir: Path) -> Iterator[NatsServer]:
+    server = start_nats(session_dir / "nats-session")
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_dir: Path) -> Iterator[MlflowServer]:
+    server = start_mlflow(session_dir / "mlflow-session")
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_dir: Path) -> Iterator[S3Server]:
+    server = start_s3(session_dir / "s3-session")
+    yield server
+    server.process.stop()
+
+
+DatabaseFactory = Callable[[str], str]
+
+
+@pytest.fixture(scope="session")
+def database_url_factory(session_dir: Path) -> Iterator[DatabaseFactory]:
+    """`factory(prefix)` returns the URL of a new, empty database."""
+    created: list[str] = []
+    counter = iter(range(1_000_000))
+
+    def factory(prefix: str) -> str:
+        if postgres_available():
+            url = create_postgres_database(prefix)
+            created.append(url)
+            return url
+        return f"sqlite:///{session_dir / f'{prefix}-{next(counter)}.db'}"
+
+    yield factory
+    for url in created:
+        drop_postgres_database(url)

@@ -80,12 +80,17 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def start_mlflow(work_dir: Path, backend_store_uri: str | None = None) -> MlflowServer:
-    """MLflow with basic auth, artifacts stored locally and proxied by the server."""
+def start_mlflow(
+    work_dir: Path, *, password: str | None = None, backend_store_uri: str | None = None
+) -> MlflowServer:
+    """MLflow with basic auth, artifacts stored locally and proxied by the server.
+
+    The admin password is only set when the auth database is first created.
+    """
     port = free_port()
     mlflow_dir = work_dir / "mlflow"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
-    password = "adm-" + secrets.token_urlsafe(18)
+    password = password or "adm-" + secrets.token_urlsafe(18)
     auth_config = mlflow_dir / "basic_auth.ini"
     auth_config.write_text(
         textwrap.dedent(f"""\

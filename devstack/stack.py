@@ -45,6 +45,11 @@ class StackOptions:
     blob_store: str = "local"
     trainers: int = 1
     dev_mode: bool = False
+    # Gateway port to use when it is free (a free port otherwise); 0 = any free port.
+    preferred_gateway_port: int = 0
+    # Keep tokens and the MLflow admin password in <work_dir>/secrets.json, so that a
+    # stack restarted on the same work_dir (make down; make up) finds its data again.
+    persist_secrets: bool = False
     # Extra environment per process name ("dataset", "jobs", "trainer", "gateway").
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -64,8 +69,9 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.work_dir = options.work_dir.resolve()
-        self.service_token = secrets.token_urlsafe(24)
-        self.api_token = secrets.token_urlsafe(24)
+        self.secrets = self._load_secrets()
+        self.service_token = self.secrets["service_token"]
+        self.api_token = self.secrets["api_token"]
         self.nats: NatsServer | None = None
         self.mlflow: MlflowServer | None = None
         self.s3: S3Server | None = None
@@ -92,10 +98,26 @@ class Stack:
     ) -> None:
         self.stop()
 
+    def _load_secrets(self) -> dict[str, str]:
+        path = self.work_dir / "secrets.json"
+        if self.options.persist_secrets and path.exists():
+            loaded: dict[str, str] = json.loads(path.read_text())
+            return loaded
+        fresh = {
+            "service_token": secrets.token_urlsafe(24),
+            "api_token": secrets.token_urlsafe(24),
+            "mlflow_admin_password": "adm-" + secrets.token_urlsafe(18),
+        }
+        if self.options.persist_secrets:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(fresh))
+            path.chmod(0o600)
+        return fresh
+
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.nats = start_nats(self.work_dir)
-        self.mlflow = start_mlflow(self.work_dir)
+        self.mlflow = start_mlflow(self.work_dir, password=self.secrets["mlflow_admin_password"])
         if self.options.blob_store == "s3":
             self.s3 = start_s3(self.work_dir)
         for service in ("dataset", "jobs"):
@@ -103,10 +125,11 @@ class Stack:
                 self.database_urls[service] = create_postgres_database(f"modelyard_{service}")
             else:
                 self.database_urls[service] = f"sqlite:///{self.work_dir / service}.db"
+        self.addresses["trainer"] = f"127.0.0.1:{free_port()}"
         self.start_service("dataset")
-        self.start_service("jobs")
         for index in range(self.options.trainers):
             self.start_service("trainer", instance=index)
+        self.start_service("jobs")
         self.start_gateway()
         self.write_state()
 
@@ -155,6 +178,7 @@ class Stack:
                 "MODELYARD_JOBS_DATABASE_URL": self.database_urls["jobs"],
                 "MODELYARD_JOBS_NATS_URL": self.nats.url,
                 "MODELYARD_JOBS_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
+                "MODELYARD_JOBS_TRAINER_SERVICE_ADDRESS": self.addresses["trainer"],
             }
         elif service == "trainer":
             env = {
@@ -198,7 +222,10 @@ class Stack:
         return env | self.options.extra_env.get("gateway", {})
 
     def start_gateway(self) -> ManagedProcess:
-        self.gateway_port = self.gateway_port or free_port()
+        if not self.gateway_port:
+            preferred = self.options.preferred_gateway_port
+            free = preferred and not port_open("127.0.0.1", preferred)
+            self.gateway_port = preferred if free else free_port()
         process = ManagedProcess(
             name="gateway",
             command=[sys.executable, "-m", "gateway"],

@@ -1,0 +1,56 @@
+"""The whole platform as real processes, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.components import postgres_available
+from devstack.stack import Stack, StackOptions
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """nats-server, MLflow with basic auth, moto S3 for blobs, PostgreSQL when it
+    answers, the three services and the gateway with bearer-token auth."""
+    options = StackOptions(
+        work_dir=tmp_path_factory.mktemp("e2e-stack"),
+        database="postgresql" if postgres_available() else "sqlite",
+        blob_store="s3",
+    )
+    with Stack(options) as running:
+        yield running
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
+        yield client
+
+
+Uploader = Callable[[Path], dict[str, Any]]
+
+
+@pytest.fixture
+def upload(api: httpx.Client) -> Uploader:
+    """Upload a CSV through the gateway, streamed, and return the READY dataset."""
+
+    def upload_csv(path: Path) -> dict[str, Any]:
+        with path.open("rb") as body:
+            response = api.post(
+                "/v1/datasets",
+                params={"displayName": path.stem},
+                content=body,
+                headers={"Content-Type": "text/csv"},
+            )
+        assert response.status_code == 200, response.text
+        dataset: dict[str, Any] = response.json()
+        assert dataset["state"] == "READY"
+        return dataset
+
+    return upload_csv

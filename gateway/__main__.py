@@ -1,0 +1,36 @@
+"""`python -m gateway`: serve the REST gateway with uvicorn until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import uvicorn
+
+from gateway.app import Gateway
+from gateway.settings import GatewaySettings
+from runtime.logs import configure_logging
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    app = Gateway(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # The fast implementations when installed (uvicorn[standard] brings them).
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        access_log=False,  # the gateway writes its own line per request
+        log_config=None,  # keep the JSON logging configured above
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

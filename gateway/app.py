@@ -1,0 +1,351 @@
+"""The gateway's ASGI application: REST/JSON in, gRPC to the services, JSON out.
+
+Per request: a request id, authentication (except for the probes and the
+docs), the route from the table built at start, the request message from path,
+query and body, one gRPC call with the client's deadline, the reply as proto3
+JSON, and one JSON log line. Nothing here knows any particular RPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.auth import Authenticator
+from gateway.backends import Backends
+from gateway.descriptors import Comments, load_services
+from gateway.docs import ASSET_PREFIX, DocsPage
+from gateway.errors import ErrorResponse, GatewayError, error_response, invalid_argument
+from gateway.openapi import build_document, document_json
+from gateway.routes import (
+    HTTP_BODY,
+    Match,
+    MethodNotAllowed,
+    Route,
+    RouteKind,
+    RouteNotFound,
+    Router,
+)
+from gateway.routes import routes_of as build_routes
+from gateway.settings import GatewaySettings
+from gateway.streaming import (
+    BackendError,
+    CallOptions,
+    StreamBrokenOff,
+    bytes_response,
+    download_response,
+    events_response,
+    media_type_of,
+    open_stream,
+    upload,
+)
+from gateway.transcoding import RequestBuilder, response_json
+from runtime.errors import make_status
+from runtime.interceptors import REQUEST_ID_KEY
+from runtime.logs import log_context
+
+logger = logging.getLogger("modelyard.gateway")
+access_logger = logging.getLogger("modelyard.gateway.access")
+
+API_TITLE = "modelyard"
+API_VERSION = "v1"
+JSON_MEDIA_TYPE = "application/json"
+REQUEST_ID_HEADER = "x-request-id"
+TIMEOUT_HEADERS = ("x-request-timeout", "request-timeout")
+# A client's request id is kept when it is this tame; otherwise a new one is made.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class Exchange:
+    """What the access log line says about one request."""
+
+    __slots__ = ("route", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.route: Route | None = None
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.routes = build_routes(load_services())
+        self.router = Router(self.routes)
+        self.builders = {route: RequestBuilder(route) for route in self.routes}
+        self.backends = Backends(settings, self.routes)
+        self.auth = Authenticator.from_settings(settings)
+        self.openapi = document_json(
+            build_document(self.routes, Comments.load(), title=API_TITLE, version=API_VERSION)
+        )
+        self.docs = DocsPage()
+        self._app: ASGIApp = self._asgi
+        if settings.cors_allowed_origins:
+            self._app = CORSMiddleware(
+                self._asgi,
+                allow_origins=settings.cors_allowed_origins,
+                allow_methods=sorted({route.http_method for route in self.routes}),
+                allow_headers=["authorization", "content-type", *TIMEOUT_HEADERS, "x-request-id"],
+                expose_headers=["x-request-id", "content-disposition"],
+                max_age=600,
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        await self.backends.open()
+        logger.info(
+            "gateway ready",
+            extra={
+                "routes": len(self.routes),
+                "backends": self.settings.backend_addresses(),
+                "auth": "off (dev mode)" if self.auth.dev_mode else "bearer token",
+                "cors_origins": self.settings.cors_allowed_origins,
+            },
+        )
+
+    async def shutdown(self) -> None:
+        await self.backends.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as error:
+                    logger.exception("gateway failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        # websockets are not served: returning without accepting refuses them.
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        exchange = Exchange()
+        with log_context(request_id=request_id):
+            try:
+                response = await self._respond(request, request_id, exchange)
+            except GatewayError as error:
+                response = error.response()
+            except BackendError as error:
+                response = error_response(error.status)
+            except Exception:
+                logger.exception("unhandled error")
+                response = error_response(
+                    make_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+                )
+            response.headers[REQUEST_ID_HEADER] = request_id
+            # A stream that broke off was logged where it happened; the client sees it cut.
+            with contextlib.suppress(StreamBrokenOff):
+                await response(scope, receive, send)
+            self._log(request, response, exchange)
+
+    async def _respond(self, request: Request, request_id: str, exchange: Exchange) -> Response:
+        path: str = request.scope["path"]
+        if path in PROBE_PATHS or path == "/openapi.json" or path.startswith("/docs"):
+            return await self._open_endpoint(request, path)
+        self.auth.check(request.headers.get("authorization"))
+        match = self._match(request)
+        exchange.route = match.route
+        return await self._call(request, match, request_id)
+
+    def _match(self, request: Request) -> Match:
+        raw_path = request.scope.get("raw_path")
+        path: str = request.scope["path"]
+        try:
+            return self.router.match(
+                request.method, raw_path.decode("latin-1") if raw_path else path
+            )
+        except RouteNotFound:
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND,
+                "ROUTE_NOT_FOUND",
+                f"no route {request.method} {path}; see /openapi.json",
+            ) from None
+        except MethodNotAllowed as error:
+            raise GatewayError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "METHOD_NOT_ALLOWED",
+                f"{path} does not take {request.method}; it takes {', '.join(error.allowed)}",
+                http_status=405,
+                headers={"Allow": ", ".join(error.allowed)},
+            ) from None
+
+    async def _call(self, request: Request, match: Match, request_id: str) -> Response:
+        """The backend call of the route, and the response made of its answer."""
+        route = match.route
+        options = CallOptions(
+            timeout=self._timeout(request, route),
+            metadata=((REQUEST_ID_KEY, request_id),),
+        )
+        stub = self.backends.stub(route)
+        if route.kind is RouteKind.UPLOAD:
+            reply = await upload(route, stub, request, options, self.settings.upload_chunk_bytes)
+            return self._reply(route, reply)
+        body = await self._read_body(request) if route.body else None
+        query = request.query_params.multi_items() if request.scope["query_string"] else []
+        message = self.builders[route].build(match.values, query, body)
+        if route.kind is RouteKind.UNARY:
+            try:
+                reply = await stub(message, timeout=options.timeout, metadata=options.metadata)
+            except grpc.aio.AioRpcError as error:
+                raise BackendError(error, route) from error
+            return self._reply(route, reply)
+        call, first = await open_stream(route, stub, message, options)
+        if route.kind is RouteKind.DOWNLOAD:
+            return download_response(route, call, first, match.values)
+        if route.kind is RouteKind.BYTES_STREAM:
+            return bytes_response(route, call, first)
+        return events_response(route, call, first, self.settings.sse_keepalive_seconds)
+
+    def _reply(self, route: Route, reply: Message) -> Response:
+        if route.method.output_type.full_name == HTTP_BODY:
+            content_type = getattr(reply, "content_type", "") or "application/octet-stream"
+            return Response(getattr(reply, "data", b""), headers={"content-type": content_type})
+        return Response(response_json(route, reply), media_type=JSON_MEDIA_TYPE)
+
+    def _timeout(self, request: Request, route: Route) -> float:
+        """The call's deadline in seconds: the client's when it sent one, capped."""
+        settings = self.settings
+        if route.kind is RouteKind.UNARY:
+            default, cap = settings.default_timeout_seconds, settings.max_timeout_seconds
+        else:
+            default, cap = settings.stream_timeout_seconds, settings.stream_timeout_seconds
+        headers = request.headers
+        raw = next((headers[name] for name in TIMEOUT_HEADERS if name in headers), None)
+        if raw is None:
+            return min(default, cap)
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise invalid_argument(
+                "REQUEST_TIMEOUT_INVALID",
+                "X-Request-Timeout must be a positive number of seconds",
+                value=raw[:64],
+            )
+        return min(seconds, cap)
+
+    async def _read_body(self, request: Request) -> bytes:
+        media_type = media_type_of(request.headers.get("content-type"))
+        if media_type and media_type != JSON_MEDIA_TYPE and not media_type.endswith("+json"):
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"the request body must be application/json, not {media_type}",
+                http_status=415,
+                metadata={"content_type": media_type},
+            )
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _body_too_large(limit)
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise _body_too_large(limit)
+        return bytes(body)
+
+    async def _open_endpoint(self, request: Request, path: str) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            raise GatewayError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "METHOD_NOT_ALLOWED",
+                f"{path} takes GET",
+                http_status=405,
+                headers={"Allow": "GET"},
+            )
+        if path == "/healthz":
+            return Response(b'{"status":"ok"}', media_type=JSON_MEDIA_TYPE)
+        if path == "/readyz":
+            return await self._readiness()
+        if path == "/openapi.json":
+            return Response(self.openapi, media_type=JSON_MEDIA_TYPE)
+        if path == "/docs":
+            return self.docs.page()
+        asset = self.docs.asset(path) if path.startswith(ASSET_PREFIX) else None
+        if asset is None:
+            raise GatewayError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route {path}")
+        return asset
+
+    async def _readiness(self) -> Response:
+        backends = await self.backends.readiness()
+        ready = all(status == "SERVING" for status in backends.values())
+        document = {"status": "ok" if ready else "unavailable", "backends": backends}
+        return Response(
+            json.dumps(document).encode(),
+            status_code=200 if ready else 503,
+            media_type=JSON_MEDIA_TYPE,
+        )
+
+    def _log(self, request: Request, response: Response, exchange: Exchange) -> None:
+        path: str = request.scope["path"]
+        level = logging.DEBUG if path in PROBE_PATHS else logging.INFO
+        if not access_logger.isEnabledFor(level):
+            return
+        route = exchange.route
+        extra: dict[str, Any] = {
+            "method": request.method,
+            "path": path,
+            "status": response.status_code,
+            "elapsed_ms": round((time.perf_counter() - exchange.started) * 1000, 2),
+        }
+        if route is not None:
+            extra["rpc"] = route.grpc_path
+        if isinstance(response, ErrorResponse):
+            extra["reason"] = response.reason
+        access_logger.log(
+            level, "%s %s %s", request.method, path, response.status_code, extra=extra
+        )
+
+
+def _request_id(presented: str | None) -> str:
+    if presented and _REQUEST_ID.match(presented):
+        return presented
+    return uuid.uuid4().hex
+
+
+def _body_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_BODY_TOO_LARGE",
+        f"the request body is larger than {limit} bytes",
+        http_status=413,
+        metadata={"limit_bytes": str(limit)},
+    )
+
+
+def create_app(settings: GatewaySettings | None = None) -> Gateway:
+    return Gateway(settings or GatewaySettings())

@@ -1,0 +1,180 @@
+"""The two checks CreateTrainingJob asks other services for, before it queues
+anything: does the dataset exist, is it READY, does it have the target column
+(DatasetService.GetDataset); are the parameter overrides allowed
+(TrainerService.ValidateTrainingParams). Each call has its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import status_pb2
+
+from modelyard.dataset.v1.dataset_pb2 import Dataset
+from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest
+from modelyard.dataset.v1.dataset_service_pb2_grpc import DatasetServiceStub
+from modelyard.training.v1.trainer_service_pb2 import ValidateTrainingParamsRequest
+from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
+from runtime.errors import (
+    ServiceError,
+    code_from_number,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    status_from_rpc_error,
+    status_reason,
+    unavailable,
+)
+
+logger = logging.getLogger("modelyard.jobs.dependencies")
+
+COLUMNS_LISTED = 8
+
+
+class PassThroughError(ServiceError):
+    """Another service's error, returned to our caller exactly as it was."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        code = code_from_number(status.code)
+        super().__init__(code, status_reason(status) or code.name, status.message)
+        self._status = status
+
+    def to_status(self) -> status_pb2.Status:
+        return self._status
+
+
+@dataclass(frozen=True)
+class ReadyDataset:
+    dataset_id: str
+    columns: tuple[str, ...]
+
+
+class DatasetChecker:
+    """Checks a dataset is READY and has a column.
+
+    A READY dataset's columns never change, so they are kept for `cache_seconds`
+    (deleting the dataset is the only change a cached entry can miss). Only
+    READY datasets are cached; concurrent checks of one dataset share one call.
+    """
+
+    def __init__(self, stub: DatasetServiceStub, timeout: float, cache_seconds: float) -> None:
+        self._stub = stub
+        self._timeout = timeout
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, ReadyDataset]] = {}
+        self._in_flight: dict[str, asyncio.Task[ReadyDataset]] = {}
+
+    async def check(self, dataset_id: str, target_column: str) -> ReadyDataset:
+        dataset = await self._ready_dataset(dataset_id)
+        if target_column not in dataset.columns:
+            raise _column_not_found(dataset, target_column)
+        return dataset
+
+    async def _ready_dataset(self, dataset_id: str) -> ReadyDataset:
+        cached = self._cache.get(dataset_id)
+        if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
+            return cached[1]
+        task = self._in_flight.get(dataset_id)
+        if task is None:
+            task = asyncio.create_task(self._fetch(dataset_id))
+            self._in_flight[dataset_id] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(dataset_id, None))
+        # shield: one caller going away must not cancel the call the others wait for
+        return await asyncio.shield(task)
+
+    async def _fetch(self, dataset_id: str) -> ReadyDataset:
+        try:
+            dataset: Dataset = await self._stub.GetDataset(
+                GetDatasetRequest(dataset_id=dataset_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _dataset_error(dataset_id, error) from error
+        if dataset.state != Dataset.READY:
+            state = Dataset.State.Name(dataset.state)
+            raise failed_precondition(
+                "DATASET_NOT_READY",
+                f"dataset {dataset_id} is {state}, not READY: only a READY dataset can be "
+                "trained on",
+                dataset_id=dataset_id,
+                state=state,
+            )
+        ready = ReadyDataset(dataset_id, tuple(column.name for column in dataset.columns))
+        if self._cache_seconds > 0:
+            self._cache[dataset_id] = (time.monotonic(), ready)
+            self._evict_expired()
+        return ready
+
+    def _evict_expired(self) -> None:
+        if len(self._cache) < 1024:
+            return
+        now = time.monotonic()
+        for key in [k for k, (at, _) in self._cache.items() if now - at >= self._cache_seconds]:
+            del self._cache[key]
+
+
+def _dataset_error(dataset_id: str, error: grpc.aio.AioRpcError) -> ServiceError:
+    code = error.code()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return not_found(
+            "DATASET_NOT_FOUND", f"dataset {dataset_id} does not exist", dataset_id=dataset_id
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return PassThroughError(status_from_rpc_error(error))
+    logger.warning(
+        "DatasetService.GetDataset failed",
+        extra={"dataset_id": dataset_id, "code": code.name, "details": error.details()},
+    )
+    return unavailable(
+        "DATASET_SERVICE_UNAVAILABLE",
+        f"the Dataset service could not be asked about dataset {dataset_id} ({code.name}); "
+        "retry later",
+        dataset_id=dataset_id,
+    )
+
+
+def _column_not_found(dataset: ReadyDataset, column: str) -> ServiceError:
+    """Names the missing column and lists the closest (else the first) available ones."""
+    close = difflib.get_close_matches(column, dataset.columns, n=COLUMNS_LISTED, cutoff=0.6)
+    listed = close + [c for c in dataset.columns if c not in close]
+    shown = ", ".join(repr(name) for name in listed[:COLUMNS_LISTED])
+    more = len(dataset.columns) - COLUMNS_LISTED
+    suffix = f" and {more} more" if more > 0 else ""
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return invalid_argument(
+        "TARGET_COLUMN_NOT_FOUND",
+        f"dataset {dataset.dataset_id} has no column {column!r}{hint} (columns: {shown}{suffix})",
+        dataset_id=dataset.dataset_id,
+        column=column,
+    )
+
+
+class ParamsChecker:
+    """Asks the Trainer whether parameter overrides are allowed."""
+
+    def __init__(self, stub: TrainerServiceStub, timeout: float) -> None:
+        self._stub = stub
+        self._timeout = timeout
+
+    async def check(self, params: dict[str, str]) -> None:
+        if not params:
+            return  # nothing to check: no call
+        try:
+            await self._stub.ValidateTrainingParams(
+                ValidateTrainingParamsRequest(params=params), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise PassThroughError(status_from_rpc_error(error)) from error
+            logger.warning(
+                "TrainerService.ValidateTrainingParams failed",
+                extra={"code": error.code().name, "details": error.details()},
+            )
+            raise unavailable(
+                "TRAINER_UNAVAILABLE",
+                f"the Trainer could not check the parameters ({error.code().name}); retry later",
+            ) from error

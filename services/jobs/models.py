@@ -1,0 +1,137 @@
+"""The Jobs service's tables (its own database; no other service reads them).
+
+`training_jobs` holds one row per job: the request as columns, the outputs the
+Trainer reported as serialized protobuf (they are only ever read back whole, so
+a job converts to its `TrainingJob` message without any join). `version` is
+bumped by every change, so concurrent writers (two replicas, the watchdog, a
+cancel) update a job with a conditional UPDATE and never interleave.
+
+`jobs_outbox` holds what must reach NATS, written in the same transaction as
+the change that produced it and published by the relay (see outbox.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID_LENGTH = 64
+REQUEST_ID_LENGTH = 128
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both PostgreSQL (timestamptz) and SQLite
+    (naive text, always UTC), so comparisons and page tokens agree everywhere."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# An autoincrementing 64-bit key on PostgreSQL; SQLite autoincrements only INTEGER keys.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class TrainingJobRow(Base):
+    __tablename__ = "training_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH))
+    dataset_id: Mapped[str] = mapped_column(String(ID_LENGTH * 2))
+    target_column: Mapped[str] = mapped_column(Text)
+    task: Mapped[int] = mapped_column(SmallInteger)
+    params: Mapped[str] = mapped_column(Text, doc="JSON object of string to string")
+    registered_model_name: Mapped[str] = mapped_column(String(100))
+    max_run_duration_seconds: Mapped[float] = mapped_column(Float)
+
+    state: Mapped[int] = mapped_column(SmallInteger)
+    attempt: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # start_time + max_run_duration while RUNNING or CANCELLING, else NULL: the watchdog's key.
+    run_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    # Serialized protobuf messages (google.rpc.Status, TaskDetection, ...), NULL when unset.
+    error: Mapped[bytes | None] = mapped_column(LargeBinary)
+    task_detection: Mapped[bytes | None] = mapped_column(LargeBinary)
+    progress: Mapped[bytes | None] = mapped_column(LargeBinary)
+    summary: Mapped[bytes | None] = mapped_column(LargeBinary)
+    mlflow: Mapped[bytes | None] = mapped_column(LargeBinary)
+    metrics: Mapped[str | None] = mapped_column(Text, doc="JSON object of string to number")
+
+    __table_args__ = (
+        Index("uq_training_jobs_request_id", "request_id", unique=True),
+        # ListTrainingJobs: newest first, optionally by state or dataset (keyset pagination).
+        Index("ix_training_jobs_create_time", "create_time", "job_id"),
+        Index("ix_training_jobs_state_create_time", "state", "create_time", "job_id"),
+        Index("ix_training_jobs_dataset_create_time", "dataset_id", "create_time", "job_id"),
+        Index("ix_training_jobs_run_deadline", "run_deadline"),
+    )
+
+
+class OutboxRow(Base):
+    __tablename__ = "jobs_outbox"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    # training_request | job_event | cancel_flag (see outbox.OutboxKind)
+    kind: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    # Nats-Msg-Id of the message: JetStream drops a re-publish within its duplicate window.
+    msg_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    published_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    publish_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "ix_jobs_outbox_unpublished",
+            "id",
+            postgresql_where=text("published_time IS NULL"),
+            sqlite_where=text("published_time IS NULL"),
+        ),
+        Index(
+            "ix_jobs_outbox_published_time",
+            "published_time",
+            postgresql_where=text("published_time IS NOT NULL"),
+            sqlite_where=text("published_time IS NOT NULL"),
+        ),
+    )

@@ -1,0 +1,318 @@
+"""Reading and writing jobs and outbox rows.
+
+SQLAlchemy Core statements on the mapped tables; on PostgreSQL the hot paths
+(GetTrainingJob, CreateTrainingJob) take pg_hot_path.py's one-round-trip
+statements. Either way a row is converted to its `TrainingJob` message column
+by column, with no join.
+
+Changes to an existing job are optimistic: read the job with its `version`,
+compute the new job (state_machine.apply_event), then
+`UPDATE … WHERE job_id = :id AND version = :read_version`; when another writer
+got there first, nothing is updated and the caller reads again. This works the
+same on PostgreSQL and SQLite and never holds a lock while thinking.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
+
+from google.rpc import status_pb2
+from sqlalchemy import Select, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from modelyard.jobs.v1.training_job_pb2 import (
+    MlflowRun,
+    TaskDetection,
+    TrainingJob,
+    TrainingProgress,
+    TrainingSummary,
+)
+from runtime.db import is_postgresql
+from runtime.pagination import Page
+from services.jobs.models import OutboxRow, TrainingJobRow
+from services.jobs.outbox import OutboxEntry
+from services.jobs.pg_hot_path import PostgresHotPath
+from services.jobs.state_machine import ACTIVE_STATES
+
+JOBS = cast(Table, TrainingJobRow.__table__)
+OUTBOX = cast(Table, OutboxRow.__table__)
+
+# Columns holding a serialized message, and the message type of each.
+_MESSAGE_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("error", status_pb2.Status),
+    ("task_detection", TaskDetection),
+    ("progress", TrainingProgress),
+    ("summary", TrainingSummary),
+    ("mlflow", MlflowRun),
+)
+
+
+class RowLike(Protocol):
+    """A row by column name: SQLAlchemy's RowMapping or asyncpg's Record."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class VersionedJob:
+    job: TrainingJob
+    version: int
+
+
+class DuplicateRequestId(Exception):
+    """Another job already holds this request_id."""
+
+
+# -- row <-> message -----------------------------------------------------------------
+
+
+def _datetime(timestamp: Any) -> datetime | None:
+    if timestamp.seconds == 0 and timestamp.nanos == 0:
+        return None
+    return timestamp.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def _message_bytes(job: TrainingJob, field: str) -> bytes | None:
+    return getattr(job, field).SerializeToString() if job.HasField(field) else None
+
+
+def _run_deadline(job: TrainingJob) -> datetime | None:
+    start = _datetime(job.start_time)
+    if job.state not in ACTIVE_STATES or start is None:
+        return None
+    return start + job.max_run_duration.ToTimedelta()
+
+
+def mutable_values(job: TrainingJob) -> dict[str, Any]:
+    """The columns a job's life changes (everything the Trainer reports)."""
+    return {
+        "state": job.state,
+        "attempt": job.attempt,
+        "update_time": _datetime(job.update_time),
+        "start_time": _datetime(job.start_time),
+        "end_time": _datetime(job.end_time),
+        "run_deadline": _run_deadline(job),
+        "error": _message_bytes(job, "error"),
+        "task_detection": _message_bytes(job, "task_detection"),
+        "progress": _message_bytes(job, "progress"),
+        "summary": _message_bytes(job, "summary"),
+        "mlflow": _message_bytes(job, "mlflow"),
+        "metrics": json.dumps(dict(job.metrics)) if job.metrics else None,
+    }
+
+
+MUTABLE_COLUMNS = tuple(mutable_values(TrainingJob()))
+
+
+def insert_values(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "request_id": job.request_id or None,
+        "dataset_id": job.dataset_id,
+        "target_column": job.target_column,
+        "task": job.task,
+        "params": json.dumps(dict(job.params)),
+        "registered_model_name": job.registered_model_name,
+        "max_run_duration_seconds": job.max_run_duration.ToTimedelta().total_seconds(),
+        "create_time": _datetime(job.create_time),
+        "version": 1,
+        **mutable_values(job),
+    }
+
+
+def row_to_job(row: RowLike) -> TrainingJob:
+    """A `training_jobs` row (SQLAlchemy's or asyncpg's) as its message."""
+    job = TrainingJob(
+        job_id=row["job_id"],
+        dataset_id=row["dataset_id"],
+        target_column=row["target_column"],
+        task=row["task"],
+        registered_model_name=row["registered_model_name"],
+        request_id=row["request_id"] or "",
+        state=row["state"],
+        attempt=row["attempt"],
+    )
+    if row["params"] != "{}":
+        job.params.update(json.loads(row["params"]))
+    job.max_run_duration.FromTimedelta(timedelta(seconds=row["max_run_duration_seconds"]))
+    job.create_time.FromDatetime(row["create_time"])
+    job.update_time.FromDatetime(row["update_time"])
+    if row["start_time"] is not None:
+        job.start_time.FromDatetime(row["start_time"])
+    if row["end_time"] is not None:
+        job.end_time.FromDatetime(row["end_time"])
+    for field, message_type in _MESSAGE_COLUMNS:
+        if row[field] is not None:
+            getattr(job, field).CopyFrom(message_type.FromString(row[field]))
+    if row["metrics"] is not None:
+        job.metrics.update(json.loads(row["metrics"]))
+    return job
+
+
+# -- statements ------------------------------------------------------------------------
+# Built once: SQLAlchemy then reuses their compiled form without rebuilding a cache key
+# from a fresh statement on every call (a measurable share of a GetTrainingJob).
+
+_BY_ID = select(JOBS).where(JOBS.c.job_id == bindparam("job_id"))
+_BY_REQUEST_ID = select(JOBS).where(JOBS.c.request_id == bindparam("request_id"))
+_INSERT_JOB = insert(JOBS)
+_INSERT_OUTBOX = insert(OUTBOX)
+
+
+class JobStore:
+    """Jobs in the database. On PostgreSQL the hottest statements take the
+    one-round-trip path of pg_hot_path.py; everything else is SQLAlchemy."""
+
+    def __init__(self, engine: AsyncEngine, hot_path: PostgresHotPath | None = None) -> None:
+        self.engine = engine
+        self._hot_path = hot_path
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine, pool_size: int) -> JobStore:
+        if not is_postgresql(engine):
+            return cls(engine)
+        hot_path = await PostgresHotPath.open(engine, JOBS, OUTBOX, MUTABLE_COLUMNS, pool_size)
+        return cls(engine, hot_path)
+
+    async def close(self) -> None:
+        if self._hot_path is not None:
+            await self._hot_path.close()
+
+    async def get(self, job_id: str) -> VersionedJob | None:
+        row: RowLike | None
+        if self._hot_path is not None:
+            row = await self._hot_path.job_by_id(job_id)
+        else:
+            row = await self._first(_BY_ID, {"job_id": job_id})
+        return None if row is None else VersionedJob(row_to_job(row), row["version"])
+
+    async def find_by_request_id(self, request_id: str) -> TrainingJob | None:
+        row: RowLike | None
+        if self._hot_path is not None:
+            row = await self._hot_path.job_by_request_id(request_id)
+        else:
+            row = await self._first(_BY_REQUEST_ID, {"request_id": request_id})
+        return None if row is None else row_to_job(row)
+
+    async def _first(self, statement: Select[Any], parameters: dict[str, str]) -> RowLike | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(statement, parameters)).first()
+        return None if row is None else row._mapping
+
+    async def insert(self, job: TrainingJob, outbox: Sequence[OutboxEntry]) -> None:
+        """Store a new job and its outbox rows in one transaction.
+
+        Raises DuplicateRequestId when another job holds the job's request_id."""
+        if self._hot_path is not None:
+            if not await self._hot_path.insert(insert_values(job), outbox, datetime.now(UTC)):
+                raise DuplicateRequestId(job.request_id)
+            return
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(_INSERT_JOB, insert_values(job))
+                await _insert_outbox(connection, outbox)
+        except IntegrityError as error:
+            if job.request_id and await self.find_by_request_id(job.request_id) is not None:
+                raise DuplicateRequestId(job.request_id) from error
+            raise
+
+    async def replace(
+        self, job: TrainingJob, read_version: int, outbox: Sequence[OutboxEntry] = ()
+    ) -> bool:
+        """Write `job` if nobody changed it since `read_version`; False when somebody did."""
+        if self._hot_path is not None:
+            return await self._hot_path.replace(
+                job.job_id, read_version, mutable_values(job), outbox, datetime.now(UTC)
+            )
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.job_id == job.job_id, JOBS.c.version == read_version)
+            .values(version=read_version + 1, **mutable_values(job))
+        )
+        async with self.engine.begin() as connection:
+            result = await connection.execute(statement)
+            if result.rowcount != 1:
+                return False
+            await _insert_outbox(connection, outbox)
+        return True
+
+    async def list_page(
+        self, page: Page, state: int | None, dataset_id: str | None
+    ) -> list[TrainingJob]:
+        """One page, newest first; one row more than the page when there is a next page."""
+        statement = select(JOBS)
+        if state is not None:
+            statement = statement.where(JOBS.c.state == state)
+        if dataset_id is not None:
+            statement = statement.where(JOBS.c.dataset_id == dataset_id)
+        if page.after is not None:
+            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+            statement = statement.where(
+                or_(
+                    JOBS.c.create_time < after_time,
+                    and_(JOBS.c.create_time == after_time, JOBS.c.job_id < after_id),
+                )
+            )
+        statement = statement.order_by(JOBS.c.create_time.desc(), JOBS.c.job_id.desc()).limit(
+            page.size + 1
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+        return [row_to_job(row._mapping) for row in rows]
+
+    async def overdue_job_ids(self, deadline_before: datetime, limit: int = 100) -> list[str]:
+        """RUNNING or CANCELLING jobs whose run deadline is before `deadline_before`."""
+        statement = (
+            select(JOBS.c.job_id)
+            .where(JOBS.c.run_deadline < deadline_before)
+            .where(JOBS.c.state.in_(ACTIVE_STATES))
+            .order_by(JOBS.c.run_deadline)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(statement)).scalars())
+
+    async def queued_job_ids(self, created_before: datetime, limit: int = 100) -> list[str]:
+        statement = (
+            select(JOBS.c.job_id)
+            .where(JOBS.c.state == TrainingJob.QUEUED, JOBS.c.create_time < created_before)
+            .order_by(JOBS.c.create_time)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(statement)).scalars())
+
+
+async def _insert_outbox(connection: AsyncConnection, entries: Sequence[OutboxEntry]) -> None:
+    if not entries:
+        return
+    now = datetime.now(UTC)
+    await connection.execute(
+        _INSERT_OUTBOX,
+        [
+            {
+                "kind": str(entry.kind),
+                "job_id": entry.job_id,
+                "msg_id": entry.msg_id,
+                "payload": entry.payload,
+                "create_time": now,
+                "publish_attempts": 0,
+            }
+            for entry in entries
+        ],
+    )
+
+
+async def delete_published_outbox(engine: AsyncEngine, published_before: datetime) -> int:
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            delete(OUTBOX).where(
+                OUTBOX.c.published_time.is_not(None), OUTBOX.c.published_time < published_before
+            )
+        )
+    return int(result.rowcount)

@@ -1,0 +1,127 @@
+"""Checks of the Jobs service's own inputs, before anything else is asked or stored."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
+from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime.errors import invalid_argument
+from services.jobs.models import ID_LENGTH, REQUEST_ID_LENGTH
+from services.jobs.settings import JobsSettings
+
+REGISTERED_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Job ids are ours (uuid4 hex), but any id a client sends ends up in a NATS subject
+# (WatchTrainingJob): only characters that cannot form a wildcard or a token separator.
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_PARAMS = 100
+MAX_PARAM_KEY = 128
+MAX_PARAM_VALUE = 1024
+MAX_TARGET_COLUMN = 10_000
+TASKS = frozenset(TrainingJob.Task.values())
+
+
+def validate_job_id(job_id: str) -> str:
+    if not job_id:
+        raise invalid_argument("JOB_ID_REQUIRED", "job_id is required")
+    if not JOB_ID.fullmatch(job_id):
+        raise invalid_argument(
+            "JOB_ID_INVALID",
+            "job_id must be 1 to 64 letters, digits, '_' or '-'",
+            job_id=job_id[:100],
+        )
+    return job_id
+
+
+def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
+    _validate_dataset_and_target(request)
+    _validate_task(request.task)
+    _validate_params(dict(request.params))
+    name = request.registered_model_name
+    if name and not REGISTERED_MODEL_NAME.fullmatch(name):
+        raise invalid_argument(
+            "REGISTERED_MODEL_NAME_INVALID",
+            "registered_model_name must be 1 to 100 characters: letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit",
+            registered_model_name=name[:200],
+        )
+    if len(request.request_id) > REQUEST_ID_LENGTH:
+        raise invalid_argument(
+            "REQUEST_ID_TOO_LONG",
+            f"request_id has {len(request.request_id)} characters; at most "
+            f"{REQUEST_ID_LENGTH} are allowed",
+        )
+    if request.HasField("max_run_duration"):
+        _validate_max_run_duration(request, settings)
+
+
+def max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) -> timedelta:
+    """The job's limit: the request's, else the service default."""
+    if request.HasField("max_run_duration"):
+        return request.max_run_duration.ToTimedelta()
+    return timedelta(seconds=settings.default_max_run_duration_seconds)
+
+
+def _validate_dataset_and_target(request: CreateTrainingJobRequest) -> None:
+    if not request.dataset_id:
+        raise invalid_argument("DATASET_ID_REQUIRED", "dataset_id is required")
+    if len(request.dataset_id) > 2 * ID_LENGTH:
+        raise invalid_argument(
+            "DATASET_ID_INVALID", f"dataset_id is longer than {2 * ID_LENGTH} characters"
+        )
+    if not request.target_column:
+        raise invalid_argument(
+            "TARGET_COLUMN_REQUIRED", "target_column is required: the column to predict"
+        )
+    if len(request.target_column) > MAX_TARGET_COLUMN:
+        raise invalid_argument(
+            "TARGET_COLUMN_INVALID",
+            f"target_column is longer than {MAX_TARGET_COLUMN} characters",
+        )
+
+
+def _validate_task(task: int) -> None:
+    if task not in TASKS:
+        raise invalid_argument(
+            "TASK_INVALID",
+            f"task {task} is not one of AUTO, BINARY, MULTICLASS, REGRESSION",
+            task=str(task),
+        )
+
+
+def _validate_params(params: dict[str, str]) -> None:
+    """Only sizes here: what a parameter may be is the Trainer's allow-list."""
+    if len(params) > MAX_PARAMS:
+        raise invalid_argument(
+            "PARAMS_TOO_MANY", f"{len(params)} params given; at most {MAX_PARAMS} are allowed"
+        )
+    for key, value in params.items():
+        if not key or len(key) > MAX_PARAM_KEY or len(value) > MAX_PARAM_VALUE:
+            raise invalid_argument(
+                "PARAM_INVALID",
+                f"param names must be 1 to {MAX_PARAM_KEY} characters and values at most "
+                f"{MAX_PARAM_VALUE}",
+                param=key[:MAX_PARAM_KEY],
+            )
+
+
+def _validate_max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
+    duration = request.max_run_duration
+    if (
+        duration.seconds < 0
+        or duration.nanos < 0
+        or (duration.seconds == 0 and duration.nanos == 0)
+    ):
+        raise invalid_argument(
+            "MAX_RUN_DURATION_INVALID", "max_run_duration must be positive when given"
+        )
+    if duration.nanos >= 1_000_000_000:
+        raise invalid_argument("MAX_RUN_DURATION_INVALID", "max_run_duration is malformed")
+    limit = settings.max_run_duration_limit_seconds
+    if duration.seconds + duration.nanos / 1e9 > limit:
+        raise invalid_argument(
+            "MAX_RUN_DURATION_TOO_LONG",
+            f"max_run_duration may be at most {limit:g} seconds",
+            limit_seconds=f"{limit:g}",
+        )

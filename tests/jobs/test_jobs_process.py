@@ -1,0 +1,108 @@
+"""`python -m services.jobs` as a process: a clear exit when it cannot start, a clean
+one on SIGTERM, open watches told to come back."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from devstack.components import NatsServer
+from devstack.processes import ManagedProcess, free_port
+from devstack.stack import grpc_serving
+from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest, WatchTrainingJobRequest
+from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime.errors import error_reason
+from tests.jobs.jobs_support import SERVICE_TOKEN, Doubles, jobs_settings, start_jobs
+
+pytestmark = pytest.mark.slow
+
+
+def jobs_process(tmp_path: Path, **env: str) -> ManagedProcess:
+    return ManagedProcess(
+        name="jobs",
+        command=[sys.executable, "-m", "services.jobs"],
+        env={
+            "MODELYARD_SERVICE_TOKEN": SERVICE_TOKEN,
+            "MODELYARD_STATE_DIR": str(tmp_path / "state"),
+            "MODELYARD_SHUTDOWN_GRACE_SECONDS": "1",
+            **env,
+        },
+        log_path=tmp_path / "jobs.log",
+    ).start()
+
+
+async def exit_code(process: ManagedProcess, within: float = 30) -> int:
+    assert process.popen is not None
+    try:
+        return await asyncio.to_thread(process.popen.wait, within)
+    finally:
+        process.stop()
+
+
+async def test_unreachable_nats_exits_with_a_clear_message(tmp_path: Path) -> None:
+    nats_url = f"nats://127.0.0.1:{free_port()}"
+    process = jobs_process(
+        tmp_path,
+        MODELYARD_JOBS_NATS_URL=nats_url,
+        MODELYARD_JOBS_NATS_CONNECT_TIMEOUT_SECONDS="1",
+        MODELYARD_JOBS_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    assert await exit_code(process) == 1
+    log = process.log_path.read_text()
+    assert f"cannot reach NATS at {nats_url}" in log
+    assert "MODELYARD_JOBS_NATS_URL" in log
+
+
+async def test_unreachable_database_exits_with_a_clear_message(tmp_path: Path) -> None:
+    process = jobs_process(
+        tmp_path,
+        MODELYARD_JOBS_DATABASE_URL=f"postgresql://jobs:secret@127.0.0.1:{free_port()}/jobs",
+        MODELYARD_JOBS_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    assert await exit_code(process) == 1
+    log = process.log_path.read_text()
+    assert "cannot open the jobs database at postgresql+asyncpg://jobs:***@" in log
+    assert "secret" not in log
+
+
+async def test_embedded_defaults_serve_and_sigterm_stops_cleanly(
+    tmp_path: Path, jobs_nats: NatsServer
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    process = jobs_process(
+        tmp_path, MODELYARD_JOBS_NATS_URL=jobs_nats.url, MODELYARD_JOBS_LISTEN_ADDRESS=address
+    )
+    try:
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), 60)
+        assert (tmp_path / "state" / "jobs.db").exists()  # SQLite under the state dir
+    finally:
+        assert process.stop() == 0
+
+
+async def test_stopping_ends_open_watches_with_unavailable(
+    tmp_path: Path, jobs_nats: NatsServer, jobs_database_url: str, doubles: Doubles
+) -> None:
+    settings = jobs_settings(tmp_path, jobs_database_url, jobs_nats.url, doubles)
+    running, stop = await start_jobs(settings, doubles, jobs_nats.url)
+    try:
+        job = await running.stub.CreateTrainingJob(
+            CreateTrainingJobRequest(dataset_id=doubles.datasets.add(), target_column="y"),
+            timeout=10,
+        )
+        stream = running.stub.WatchTrainingJob(
+            WatchTrainingJobRequest(job_id=job.job_id), timeout=30
+        )
+        assert (await stream.read()).training_job.state == TrainingJob.QUEUED
+        assert running.service is not None
+        stopping = asyncio.create_task(running.service.stop())
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.read()
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(caught.value) == "SERVER_SHUTTING_DOWN"
+        await stopping
+    finally:
+        await stop()

@@ -126,6 +126,7 @@ def start_mlflow(
             "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
         },
         log_path=work_dir / "logs" / "mlflow.log",
     ).start()

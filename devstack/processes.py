@@ -38,6 +38,13 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment minus anything of MLflow's: a stack's processes get
+    MLflow settings only where the stack gives them (the Trainer, the MLflow server),
+    never from the shell or test process that started them."""
+    return {key: value for key, value in os.environ.items() if "MLFLOW" not in key.upper()}
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -52,7 +59,7 @@ class ManagedProcess:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             list(self.command),
-            env={**os.environ, **self.env},
+            env=inherited_environment() | dict(self.env),
             cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -189,6 +189,7 @@ class Stack:
                 "MODELYARD_TRAINER_MLFLOW_USERNAME": self.mlflow.username,
                 "MODELYARD_TRAINER_MLFLOW_PASSWORD": self.mlflow.password,
                 "MODELYARD_TRAINER_WORK_DIR": str(self.work_dir / "trainer"),
+                "MLFLOW_DISABLE_TELEMETRY": "true",
             }
         else:
             raise ValueError(f"unknown service {service}")

@@ -1,0 +1,1 @@
+"""Benchmarks that print a table (`make bench`)."""

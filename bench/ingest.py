@@ -1,0 +1,468 @@
+"""Ingest benchmark: CSV upload to READY over gRPC and through the gateway, S3 blob store.
+
+    python -m bench.ingest [--sizes 100,500] [--work-dir DIR]
+
+For each size it generates a CSV (25 numeric and 3 string columns; the 500 MB
+one has 1M rows), then measures, in the same run and against the same moto S3
+server:
+
+- the baseline: boto3 `upload_file` of the file + `pyarrow.csv.read_csv` of it;
+- an upload over gRPC (1 MiB chunks) until the dataset is READY;
+- an upload through the gateway (`POST /v1/datasets`, body streamed), when a
+  gateway (`python -m gateway`) is there;
+
+with the peak RSS of the Dataset service and of the gateway during each
+upload. It then reads the largest dataset into pandas through `ReadDataset`,
+next to reading its Parquet copy directly (GET from S3 + `pq.read_table`).
+Targets: ingest <= 1.5x baseline; gateway peak RSS <= 150 MB and Dataset
+service <= 400 MB; ReadDataset -> pandas <= 2x the direct Parquet read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import io
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import grpc
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from devstack.components import S3Server, start_s3
+from devstack.processes import ManagedProcess, free_port, port_open
+from devstack.stack import grpc_serving
+from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+from runtime.server import CHANNEL_OPTIONS
+
+MB = 1_000_000
+MiB = 1024 * 1024
+CHUNK_BYTES = 1 * MiB
+DATASET_BUCKET = "modelyard-datasets"
+BASELINE_BUCKET = "bench-baseline"
+ROWS_PER_MB = 2_000  # about 500 bytes a row
+
+T = TypeVar("T")
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+def generate_csv(path: Path, rows: int, seed: int = 7) -> None:
+    """25 numeric columns (5 integer, 20 float) and 3 string columns, written in slices."""
+    rng = np.random.default_rng(seed)
+    categories = np.array(
+        [f"segment-{name}" for name in ("retail", "wholesale", "online", "partner", "public")]
+    )
+    regions = np.array(["-north", "-south", "-east", "-west", "-central"])
+    slice_rows = 100_000
+    with pacsv.CSVWriter(str(path), _schema()) as writer:
+        for start in range(0, rows, slice_rows):
+            count = min(slice_rows, rows - start)
+            columns: dict[str, Any] = {}
+            for index in range(25):
+                if index % 5 == 0:
+                    columns[f"n{index}"] = rng.integers(-1_000_000_000, 1_000_000_000, count)
+                else:
+                    columns[f"n{index}"] = rng.normal(1000.0, 250.0, count)
+            columns["category"] = categories[rng.integers(0, len(categories), count)]
+            cities = np.char.add("city-", rng.integers(0, 20_000, count).astype(str))
+            columns["city"] = np.char.add(cities, regions[rng.integers(0, len(regions), count)])
+            ids = np.arange(start, start + count).astype(str)
+            columns["customer_id"] = np.char.add("customer-", np.char.zfill(ids, 10))
+            writer.write_table(pa.table(columns, schema=_schema()))
+
+
+def _schema() -> pa.Schema:
+    numeric = [
+        pa.field(f"n{index}", pa.int64() if index % 5 == 0 else pa.float64()) for index in range(25)
+    ]
+    strings = [pa.field(name, pa.string()) for name in ("category", "city", "customer_id")]
+    return pa.schema(numeric + strings)
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+class PeakRss:
+    """Samples the RSS of some processes every 20 ms while a block runs."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._processes = {
+            name: psutil.Process(pid) for name, pid in pids.items() if pid is not None
+        }
+        self.peaks: dict[str, float] = {}
+
+    @contextmanager
+    def watch(self) -> Iterator[PeakRss]:
+        self.peaks = {name: 0.0 for name in self._processes}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                for name, process in self._processes.items():
+                    try:
+                        rss = process.memory_info().rss / MiB
+                    except psutil.Error:
+                        continue
+                    self.peaks[name] = max(self.peaks[name], rss)
+                stop.wait(0.02)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+
+
+def timed(work: Callable[[], T]) -> tuple[T, float]:
+    started = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - started
+
+
+@dataclass
+class Row:
+    size: str
+    what: str
+    seconds: float | None
+    megabytes: float
+    baseline: float | None = None
+    dataset_rss: float | None = None
+    gateway_rss: float | None = None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        if self.seconds is None:
+            return [self.size, self.what, "-", "-", "-", "-", "-", self.note]
+        ratio = f"{self.seconds / self.baseline:.2f}x" if self.baseline else ""
+        return [
+            self.size,
+            self.what,
+            f"{self.seconds:.2f}",
+            f"{self.megabytes / self.seconds:.0f}",
+            ratio,
+            f"{self.dataset_rss:.0f}" if self.dataset_rss else "",
+            f"{self.gateway_rss:.0f}" if self.gateway_rss else "",
+            self.note,
+        ]
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ["file", "what", "wall s", "MB/s", "vs base", "dataset RSS MiB", "gateway RSS MiB", ""]
+    table = [header, *[row.cells() for row in rows]]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    for index, line in enumerate(table):
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+# -- the stack under test -------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    work_dir: Path
+    s3: S3Server
+    token: str
+    dataset: ManagedProcess
+    dataset_address: str
+    gateway: ManagedProcess | None
+    gateway_url: str | None
+    api_token: str
+
+    def s3_client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3.endpoint_url,
+            region_name=self.s3.region,
+            aws_access_key_id=self.s3.access_key_id,
+            aws_secret_access_key=self.s3.secret_access_key,
+        )
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")]
+
+
+def start_bench(work_dir: Path) -> Bench:
+    s3 = start_s3(work_dir)
+    try:
+        return _start_services(work_dir, s3)
+    except BaseException:
+        s3.process.stop()
+        raise
+
+
+def _start_services(work_dir: Path, s3: S3Server) -> Bench:
+    token = secrets.token_urlsafe(24)
+    api_token = secrets.token_urlsafe(24)
+    common = {
+        "MODELYARD_SERVICE_TOKEN": token,
+        "MODELYARD_STATE_DIR": str(work_dir / "state"),
+        "MODELYARD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    address = f"127.0.0.1:{free_port()}"
+    dataset = ManagedProcess(
+        name="dataset",
+        command=[sys.executable, "-m", "services.dataset"],
+        env=common
+        | {
+            "MODELYARD_DATASET_LISTEN_ADDRESS": address,
+            "MODELYARD_DATASET_DATABASE_URL": f"sqlite:///{work_dir / 'dataset.db'}",
+            "MODELYARD_DATASET_BLOB_STORE": "s3",
+            "MODELYARD_DATASET_S3_BUCKET": DATASET_BUCKET,
+            "MODELYARD_DATASET_S3_ENDPOINT_URL": s3.endpoint_url,
+            "MODELYARD_DATASET_S3_REGION": s3.region,
+            "AWS_ACCESS_KEY_ID": s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+        },
+        log_path=work_dir / "logs" / "dataset.log",
+    ).start()
+    bench = Bench(work_dir, s3, token, dataset, address, None, None, api_token)
+    try:
+        dataset.wait_until(lambda: grpc_serving(address), timeout=120)
+        if importlib.util.find_spec("gateway.__main__") is not None:
+            start_gateway(bench, common)
+    except BaseException:
+        stop_bench(bench)
+        raise
+    return bench
+
+
+def start_gateway(bench: Bench, common: dict[str, str]) -> None:
+    port = free_port()
+    gateway = ManagedProcess(
+        name="gateway",
+        command=[sys.executable, "-m", "gateway"],
+        env=common
+        | {
+            "MODELYARD_GATEWAY_HOST": "127.0.0.1",
+            "MODELYARD_GATEWAY_PORT": str(port),
+            "MODELYARD_GATEWAY_DATASET_SERVICE_ADDRESS": bench.dataset_address,
+            "MODELYARD_GATEWAY_JOBS_SERVICE_ADDRESS": f"127.0.0.1:{free_port()}",
+            "MODELYARD_GATEWAY_TRAINER_SERVICE_ADDRESS": f"127.0.0.1:{free_port()}",
+            "MODELYARD_GATEWAY_API_TOKENS": bench.api_token,
+            "MODELYARD_GATEWAY_DEV_MODE": "false",
+        },
+        log_path=bench.work_dir / "logs" / "gateway.log",
+    ).start()
+    try:
+        gateway.wait_until(lambda: port_open("127.0.0.1", port), timeout=60)
+    except (RuntimeError, TimeoutError) as error:
+        print(f"gateway did not start: {str(error).splitlines()[0]}")
+        gateway.stop()
+        return
+    bench.gateway, bench.gateway_url = gateway, f"http://127.0.0.1:{port}"
+
+
+def stop_bench(bench: Bench) -> None:
+    for process in (bench.gateway, bench.dataset, bench.s3.process):
+        if process is not None:
+            process.stop()
+
+
+# -- the measurements ----------------------------------------------------------------------
+
+
+def baseline(bench: Bench, path: Path) -> tuple[float, float]:
+    client = bench.s3_client()
+    client.create_bucket(Bucket=BASELINE_BUCKET)
+    _, upload_seconds = timed(lambda: client.upload_file(str(path), BASELINE_BUCKET, path.name))
+    client.delete_object(Bucket=BASELINE_BUCKET, Key=path.name)
+    _, read_seconds = timed(lambda: pacsv.read_csv(path))
+    return upload_seconds, read_seconds
+
+
+async def _chunks_of(path: Path, display_name: str) -> AsyncIterator[Any]:
+    yield dataset_service_pb2.UploadDatasetRequest(
+        header=dataset_service_pb2.UploadDatasetHeader(display_name=display_name)
+    )
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            yield dataset_service_pb2.UploadDatasetRequest(chunk=chunk)
+
+
+async def upload_grpc(bench: Bench, path: Path) -> dataset_pb2.Dataset:
+    async with grpc.aio.insecure_channel(bench.dataset_address, options=CHANNEL_OPTIONS) as channel:
+        stub = dataset_service_pb2_grpc.DatasetServiceStub(channel)
+        dataset: dataset_pb2.Dataset = await stub.UploadDataset(
+            _chunks_of(path, f"bench-grpc-{path.stem}"), metadata=bench.metadata(), timeout=1800
+        )
+        return dataset
+
+
+def upload_gateway(bench: Bench, path: Path) -> str:
+    assert bench.gateway_url is not None
+
+    def body() -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield chunk
+
+    response = httpx.post(
+        f"{bench.gateway_url}/v1/datasets",
+        params={"displayName": f"bench-gateway-{path.stem}"},
+        content=body(),
+        headers={"Content-Type": "text/csv", "Authorization": f"Bearer {bench.api_token}"},
+        timeout=1800,
+    )
+    response.raise_for_status()
+    state = str(response.json().get("state"))
+    if state not in ("READY", "3"):
+        raise RuntimeError(f"gateway upload ended in state {state}")
+    return str(response.json().get("datasetId") or response.json().get("dataset_id"))
+
+
+async def read_grpc(bench: Bench, dataset_id: str) -> pd.DataFrame:
+    async with grpc.aio.insecure_channel(bench.dataset_address, options=CHANNEL_OPTIONS) as channel:
+        stub = dataset_service_pb2_grpc.DatasetServiceStub(channel)
+        request = dataset_service_pb2.ReadDatasetRequest(dataset_id=dataset_id)
+        parts = [
+            response.arrow_ipc
+            async for response in stub.ReadDataset(request, metadata=bench.metadata(), timeout=600)
+        ]
+    table = pa.ipc.open_stream(pa.py_buffer(b"".join(parts))).read_all()
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
+
+
+def read_parquet_directly(bench: Bench, dataset_id: str) -> pd.DataFrame:
+    body = bench.s3_client().get_object(
+        Bucket=DATASET_BUCKET, Key=f"datasets/{dataset_id}/data.parquet"
+    )["Body"]
+    frame: pd.DataFrame = pq.read_table(io.BytesIO(body.read())).to_pandas()
+    return frame
+
+
+def measure_size(bench: Bench, path: Path, label: str, rss: PeakRss) -> tuple[list[Row], str]:
+    megabytes = path.stat().st_size / MB
+    upload_seconds, read_seconds = baseline(bench, path)
+    base = upload_seconds + read_seconds
+    rows = [
+        Row(label, "baseline: boto3 upload_file", upload_seconds, megabytes),
+        Row(label, "baseline: pyarrow.csv.read_csv", read_seconds, megabytes),
+        Row(label, "baseline: total", base, megabytes, base),
+    ]
+    with rss.watch():
+        dataset, seconds = timed(lambda: asyncio.run(upload_grpc(bench, path)))
+    rows.append(
+        Row(
+            label,
+            "gRPC UploadDataset → READY",
+            seconds,
+            megabytes,
+            baseline=base,
+            dataset_rss=rss.peaks.get("dataset"),
+            note=f"{dataset.row_count} rows",
+        )
+    )
+    rows.append(gateway_row(bench, path, label, megabytes, base, rss))
+    return rows, dataset.dataset_id
+
+
+def gateway_row(
+    bench: Bench, path: Path, label: str, megabytes: float, base: float, rss: PeakRss
+) -> Row:
+    what = "gateway POST /v1/datasets → READY"
+    if bench.gateway is None:
+        return Row(label, what, None, megabytes, note="gateway unavailable")
+    try:
+        with rss.watch():
+            _, seconds = timed(lambda: upload_gateway(bench, path))
+    except (httpx.HTTPError, RuntimeError, ValueError) as error:
+        return Row(label, what, None, megabytes, note=f"gateway failed: {error}")
+    return Row(
+        label,
+        what,
+        seconds,
+        megabytes,
+        baseline=base,
+        dataset_rss=rss.peaks.get("dataset"),
+        gateway_rss=rss.peaks.get("gateway"),
+    )
+
+
+def measure_read(bench: Bench, dataset_id: str, label: str, rss: PeakRss) -> list[Row]:
+    direct, direct_seconds = timed(lambda: read_parquet_directly(bench, dataset_id))
+    with rss.watch():
+        frame, seconds = timed(lambda: asyncio.run(read_grpc(bench, dataset_id)))
+    if frame.shape != direct.shape:
+        raise RuntimeError(f"ReadDataset gave {frame.shape}, the Parquet copy {direct.shape}")
+    megabytes = direct.memory_usage(deep=False).sum() / MB
+    return [
+        Row(
+            label,
+            "direct: S3 GET + pq.read_table → pandas",
+            direct_seconds,
+            megabytes,
+            note=f"{direct.shape[0]} rows x {direct.shape[1]} columns",
+        ),
+        Row(
+            label,
+            "ReadDataset (Arrow IPC) → pandas",
+            seconds,
+            megabytes,
+            baseline=direct_seconds,
+            dataset_rss=rss.peaks.get("dataset"),
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,500", help="CSV sizes in MB, comma-separated")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    arguments = parser.parse_args()
+    sizes = [int(size) for size in arguments.sizes.split(",")]
+    work_dir = arguments.work_dir or Path(tempfile.mkdtemp(prefix="modelyard-bench-ingest-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    bench = start_bench(work_dir)
+    try:
+        rss = PeakRss(
+            {"dataset": bench.dataset.pid, "gateway": bench.gateway.pid if bench.gateway else None}
+        )
+        largest = ("", "")
+        for size in sizes:
+            path = work_dir / f"bench-{size}mb.csv"
+            print(f"generating {path.name} ...", flush=True)
+            generate_csv(path, rows=size * ROWS_PER_MB)
+            label = f"{path.stat().st_size / MB:.0f} MB"
+            print(f"measuring {label} ...", flush=True)
+            size_rows, dataset_id = measure_size(bench, path, label, rss)
+            rows.extend(size_rows)
+            largest = (label, dataset_id)
+            path.unlink()
+        rows.extend(measure_read(bench, largest[1], largest[0], rss))
+    finally:
+        stop_bench(bench)
+        if arguments.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Dataset service: stores uploaded CSV files and serves them, typed, to the Trainer."""

@@ -1,0 +1,376 @@
+"""Where dataset files live: the local filesystem (default) or S3.
+
+The interface is small and synchronous: ingest and reads run in worker
+threads, and the servicer wraps the few calls it makes itself in
+`asyncio.to_thread`, so boto3's blocking calls never stall the event loop.
+
+Writers are all-or-nothing: bytes become visible under their key only on
+`commit()`; `abort()` leaves nothing behind (a local temporary file is
+removed, an S3 multipart upload is aborted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+logger = logging.getLogger("modelyard.dataset.blobs")
+
+DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def original_key(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/original.csv"
+
+
+def parquet_key(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/data.parquet"
+
+
+def dataset_prefix(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/"
+
+
+class BlobNotFoundError(Exception):
+    """The key holds no blob."""
+
+
+class BlobWriter(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    def open_writer(self, key: str) -> BlobWriter:
+        """A writer whose bytes appear under `key` on commit."""
+        ...
+
+    def open_reader(self, key: str) -> BinaryIO:
+        """The blob as a sequential stream."""
+        ...
+
+    def open_random_access(self, key: str) -> BinaryIO:
+        """The blob as a seekable file, for formats read from the end (Parquet)."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove a blob; a missing blob is not an error."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every blob under `prefix`, and any unfinished write there."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- local filesystem -------------------------------------------------------------------
+
+
+class LocalBlobWriter(io.RawIOBase):
+    """Writes to a hidden temporary file beside the target, renamed into place on commit."""
+
+    def __init__(self, target: Path) -> None:
+        super().__init__()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._target = target
+        self._partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        self._file = self._partial.open("wb")
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = self._file.write(data)
+        self._position += written
+        return written
+
+    def tell(self) -> int:
+        return self._position
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._partial, self._target)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"blob key escapes the store: {key!r}")
+        return path
+
+    def open_writer(self, key: str) -> BlobWriter:
+        return LocalBlobWriter(self.path(key))
+
+    def open_reader(self, key: str) -> BinaryIO:
+        try:
+            return self.path(key).open("rb")
+        except FileNotFoundError as error:
+            raise BlobNotFoundError(key) from error
+
+    def open_random_access(self, key: str) -> BinaryIO:
+        return self.open_reader(key)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def close(self) -> None:
+        pass
+
+
+# -- S3 ---------------------------------------------------------------------------------
+
+
+class S3MultipartWriter(io.RawIOBase):
+    """Uploads parts as they fill, a few at a time; small blobs become one PUT on commit."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        super().__init__()
+        self._store = store
+        self._client = store.client
+        self._key = key
+        # Bytes of the next part, as the pieces written (immutable: kept without a copy).
+        self._pending: list[bytes | memoryview] = []
+        self._pending_bytes = 0
+        self._position = 0
+        self._upload_id: str | None = None
+        self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
+        self._parts: list[CompletedPartTypeDef] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        # Callers may reuse a mutable buffer once write returns: only bytes are kept as given.
+        piece = data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
+        self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        self._position += len(piece)
+        while self._pending_bytes >= self._store.part_bytes:
+            self._send_part(self._take(self._store.part_bytes))
+        return len(piece)
+
+    def _take(self, size: int) -> bytes:
+        """The first `size` pending bytes, joined with one copy."""
+        pieces: list[bytes | memoryview] = []
+        taken = 0
+        while taken < size:
+            piece = self._pending.pop(0)
+            if taken + len(piece) > size:
+                cut = size - taken
+                whole = memoryview(piece)
+                piece, rest = whole[:cut], whole[cut:]
+                self._pending.insert(0, rest)
+            pieces.append(piece)
+            taken += len(piece)
+        self._pending_bytes -= size
+        return b"".join(pieces)
+
+    def tell(self) -> int:
+        return self._position
+
+    def _send_part(self, data: bytes) -> None:
+        if self._upload_id is None:
+            response = self._client.create_multipart_upload(
+                Bucket=self._store.bucket, Key=self._key
+            )
+            self._upload_id = response["UploadId"]
+        while len(self._in_flight) >= self._store.max_parts_in_flight:
+            self._parts.append(self._in_flight.popleft().result())
+        number = len(self._parts) + len(self._in_flight) + 1
+        self._in_flight.append(self._store.executor.submit(self._upload_part, number, data))
+
+    def _upload_part(self, number: int, data: bytes) -> CompletedPartTypeDef:
+        assert self._upload_id is not None
+        response = self._client.upload_part(
+            Bucket=self._store.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def commit(self) -> None:
+        rest = self._take(self._pending_bytes)
+        if self._upload_id is None:
+            self._client.put_object(Bucket=self._store.bucket, Key=self._key, Body=rest)
+            return
+        if rest:
+            self._send_part(rest)
+        while self._in_flight:
+            self._parts.append(self._in_flight.popleft().result())
+        self._client.complete_multipart_upload(
+            Bucket=self._store.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
+        )
+
+    def abort(self) -> None:
+        self._pending.clear()
+        for future in self._in_flight:
+            future.cancel()
+        for future in self._in_flight:
+            with contextlib.suppress(Exception):
+                future.result()
+        self._in_flight.clear()
+        if self._upload_id is not None:
+            self._client.abort_multipart_upload(
+                Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
+            )
+
+
+def _is_not_found(error: ClientError) -> bool:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+class S3BlobStore:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None,
+        region: str,
+        part_bytes: int,
+        max_parts_in_flight: int,
+    ) -> None:
+        self.bucket = bucket
+        self.part_bytes = part_bytes
+        self.max_parts_in_flight = max_parts_in_flight
+        self.client: S3Client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                max_pool_connections=max(10, 4 * max_parts_in_flight),
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+                # Integrity is checked end to end with the SHA-256 of the whole file;
+                # per-request CRCs would only cost CPU on the ingest path.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        self._region = region
+        self.executor = ThreadPoolExecutor(
+            max_workers=4 * max_parts_in_flight, thread_name_prefix="s3-part"
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it does not exist yet."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            if not _is_not_found(error):
+                raise
+            if self._region == "us-east-1":
+                self.client.create_bucket(Bucket=self.bucket)
+            else:
+                self.client.create_bucket(
+                    Bucket=self.bucket,
+                    CreateBucketConfiguration={"LocationConstraint": self._region},  # type: ignore[typeddict-item]
+                )
+            logger.info("created bucket", extra={"bucket": self.bucket})
+
+    def open_writer(self, key: str) -> BlobWriter:
+        return S3MultipartWriter(self, key)
+
+    def open_reader(self, key: str) -> BinaryIO:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_not_found(error):
+                raise BlobNotFoundError(key) from error
+            raise
+        return response["Body"]  # type: ignore[return-value]
+
+    def open_random_access(self, key: str) -> BinaryIO:
+        """A local, anonymous copy of the blob, fetched with one streamed GET.
+
+        Parquet readers jump around a file; one GET is far cheaper than the
+        many ranged GETs that would take (some S3 servers copy the whole object
+        for every range), and the copy lives on disk, not in memory. It
+        disappears when closed.
+        """
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 - returned open, closed by the caller
+        try:
+            with contextlib.closing(self.open_reader(key)) as body:
+                while chunk := body.read(DOWNLOAD_CHUNK_BYTES):
+                    copy.write(chunk)
+            copy.seek(0)
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_not_found(error):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})  # type: ignore[typeddict-item]
+        uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        for upload in uploads.get("Uploads", []):
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

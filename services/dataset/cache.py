@@ -1,0 +1,136 @@
+"""A local copy of recently written or read Parquet files, for ReadDataset.
+
+With the S3 blob store, reading a dataset means fetching its Parquet copy
+first. The copy written at ingest is kept here as well, and a read that
+misses fills the cache, so the Trainer reading a dataset (again, on a retry)
+starts at once. Datasets never change once READY, so a cached file is never
+stale; deleted datasets are refused before the cache is looked at.
+
+Files are written to a temporary name and renamed into place, so processes
+sharing the folder never see half a file; the least recently used files go
+when the cache passes its size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from services.dataset.blobstore import BlobStore, BlobWriter, LocalBlobWriter
+
+logger = logging.getLogger("modelyard.dataset.cache")
+
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class ParquetCache:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, dataset_id: str) -> Path:
+        return self.root / f"{dataset_id}.parquet"
+
+    def writer(self, dataset_id: str) -> BlobWriter:
+        return LocalBlobWriter(self._path(dataset_id))
+
+    def caching(self, blob: BlobWriter, dataset_id: str) -> BlobWriter:
+        """`blob`, with a copy of what is written kept here."""
+        return CachingWriter(blob, self.writer(dataset_id), after_commit=self.evict)
+
+    def open(self, store: BlobStore, key: str, dataset_id: str) -> BinaryIO:
+        """The cached copy, fetched from the store first when missing."""
+        path = self._path(dataset_id)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            self._fill(store, key, dataset_id)
+            handle = path.open("rb")
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used
+        return handle
+
+    def _fill(self, store: BlobStore, key: str, dataset_id: str) -> None:
+        writer = self.writer(dataset_id)
+        try:
+            with contextlib.closing(store.open_reader(key)) as source:
+                while chunk := source.read(COPY_CHUNK_BYTES):
+                    writer.write(chunk)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        self.evict()
+
+    def discard(self, dataset_id: str) -> None:
+        self._path(dataset_id).unlink(missing_ok=True)
+
+    def evict(self) -> None:
+        """Remove the least recently used files until the cache fits its size."""
+        files: list[tuple[float, int, Path]] = []
+        for path in self.root.glob("*.parquet"):
+            with contextlib.suppress(FileNotFoundError):
+                status = path.stat()
+                files.append((status.st_mtime, status.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)  # a reader holding it open keeps reading
+            total -= size
+
+
+class CachingWriter(io.RawIOBase):
+    """Writes a blob and, best effort, its cached copy: a cache problem never fails a write."""
+
+    def __init__(
+        self, blob: BlobWriter, copy: BlobWriter, after_commit: Callable[[], None]
+    ) -> None:
+        super().__init__()
+        self._blob = blob
+        self._copy: BlobWriter | None = copy
+        self._after_commit = after_commit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = self._blob.write(data)
+        if self._copy is not None:
+            try:
+                self._copy.write(data)
+            except OSError:
+                self._drop_copy()
+        return written
+
+    def tell(self) -> int:
+        return self._blob.tell()
+
+    def commit(self) -> None:
+        self._blob.commit()
+        if self._copy is not None:
+            try:
+                self._copy.commit()
+                self._after_commit()
+            except OSError:
+                self._drop_copy()
+
+    def abort(self) -> None:
+        try:
+            self._blob.abort()
+        finally:
+            if self._copy is not None:
+                self._drop_copy()
+
+    def _drop_copy(self) -> None:
+        assert self._copy is not None
+        logger.warning("could not keep a local copy of a Parquet file", exc_info=True)
+        with contextlib.suppress(OSError):
+            self._copy.abort()
+        self._copy = None

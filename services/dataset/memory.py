@@ -1,0 +1,62 @@
+"""Keep the process's memory flat across uploads (called first thing by `__main__`).
+
+Ingest moves megabyte-sized buffers between threads (gRPC, the writer, the
+converter, S3 part uploads). With glibc's defaults such buffers come from
+per-thread arenas once the dynamic mmap threshold has grown, and freed memory
+stays in the process: its RSS would creep to twice what it uses. A fixed mmap
+threshold gives big buffers back to the kernel as soon as they are freed, and
+fewer arenas keep small-object fragmentation down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.abc
+import os
+import sys
+from typing import Any
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 256 * 1024
+ARENAS = 2
+
+
+def tune_allocator() -> bool:
+    """Apply the settings above when the C library is glibc; False elsewhere.
+
+    Arrow is also pointed at the C library's allocator (it must happen before
+    pyarrow is imported): its buffers are large, so with the fixed threshold
+    they are mapped and unmapped one by one, and the process's RSS tracks what
+    it uses. With its default allocator (mimalloc, per-thread heaps) the RSS of
+    a long upload crept up by a hundred megabytes or more on a busy machine.
+    """
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_ARENA_MAX, ARENAS)
+    )
+
+
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is kept out of the Dataset service", name=fullname)
+        return None
+
+
+def keep_pandas_out() -> None:
+    """The service never uses pandas, but pyarrow imports it on first use when it is
+    installed: ~40 MB of RSS for nothing. Make it unavailable to this process."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())

@@ -1,0 +1,44 @@
+"""The Dataset service's own tables (SQLAlchemy 2, typed mappings)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DatasetRecord(Base):
+    """One uploaded CSV. Schema and profile are the serialized `Dataset.columns`."""
+
+    __tablename__ = "datasets"
+
+    dataset_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    # A Dataset.State name: UPLOADING, PROCESSING, READY or FAILED.
+    state: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    delimiter: Mapped[str] = mapped_column(String(4))
+    has_header: Mapped[bool]
+    row_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    # modelyard.dataset.v1.Dataset holding only `columns`, serialized.
+    columns: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # While UPLOADING or PROCESSING: renewed by the process doing the work; once it
+    # passes, that process is gone and the janitor fails the dataset.
+    lease_expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_datasets_create_time_dataset_id", "create_time", "dataset_id"),
+        Index("ix_datasets_state_lease_expire_time", "state", "lease_expire_time"),
+    )

@@ -1,0 +1,178 @@
+"""Reads and writes of the datasets table, one short transaction each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelyard.dataset.v1 import dataset_pb2
+from runtime.pagination import Page
+from services.dataset.models import DatasetRecord
+
+State = dataset_pb2.Dataset.State
+UPLOADING = State.Name(State.UPLOADING)
+PROCESSING = State.Name(State.PROCESSING)
+READY = State.Name(State.READY)
+FAILED = State.Name(State.FAILED)
+IN_PROGRESS = (UPLOADING, PROCESSING)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class RequestIdTakenError(Exception):
+    """Another upload with the same request_id was recorded first."""
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    display_name_contains: str = ""
+    state: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"display_name_contains": self.display_name_contains, "state": self.state}
+
+
+class DatasetRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], lease: timedelta) -> None:
+        self._sessions = sessions
+        self._lease = lease
+
+    async def get(self, dataset_id: str) -> DatasetRecord | None:
+        async with self._sessions() as session:
+            return await session.get(DatasetRecord, dataset_id)
+
+    async def get_by_request_id(self, request_id: str) -> DatasetRecord | None:
+        async with self._sessions() as session:
+            result = await session.execute(
+                select(DatasetRecord).where(DatasetRecord.request_id == request_id)
+            )
+            return result.scalar_one_or_none()
+
+    async def create_uploading(self, record: DatasetRecord) -> None:
+        """Insert a new UPLOADING dataset; a FAILED one with the same request_id gives way."""
+        now = utc_now()
+        record.state = UPLOADING
+        record.create_time = record.update_time = now
+        record.lease_expire_time = now + self._lease
+        try:
+            async with self._sessions.begin() as session:
+                if record.request_id:
+                    await session.execute(
+                        delete(DatasetRecord).where(
+                            DatasetRecord.request_id == record.request_id,
+                            DatasetRecord.state == FAILED,
+                        )
+                    )
+                session.add(record)
+        except IntegrityError as error:
+            raise RequestIdTakenError(record.request_id) from error
+
+    async def mark_processing(self, dataset_id: str, size_bytes: int, sha256: str) -> None:
+        await self._update(
+            dataset_id, IN_PROGRESS, state=PROCESSING, size_bytes=size_bytes, sha256=sha256
+        )
+
+    async def mark_ready(self, dataset_id: str, columns: bytes, row_count: int) -> bool:
+        """READY unless the dataset stopped being PROCESSING meanwhile (the janitor failed it)."""
+        return await self._update(
+            dataset_id,
+            (PROCESSING,),
+            state=READY,
+            columns=columns,
+            row_count=row_count,
+            lease_expire_time=None,
+        )
+
+    async def mark_failed(self, dataset_id: str, code: int, reason: str, message: str) -> bool:
+        return await self._update(
+            dataset_id,
+            IN_PROGRESS,
+            state=FAILED,
+            error_code=code,
+            error_reason=reason,
+            error_message=message,
+            lease_expire_time=None,
+        )
+
+    async def _update(self, dataset_id: str, from_states: Sequence[str], **values: Any) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(DatasetRecord)
+                .where(DatasetRecord.dataset_id == dataset_id, DatasetRecord.state.in_(from_states))
+                .values(update_time=utc_now(), **values)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delete(self, dataset_id: str) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(DatasetRecord).where(DatasetRecord.dataset_id == dataset_id)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def list_page(self, page: Page, filters: ListFilters) -> list[DatasetRecord]:
+        """One page, newest first; one row more than the page size tells there is a next page."""
+        query = select(DatasetRecord)
+        if filters.display_name_contains:
+            query = query.where(
+                func.lower(DatasetRecord.display_name).contains(
+                    filters.display_name_contains.lower(), autoescape=True
+                )
+            )
+        if filters.state:
+            query = query.where(DatasetRecord.state == filters.state)
+        if page.after is not None:
+            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+            query = query.where(
+                or_(
+                    DatasetRecord.create_time < after_time,
+                    and_(
+                        DatasetRecord.create_time == after_time,
+                        DatasetRecord.dataset_id < after_id,
+                    ),
+                )
+            )
+        query = query.order_by(
+            DatasetRecord.create_time.desc(), DatasetRecord.dataset_id.desc()
+        ).limit(page.size + 1)
+        async with self._sessions() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def renew_leases(self, dataset_ids: Sequence[str]) -> None:
+        if not dataset_ids:
+            return
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(DatasetRecord)
+                .where(
+                    DatasetRecord.dataset_id.in_(dataset_ids),
+                    DatasetRecord.state.in_(IN_PROGRESS),
+                )
+                .values(lease_expire_time=utc_now() + self._lease)
+            )
+
+    async def expired_uploads(self, limit: int = 100) -> list[str]:
+        """Datasets still in progress whose process stopped renewing their lease."""
+        async with self._sessions() as session:
+            result = await session.execute(
+                select(DatasetRecord.dataset_id)
+                .where(
+                    DatasetRecord.state.in_(IN_PROGRESS),
+                    DatasetRecord.lease_expire_time < utc_now(),
+                )
+                .limit(limit)
+            )
+            return list(result.scalars())

@@ -1,0 +1,117 @@
+"""The blob store contract, on local files and on a real S3 API (moto's server)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from devstack.components import S3Server
+from services.dataset.blobstore import BlobNotFoundError, BlobStore, LocalBlobStore, S3BlobStore
+from tests.dataset.conftest import MiB, s3_keys
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, s3_server: S3Server
+) -> Iterator[BlobStore]:
+    if request.param == "local":
+        yield LocalBlobStore(tmp_path / "blobs")
+        return
+    s3 = S3BlobStore(
+        f"blobs-{os.urandom(4).hex()}",
+        endpoint_url=s3_server.endpoint_url,
+        region=s3_server.region,
+        part_bytes=5 * MiB,
+        max_parts_in_flight=2,
+    )
+    s3.ensure_bucket()  # creates the bucket
+    s3.ensure_bucket()  # and accepts that it exists
+    yield s3
+    s3.close()
+
+
+def test_written_blob_appears_only_on_commit(store: BlobStore) -> None:
+    writer = store.open_writer("datasets/a/original.csv")
+    writer.write(b"hello ")
+    writer.write(b"world")
+    assert writer.tell() == 11
+    assert not store.exists("datasets/a/original.csv")
+    writer.commit()
+    assert store.exists("datasets/a/original.csv")
+    with store.open_reader("datasets/a/original.csv") as reader:
+        assert reader.read() == b"hello world"
+
+
+def test_multipart_blob_round_trips(store: BlobStore) -> None:
+    data = os.urandom(12 * MiB + 12345)  # three parts of 5 MiB on S3
+    writer = store.open_writer("datasets/b/original.csv")
+    for offset in range(0, len(data), MiB):
+        writer.write(data[offset : offset + MiB])
+    writer.commit()
+    with store.open_reader("datasets/b/original.csv") as reader:
+        assert reader.read() == data
+
+
+def test_aborted_write_leaves_nothing(store: BlobStore, s3_server: S3Server) -> None:
+    writer = store.open_writer("datasets/c/original.csv")
+    writer.write(os.urandom(11 * MiB))  # parts already sent on S3
+    writer.abort()
+    assert not store.exists("datasets/c/original.csv")
+    assert _leftovers(store, s3_server, "datasets/c/") == []
+
+
+def test_delete_prefix_removes_blobs_and_unfinished_writes(
+    store: BlobStore, s3_server: S3Server
+) -> None:
+    for name in ("original.csv", "data.parquet"):
+        writer = store.open_writer(f"datasets/d/{name}")
+        writer.write(b"x")
+        writer.commit()
+    unfinished = store.open_writer("datasets/d/more.csv")
+    unfinished.write(os.urandom(6 * MiB))  # as a crashed process leaves it
+    store.delete_prefix("datasets/d/")
+    assert _leftovers(store, s3_server, "datasets/d/") == []
+    store.delete("datasets/d/original.csv")  # deleting what is gone is fine
+
+
+def test_random_access_reads_parquet(store: BlobStore) -> None:
+    table = pa.table({"a": list(range(100_000)), "b": [str(index) for index in range(100_000)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=10_000)
+    writer = store.open_writer("datasets/e/data.parquet")
+    writer.write(sink.getvalue())
+    writer.commit()
+    with store.open_random_access("datasets/e/data.parquet") as source:
+        parquet = pq.ParquetFile(source)
+        assert parquet.metadata.num_row_groups == 10
+        assert parquet.read(columns=["b"]).column("b").to_pylist()[-1] == "99999"
+
+
+def test_missing_blob(store: BlobStore) -> None:
+    assert not store.exists("datasets/none/original.csv")
+    with pytest.raises(BlobNotFoundError):
+        store.open_reader("datasets/none/original.csv")
+    with pytest.raises(BlobNotFoundError):
+        store.open_random_access("datasets/none/data.parquet")
+
+
+def test_local_keys_cannot_escape_the_root(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    with pytest.raises(ValueError, match="escapes"):
+        store.open_writer("../outside.csv")
+
+
+def _leftovers(store: BlobStore, s3_server: S3Server, prefix: str) -> list[str]:
+    if isinstance(store, S3BlobStore):
+        return s3_keys(s3_server, store.bucket, prefix)
+    assert isinstance(store, LocalBlobStore)
+    folder = store.root / prefix
+    return (
+        sorted(str(path) for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
+    )

@@ -1,0 +1,54 @@
+"""Configured limits refuse uploads with RESOURCE_EXHAUSTED or INVALID_ARGUMENT and a reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from modelyard.dataset.v1 import dataset_pb2
+from tests.dataset.conftest import RunningService, start_in_process, stop_in_process
+
+State = dataset_pb2.Dataset.State
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture(scope="module")
+async def limited(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningService]:
+    tmp = tmp_path_factory.mktemp("dataset-limits")
+    running = await start_in_process(
+        tmp,
+        None,
+        database_url=f"sqlite:///{tmp / 'd.db'}",
+        max_upload_bytes=64 * 1024,
+        max_columns=5,
+        max_field_bytes=100,
+        max_column_name_chars=10,
+    )
+    yield running
+    await stop_in_process(running)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "reason"),
+    [
+        (b"a,b\n" + b"1,2\n" * 20_000, EXHAUSTED, "UPLOAD_TOO_LARGE"),
+        (b"a,b,c,d,e,f\n1,2,3,4,5,6\n", EXHAUSTED, "TOO_MANY_COLUMNS"),
+        (b"a,b\n1," + b"y" * 101 + b"\n", EXHAUSTED, "FIELD_TOO_LARGE"),
+        (b"a_long_column_name,b\n1,2\n", grpc.StatusCode.INVALID_ARGUMENT, "COLUMN_NAME_TOO_LONG"),
+    ],
+)
+async def test_limit_refusals(
+    limited: RunningService, data: bytes, code: grpc.StatusCode, reason: str
+) -> None:
+    failure = await limited.client.upload_failure(data, chunk_bytes=4096)
+    assert (failure.code, failure.reason) == (code, reason)
+    dataset = await limited.client.get(failure.metadata["dataset_id"])
+    assert dataset.state == State.FAILED
+    assert limited.blob_keys(dataset.dataset_id) == []
+
+
+async def test_within_limits_is_accepted(limited: RunningService) -> None:
+    dataset = await limited.client.upload(b"a,b,c,d,e\n1,2,3,4," + b"z" * 100 + b"\n")
+    assert dataset.state == State.READY

@@ -9,11 +9,13 @@ import uvicorn
 from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 from runtime.logs import configure_logging
+from runtime.tracing import configure_tracing, shutdown_tracing
 
 
 def main() -> None:
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level)
+    configure_tracing("gateway", settings.otlp_endpoint)
     app = Gateway(settings)
     config = uvicorn.Config(
         app,
@@ -29,7 +31,10 @@ def main() -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

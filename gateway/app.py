@@ -19,6 +19,9 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -56,6 +59,8 @@ from gateway.transcoding import RequestBuilder, response_json
 from runtime.errors import make_status
 from runtime.interceptors import REQUEST_ID_KEY
 from runtime.logs import log_context
+from runtime.metrics import LATENCY_BUCKETS
+from runtime.tracing import context_from_headers, tracer
 
 logger = logging.getLogger("modelyard.gateway")
 access_logger = logging.getLogger("modelyard.gateway.access")
@@ -67,7 +72,19 @@ REQUEST_ID_HEADER = "x-request-id"
 TIMEOUT_HEADERS = ("x-request-timeout", "request-timeout")
 # A client's request id is kept when it is this tame; otherwise a new one is made.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+HTTP_REQUESTS = Counter(
+    "modelyard_gateway_requests",
+    "HTTP requests, by RPC (or 'none' when no route matched) and HTTP status.",
+    ["rpc", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "modelyard_gateway_request_seconds",
+    "HTTP request latency until the response started, by RPC and HTTP status.",
+    ["rpc", "status"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 class Exchange:
@@ -152,7 +169,12 @@ class Gateway:
         request = Request(scope, receive)
         request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
         exchange = Exchange()
-        with log_context(request_id=request_id):
+        span = tracer().start_as_current_span(
+            f"{request.method} {scope['path']}",
+            context=context_from_headers(request.headers),
+            kind=SpanKind.SERVER,
+        )
+        with log_context(request_id=request_id), span:
             try:
                 response = await self._respond(request, request_id, exchange)
             except GatewayError as error:
@@ -289,6 +311,8 @@ class Gateway:
             )
         if path == "/healthz":
             return Response(b'{"status":"ok"}', media_type=JSON_MEDIA_TYPE)
+        if path == "/metrics":
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
         if path == "/readyz":
             return await self._readiness()
         if path == "/openapi.json":
@@ -312,6 +336,14 @@ class Gateway:
 
     def _log(self, request: Request, response: Response, exchange: Exchange) -> None:
         path: str = request.scope["path"]
+        rpc = exchange.route.grpc_path if exchange.route is not None else "none"
+        status = str(response.status_code)
+        HTTP_REQUESTS.labels(rpc, status).inc()
+        HTTP_SECONDS.labels(rpc, status).observe(time.perf_counter() - exchange.started)
+        span = trace.get_current_span()
+        span.set_attribute("http.response.status_code", response.status_code)
+        if exchange.route is not None:
+            span.update_name(f"{request.method} {exchange.route.grpc_path}")
         level = logging.DEBUG if path in PROBE_PATHS else logging.INFO
         if not access_logger.isEnabledFor(level):
             return

@@ -16,6 +16,7 @@ from runtime.interceptors import AUTHORIZATION_KEY, REQUEST_ID_KEY
 from runtime.logs import current_context
 from runtime.server import CHANNEL_OPTIONS
 from runtime.settings import CommonSettings
+from runtime.tracing import headers_with_context
 
 DEFAULT_STREAM_TIMEOUT_SECONDS = 3600.0
 
@@ -34,6 +35,8 @@ class _CallDefaults:
         request_id = current_context().get("request_id")
         if request_id and REQUEST_ID_KEY not in metadata:
             metadata[REQUEST_ID_KEY] = request_id
+        for key, value in headers_with_context().items():  # traceparent, when tracing
+            metadata[key] = value
         timeout = details.timeout
         if timeout is None:
             timeout = self._stream_timeout if streaming else self._timeout

@@ -10,18 +10,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 from google.rpc import status_pb2
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
 from runtime.errors import STATUS_DETAILS_KEY, ServiceError, code_from_number, make_status
 from runtime.logs import log_context
+from runtime.metrics import record_call
 from runtime.secrets import tokens_equal
+from runtime.tracing import context_from_pairs, tracer
 
 logger = logging.getLogger("modelyard.rpc")
 
@@ -81,9 +86,11 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         request_id = _metadata_value(handler_call_details, REQUEST_ID_KEY) or uuid.uuid4().hex
 
+        metadata = handler_call_details.invocation_metadata or ()
+
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             behaviour = handler.unary_unary or handler.stream_unary
-            with log_context(request_id=request_id, rpc=method):
+            with _call_context(method, request_id, metadata):
                 started = time.perf_counter()
                 try:
                     response = await behaviour(request, context)
@@ -97,7 +104,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             behaviour = handler.unary_stream or handler.stream_stream
-            with log_context(request_id=request_id, rpc=method):
+            with _call_context(method, request_id, metadata):
                 started = time.perf_counter()
                 try:
                     async for response in behaviour(request, context):
@@ -108,6 +115,22 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                 _log_done(method, "OK", started)
 
         return _replace_behaviour(handler, unary, streaming)
+
+
+@contextlib.contextmanager
+def _call_context(
+    method: str, request_id: str, metadata: Sequence[tuple[str, str | bytes]]
+) -> Iterator[None]:
+    """Log lines carry the request id; a server span continues the caller's trace."""
+    span = tracer().start_as_current_span(
+        method,
+        context=context_from_pairs(metadata),
+        kind=SpanKind.SERVER,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    with log_context(request_id=request_id, rpc=method), span:
+        yield
 
 
 async def _abort_for(
@@ -144,7 +167,13 @@ async def abort_with_status(
 
 
 def _log_done(method: str, code: str, started: float, reason: str | None = None) -> None:
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    elapsed = time.perf_counter() - started
+    record_call(method, code, elapsed)
+    span = trace.get_current_span()
+    span.set_attribute("rpc.grpc.status", code)
+    if code not in ("OK", "CANCELLED"):
+        span.set_status(StatusCode.ERROR, reason or code)
+    elapsed_ms = round(elapsed * 1000, 2)
     extra: dict[str, Any] = {"code": code, "elapsed_ms": elapsed_ms}
     if reason:
         extra["reason"] = reason

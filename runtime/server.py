@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runtime.interceptors import RequestContextInterceptor, ServiceTokenInterceptor
+from runtime.metrics import serve_metrics
 from runtime.settings import CommonSettings
 
 logger = logging.getLogger("modelyard.server")
@@ -34,9 +35,12 @@ CHANNEL_OPTIONS = [
 class GrpcServer:
     """Add servicers to `.server`, call `enable` for each, then `start`."""
 
-    def __init__(self, settings: CommonSettings, listen_address: str) -> None:
+    def __init__(
+        self, settings: CommonSettings, listen_address: str, metrics_address: str | None = None
+    ) -> None:
         self._settings = settings
         self._listen_address = listen_address
+        self._metrics_address = metrics_address
         self._service_names: list[str] = []
         self.server = grpc.aio.server(
             interceptors=[
@@ -53,6 +57,7 @@ class GrpcServer:
         self._service_names.extend(service.full_name for service in services)
 
     async def start(self) -> None:
+        serve_metrics(self._metrics_address)
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )

@@ -43,6 +43,11 @@ class CommonSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=10.0, validation_alias="MODELYARD_SHUTDOWN_GRACE_SECONDS"
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias="MODELYARD_OTLP_ENDPOINT",
+        description="OTLP/HTTP collector base URL (http://otel:4318); tracing is off when unset.",
+    )
     rpc_timeout_seconds: float = Field(
         default=30.0,
         validation_alias="MODELYARD_RPC_TIMEOUT_SECONDS",

@@ -11,6 +11,7 @@ tune_allocator()
 
 from runtime.logs import configure_logging  # noqa: E402 - after the memory set-up above
 from runtime.server import wait_for_shutdown_signal  # noqa: E402
+from runtime.tracing import configure_tracing, shutdown_tracing  # noqa: E402
 from services.dataset.app import DatasetApp  # noqa: E402
 from services.dataset.settings import DatasetSettings  # noqa: E402
 
@@ -27,7 +28,11 @@ async def serve(settings: DatasetSettings) -> None:
 def main() -> None:
     settings = DatasetSettings()
     configure_logging("dataset", settings.log_level)
-    asyncio.run(serve(settings))
+    configure_tracing("dataset", settings.otlp_endpoint)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class DatasetApp:
         if settings.blob_store == "s3" and settings.read_cache_bytes > 0:
             cache = ParquetCache(settings.read_cache_dir(), settings.read_cache_bytes)
         self.servicer = DatasetServicer(settings, repository, self._store, cache)
-        self._server = GrpcServer(settings, settings.listen_address)
+        self._server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
         dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(
             self.servicer, self._server.server
         )

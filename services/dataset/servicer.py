@@ -28,7 +28,7 @@ from runtime.errors import (
 )
 from runtime.logs import log_context
 from runtime.pagination import next_page_token, parse_page
-from services.dataset import reasons
+from services.dataset import metrics, reasons
 from services.dataset.blobstore import (
     BlobNotFoundError,
     BlobStore,
@@ -363,6 +363,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             ) from None
         finally:
             self.active_uploads.discard(dataset_id)
+        metrics.INGESTED_BYTES.inc(result.size_bytes)
+        metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
+        metrics.UPLOADS.labels("READY").inc()
         logger.info(
             "dataset ready",
             extra={
@@ -401,6 +404,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             await self._repository.mark_failed(
                 dataset_id, failure.code.value[0], failure.reason, _limited(failure.message)
             )
+            metrics.UPLOADS.labels(failure.reason).inc()
             logger.info(
                 "upload failed",
                 extra={

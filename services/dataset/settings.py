@@ -21,6 +21,10 @@ class DatasetSettings(CommonSettings):
     listen_address: str = Field(
         default="127.0.0.1:50051", description="host:port the gRPC server listens on."
     )
+    metrics_address: str = Field(
+        default="127.0.0.1:9451",
+        description="host:port of the Prometheus endpoint (GET /metrics); empty turns it off.",
+    )
     database_url: str | None = Field(
         default=None,
         description=(

@@ -8,6 +8,7 @@ import sys
 
 from runtime.logs import configure_logging
 from runtime.server import wait_for_shutdown_signal
+from runtime.tracing import configure_tracing, shutdown_tracing
 from services.jobs.app import JobsService, StartupError
 from services.jobs.settings import JobsSettings
 
@@ -26,11 +27,14 @@ async def serve(settings: JobsSettings) -> None:
 def main() -> None:
     settings = JobsSettings()
     configure_logging("jobs", settings.log_level)
+    configure_tracing("jobs", settings.otlp_endpoint)
     try:
         asyncio.run(serve(settings))
     except StartupError as error:
         logger.critical("cannot start: %s", error)
         sys.exit(1)
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from runtime.channels import open_channel
 from runtime.db import create_engine, migrate
 from runtime.messaging import cancellations, connect, ensure_streams
 from runtime.server import GrpcServer
+from services.jobs import metrics
 from services.jobs.consumer import EventsConsumer
 from services.jobs.dependencies import DatasetChecker, ParamsChecker
 from services.jobs.relay import OutboxRelay, Publisher
@@ -95,9 +96,12 @@ class JobsService:
             self._start_task(self.relay.run(), "outbox-relay")
         self._start_task(consumer.run(subscription), "events-consumer")
         self._start_task(self.watchdog.run(), "deadline-watchdog")
+        self._start_task(
+            metrics.sample_forever(self.store, js, settings.metrics_sample_seconds), "metrics"
+        )
 
         self._watcher = JobWatcher(self.nc, self.store, settings.watch_refresh_seconds)
-        self._server = GrpcServer(settings, settings.listen_address)
+        self._server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(
             self._servicer(self.store, self.relay, self._watcher, flags), self._server.server
         )

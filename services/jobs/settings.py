@@ -17,6 +17,15 @@ class JobsSettings(CommonSettings):
     listen_address: str = Field(
         default="127.0.0.1:50052", description="host:port the gRPC server listens on."
     )
+    metrics_address: str = Field(
+        default="127.0.0.1:9452",
+        description="host:port of the Prometheus endpoint (GET /metrics); empty turns it off.",
+    )
+    metrics_sample_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often jobs by state, queue depth and consumer lag are sampled.",
+    )
     database_url: str = Field(
         default="",
         description=(

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from google.rpc import status_pb2
-from sqlalchemy import Select, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -276,6 +276,11 @@ class JobStore:
         )
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).scalars())
+
+    async def count_by_state(self) -> dict[int, int]:
+        statement = select(JOBS.c.state, func.count()).group_by(JOBS.c.state)
+        async with self.engine.connect() as connection:
+            return {int(state): int(count) for state, count in await connection.execute(statement)}
 
     async def queued_job_ids(self, created_before: datetime, limit: int = 100) -> list[str]:
         statement = (

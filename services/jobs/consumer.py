@@ -28,11 +28,13 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind
 
 from modelyard.jobs.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.logs import log_context
 from runtime.messaging import JOB_EVENTS_STREAM, JOB_EVENTS_SUBJECTS, JOBS_EVENTS_CONSUMER
+from runtime.tracing import context_from_headers, tracer
 from services.jobs.backoff import Backoff
 from services.jobs.store import JobStore
 from services.jobs.transitions import apply_event_to_store
@@ -124,7 +126,12 @@ class EventsConsumer:
             )
             await message.term()
             return True
-        with log_context(job_id=event.job_id):
+        span = tracer().start_as_current_span(
+            f"apply {event.WhichOneof('kind')} event",
+            context=context_from_headers(message.headers),
+            kind=SpanKind.CONSUMER,
+        )
+        with log_context(job_id=event.job_id), span:
             try:
                 outcome = await apply_event_to_store(self._store, event)
             except Exception:

@@ -39,6 +39,9 @@ T = TypeVar("T")
 CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A pooled connection whose backend was terminated can fail before sending
+    # anything: "cannot switch to state …; another operation is in progress".
+    asyncpg.InternalClientError,
     asyncpg.AdminShutdownError,
     OSError,
 )

@@ -15,6 +15,7 @@ unpublished and is retried after a back-off.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import asyncpg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -36,6 +38,7 @@ from runtime.messaging import (
     TRAINING_REQUESTS_SUBJECT,
     job_events_subject,
 )
+from runtime.tracing import context_from_headers, headers_with_context, tracer
 from services.jobs.backoff import Backoff
 from services.jobs.outbox import OutboxEntry, OutboxKind
 from services.jobs.pg_hot_path import asyncpg_dsn
@@ -44,6 +47,7 @@ from services.jobs.store import OUTBOX, delete_published_outbox
 logger = logging.getLogger("modelyard.jobs.relay")
 
 NOTIFY_CHANNEL = "modelyard_jobs_outbox"
+MAX_REMEMBERED_TRACES = 10_000
 PRUNE_EVERY_SECONDS = 60.0
 LISTENER_PING_SECONDS = 30.0
 
@@ -55,9 +59,25 @@ class Publisher:
         self._js = js
         self._flags = flags
         self._timeout = timeout
+        # Trace context of the calls that wrote recent rows, by message id. Best effort:
+        # a row published by another replica, or after a restart, starts a new trace.
+        self._traces: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+
+    def remember_trace(self, msg_id: str) -> None:
+        """Continue the current trace when the row `msg_id` is published."""
+        headers = headers_with_context()
+        if headers:
+            self._traces[msg_id] = headers
+            while len(self._traces) > MAX_REMEMBERED_TRACES:
+                self._traces.popitem(last=False)
 
     async def publish(self, entry: OutboxEntry) -> None:
-        headers = {"Nats-Msg-Id": entry.msg_id}
+        parent = context_from_headers(self._traces.pop(entry.msg_id, None))
+        name = f"publish {entry.kind}"
+        with tracer().start_as_current_span(name, context=parent, kind=SpanKind.PRODUCER):
+            await self._publish(entry, headers_with_context({"Nats-Msg-Id": entry.msg_id}))
+
+    async def _publish(self, entry: OutboxEntry, headers: dict[str, str]) -> None:
         if entry.kind == OutboxKind.TRAINING_REQUEST:
             await self._js.publish(
                 TRAINING_REQUESTS_SUBJECT,
@@ -99,8 +119,11 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._last_prune = 0.0
 
-    def wake(self) -> None:
-        """Publish now: something was just committed to the outbox."""
+    def wake(self, traced_msg_id: str | None = None) -> None:
+        """Publish now: something was just committed to the outbox. The row
+        `traced_msg_id`, when given, is published in the caller's trace."""
+        if traced_msg_id is not None:
+            self._publisher.remember_trace(traced_msg_id)
         self._wake.set()
 
     async def run(self) -> None:

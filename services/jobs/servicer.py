@@ -84,7 +84,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             return existing  # a concurrent retry won the race: its job is the job
         if self._settings.fault_crash_after_commit:
             os._exit(137)  # TEST ONLY: committed, not published (see settings)
-        self._relay.wake()
+        self._relay.wake(traced_msg_id=job.job_id)
         with log_context(job_id=job.job_id):
             logger.info(
                 "training job queued",

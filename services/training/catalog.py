@@ -1,0 +1,263 @@
+"""Registered models as TrainerService shows them, and the models Predict loads.
+
+Blocking MLflow calls: TrainerService runs these methods in threads. Loaded
+models are kept in an LRU cache keyed by (name, version); an alias is resolved
+to its version on every call (one registry call), so a moved `champion` takes
+effect at once while the model behind each version is loaded only once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import mlflow
+from google.protobuf import timestamp_pb2
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+from mlflow.exceptions import MlflowException
+
+from modelyard.jobs.v1 import training_job_pb2
+from modelyard.training.v1 import model_pb2
+from runtime.errors import (
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
+from services.training.champion import CHAMPION_ALIAS, version_metrics
+from services.training.pyfunc_model import FeatureSpec
+from services.training.tracking import JOB_TAG, MANAGED_TAG, MANAGED_VALUE, check_model_name
+
+logger = logging.getLogger("modelyard.trainer.catalog")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_VERSIONS = 10_000
+TASK_ENUMS = {
+    "BINARY": training_job_pb2.TrainingJob.Task.BINARY,
+    "MULTICLASS": training_job_pb2.TrainingJob.Task.MULTICLASS,
+    "REGRESSION": training_job_pb2.TrainingJob.Task.REGRESSION,
+}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: int
+    booster: lgb.Booster
+    spec: FeatureSpec
+
+
+@contextmanager
+def mlflow_errors(model_name: str) -> Iterator[None]:
+    """MLflow's errors as the contract's: unknown model NOT_FOUND, MLflow down UNAVAILABLE."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise not_found(
+                "MODEL_NOT_FOUND", f"no registered model {model_name!r}", model_name=model_name
+            ) from error
+        raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
+    except OSError as error:
+        raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
+
+
+class ModelCatalog:
+    def __init__(self, client: MlflowClient, cache_size: int) -> None:
+        self._client = client
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+
+    # -- listing -----------------------------------------------------------------------
+
+    def list_models(self, page_size: int, page_token: str) -> tuple[list[model_pb2.Model], str]:
+        if page_size < 0:
+            raise invalid_argument("PAGE_SIZE_INVALID", "page_size must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        try:
+            page = self._client.search_registered_models(
+                filter_string=f"tags.{MANAGED_TAG} = '{MANAGED_VALUE}'",
+                max_results=size,
+                order_by=["name ASC"],
+                page_token=page_token or None,
+            )
+        except MlflowException as error:
+            if error.error_code == "INVALID_PARAMETER_VALUE" and page_token:
+                raise invalid_argument("PAGE_TOKEN_INVALID", "page_token is not valid") from error
+            raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
+        models = list(page)
+        versions = self._versions_of([model.name for model in models])
+        listed = []
+        for model in models:
+            own = versions.get(model.name, [])
+            champion = _champion(model)
+            shown = [v for v in own[:1]] + [
+                v for v in own[1:] if champion and int(v.version) == champion
+            ]
+            listed.append(model_proto(model, shown))
+        return listed, page.token or ""
+
+    def get_model(self, name: str) -> model_pb2.Model:
+        _check_name(name)
+        with mlflow_errors(name):
+            model = self._client.get_registered_model(name)
+            versions = self._versions_of([name]).get(name, [])
+        return model_proto(model, versions)
+
+    def _versions_of(self, names: list[str]) -> dict[str, list[ModelVersion]]:
+        """Versions per model, newest first, in one search."""
+        if not names:
+            return {}
+        quoted = ", ".join(f"'{name}'" for name in names if check_model_name(name))
+        with mlflow_errors(names[0]):
+            found = self._client.search_model_versions(
+                f"name IN ({quoted})", max_results=MAX_VERSIONS
+            )
+        by_name: dict[str, list[ModelVersion]] = {}
+        for version in found:
+            by_name.setdefault(version.name, []).append(version)
+        for versions in by_name.values():
+            versions.sort(key=lambda version: -int(version.version))
+        return by_name
+
+    # -- predicting ----------------------------------------------------------------------
+
+    def resolve_version(self, name: str, version: int | None, alias: str | None) -> int:
+        """The version number a Predict call means; NOT_FOUND names what is missing."""
+        _check_name(name)
+        try:
+            if version is not None:
+                found = self._client.get_model_version(name, str(version))
+            else:
+                found = self._client.get_model_version_by_alias(name, alias or CHAMPION_ALIAS)
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise unavailable(
+                    "MLFLOW_UNAVAILABLE", "the model registry did not answer"
+                ) from error
+            with mlflow_errors(name):
+                self._client.get_registered_model(name)  # NOT_FOUND MODEL_NOT_FOUND if absent
+            what = f"version {version}" if version is not None else f"alias {alias!r}"
+            raise not_found(
+                "MODEL_VERSION_NOT_FOUND", f"model {name!r} has no {what}", model_name=name
+            ) from error
+        return int(found.version)
+
+    def load(self, name: str, version: int) -> LoadedModel:
+        """The model behind a version, loaded once (LRU cache)."""
+        key = (name, version)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # concurrent calls for one version load it once
+            with self._cache_lock:
+                if key in self._cache:
+                    return self._cache[key]
+            loaded = self._load(name, version)
+            with self._cache_lock:
+                self._cache[key] = loaded
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+                self._loading.pop(key, None)
+        return loaded
+
+    def _load(self, name: str, version: int) -> LoadedModel:
+        with mlflow_errors(name):
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        try:
+            inner: Any = model.unwrap_python_model()
+            booster, spec = inner.booster, inner.spec
+        except (AttributeError, MlflowException) as error:
+            raise failed_precondition(
+                "MODEL_NOT_SUPPORTED",
+                f"{name} version {version} was not trained by modelyard; it cannot be served here",
+            ) from error
+        logger.info("model loaded for predictions", extra={"model": name, "version": version})
+        return LoadedModel(name=name, version=version, booster=booster, spec=spec)
+
+
+def _check_name(name: str) -> None:
+    if not check_model_name(name):
+        raise invalid_argument(
+            "MODEL_NAME_INVALID",
+            "model names are 1-128 letters, digits, '.', '_' or '-'",
+            model_name=name[:200],
+        )
+
+
+def _champion(model: RegisteredModel) -> int:
+    aliases: Any = model.aliases or {}
+    if isinstance(aliases, dict):
+        value = aliases.get(CHAMPION_ALIAS)
+        return int(value) if value else 0
+    for alias in aliases:  # older clients: a list of RegisteredModelAlias
+        if alias.alias == CHAMPION_ALIAS:
+            return int(alias.version)
+    return 0
+
+
+def _aliases_by_version(model: RegisteredModel) -> dict[int, list[str]]:
+    aliases: Any = model.aliases or {}
+    pairs: Iterable[tuple[str, Any]] = (
+        aliases.items() if isinstance(aliases, dict) else ((a.alias, a.version) for a in aliases)
+    )
+    by_version: dict[int, list[str]] = {}
+    for alias, version in pairs:
+        by_version.setdefault(int(version), []).append(alias)
+    return by_version
+
+
+def model_proto(model: RegisteredModel, versions: list[ModelVersion]) -> model_pb2.Model:
+    aliases = _aliases_by_version(model)
+    return model_pb2.Model(
+        name=model.name,
+        description=model.description or "",
+        versions=[
+            version_proto(version, aliases.get(int(version.version), [])) for version in versions
+        ],
+        champion_version=_champion(model),
+        latest_version=max((int(v.version) for v in versions), default=0),
+        create_time=_timestamp(model.creation_timestamp),
+        update_time=_timestamp(model.last_updated_timestamp),
+    )
+
+
+def version_proto(version: ModelVersion, aliases: list[str]) -> model_pb2.ModelVersion:
+    tags = version.tags or {}
+    return model_pb2.ModelVersion(
+        version=int(version.version),
+        aliases=sorted(aliases),
+        job_id=tags.get(JOB_TAG, ""),
+        dataset_id=tags.get("dataset_id", ""),
+        run_id=version.run_id or "",
+        task=TASK_ENUMS.get(
+            tags.get("task", ""), training_job_pb2.TrainingJob.Task.TASK_UNSPECIFIED
+        ),
+        metrics=version_metrics(version),
+        target_column=tags.get("target_column", ""),
+        status=str(version.status or ""),
+        model_uri=f"models:/{version.name}/{version.version}",
+        create_time=_timestamp(version.creation_timestamp),
+    )
+
+
+def _timestamp(millis: int | None) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    if millis:
+        stamp.FromMilliseconds(int(millis))
+    return stamp

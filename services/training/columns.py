@@ -1,0 +1,165 @@
+"""Which columns become features, and of what kind.
+
+Numbers stay numbers (missing values stay missing), booleans become 0/1, text
+becomes a pandas `category` with its levels sorted (LightGBM's native
+categorical splits). Left out, with why: columns with no value (`all_null`),
+a single value (`constant`), identifiers (`id_like`) and dates/timestamps
+(`unsupported_type`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+
+from services.training import pyfunc_model
+from services.training.pyfunc_model import FeatureSpec
+
+ID_LIKE_DISTINCT_SHARE = 0.9
+INPUT_EXAMPLE_ROWS = 5
+# Fewer rows than this cannot tell an identifier from a feature.
+MIN_ROWS_FOR_ID = 10
+_ID_NAME = re.compile(
+    r"(^|[^a-z0-9])(id|uuid|guid|key|index|idx|number|num|no)$|^id[^a-z]", re.IGNORECASE
+)
+
+
+class ColumnType(StrEnum):
+    """Column types as the Dataset service infers them (Column.DataType)."""
+
+    INTEGER = "INTEGER"
+    FLOAT = "FLOAT"
+    BOOLEAN = "BOOLEAN"
+    STRING = "STRING"
+    DATE = "DATE"
+    TIMESTAMP = "TIMESTAMP"
+    ALL_NULL = "ALL_NULL"
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: ColumnType
+    # The Dataset service's judgement that nearly every value is distinct.
+    id_like: bool = False
+
+
+def select_features(
+    frame: pd.DataFrame, columns: list[ColumnInfo], target: str
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Feature specs in column order, and the columns left out with why."""
+    features: list[dict[str, Any]] = []
+    dropped: list[tuple[str, str]] = []
+    for column in columns:
+        if column.name == target:
+            continue
+        why = _reason_from_type(column.type)
+        if why is None and column.name not in frame.columns:
+            why = "not_read"
+        if why is None:
+            why = _reason_to_drop(frame[column.name], column)
+        if why:
+            dropped.append((column.name, why))
+        elif column.type == ColumnType.STRING:
+            levels = _levels(frame[column.name])
+            features.append(
+                {"name": column.name, "kind": pyfunc_model.CATEGORICAL, "categories": levels}
+            )
+        elif column.type == ColumnType.BOOLEAN:
+            features.append({"name": column.name, "kind": pyfunc_model.BOOLEAN})
+        else:
+            features.append({"name": column.name, "kind": pyfunc_model.NUMERIC})
+    return features, dropped
+
+
+def _reason_from_type(column_type: ColumnType) -> str | None:
+    if column_type == ColumnType.ALL_NULL:
+        return "all_null"
+    if column_type in (ColumnType.DATE, ColumnType.TIMESTAMP):
+        return "unsupported_type"
+    return None
+
+
+def _reason_to_drop(values: pd.Series[Any], column: ColumnInfo) -> str | None:
+    if not bool(values.notna().any()):
+        return "all_null"
+    present = int(values.notna().sum())
+    if column.type in (ColumnType.INTEGER, ColumnType.FLOAT):
+        numbers = values.astype("float64")
+        if numbers.min() == numbers.max():
+            return "constant"
+        if column.type == ColumnType.INTEGER and _integer_id(numbers, column.name, present):
+            return "id_like"
+        return None
+    distinct = _distinct_count(values)
+    if distinct <= 1:
+        return "constant"
+    if column.type == ColumnType.STRING and (
+        column.id_like or distinct >= ID_LIKE_DISTINCT_SHARE * present
+    ):
+        return "id_like"
+    return None
+
+
+def _integer_id(numbers: pd.Series[Any], name: str, present: int) -> bool:
+    """Every value distinct, and named like an identifier or counting up the rows."""
+    if present < MIN_ROWS_FOR_ID or numbers.nunique() != present:
+        return False
+    values = numbers.dropna()
+    counter = values.is_monotonic_increasing or values.is_monotonic_decreasing
+    return bool(counter or _ID_NAME.search(name.strip()))
+
+
+def _distinct_count(values: pd.Series[Any]) -> int:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return len(values.cat.remove_unused_categories().cat.categories)
+    return int(values.nunique(dropna=True))
+
+
+def _levels(values: pd.Series[Any]) -> list[str]:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        present = values.cat.remove_unused_categories().cat.categories
+        return sorted(str(level) for level in present)
+    return sorted({str(value) for value in values.dropna().unique()})
+
+
+def raw_example(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """A few rows as a user would pass them: text as text, numbers as numbers."""
+    rows = frame[pyfunc_model.feature_names(spec)].head(INPUT_EXAMPLE_ROWS).copy()
+    for feature in spec["features"]:
+        name = feature["name"]
+        if feature["kind"] == pyfunc_model.CATEGORICAL:
+            rows[name] = rows[name].astype("object").where(rows[name].notna(), None)
+            rows[name] = rows[name].map(lambda value: None if value is None else str(value))
+        elif feature["kind"] == pyfunc_model.NUMERIC:
+            rows[name] = rows[name].astype("float64")
+    return rows.reset_index(drop=True)
+
+
+def columns_from_frame(frame: pd.DataFrame) -> list[ColumnInfo]:
+    """Column types of a DataFrame read with pandas, as the Dataset service would infer them.
+
+    For tests and benchmarks that train on a CSV without the Dataset service.
+    """
+    columns: list[ColumnInfo] = []
+    for name in frame.columns:
+        dtype = frame[name].dtype
+        if not bool(frame[name].notna().any()):
+            kind = ColumnType.ALL_NULL
+        elif pd.api.types.is_bool_dtype(dtype):
+            kind = ColumnType.BOOLEAN
+        elif pd.api.types.is_integer_dtype(dtype):
+            kind = ColumnType.INTEGER
+        elif pd.api.types.is_float_dtype(dtype):
+            whole = frame[name].dropna().mod(1).eq(0).all()
+            kind = ColumnType.INTEGER if whole else ColumnType.FLOAT
+        elif pd.api.types.is_datetime64_any_dtype(dtype):
+            kind = ColumnType.TIMESTAMP
+        else:
+            kind = ColumnType.STRING
+        columns.append(ColumnInfo(str(name), kind))
+    return columns

@@ -1,0 +1,481 @@
+"""One attempt at one training job, from its TrainingRequest to its final JobEvent.
+
+The event loop reads the dataset and publishes events; the CPU-bound and
+blocking work (the pipeline, every MLflow call) runs in a worker thread that
+checks the job's stop flag at every boosting iteration. The loop sets that
+flag when the job's cancellation key appears, when its deadline passes, or on
+shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import enum
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from modelyard.dataset.v1 import dataset_pb2
+from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
+from runtime.errors import ServiceError, make_status
+from services.training.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
+from services.training.events import EventPublisher, EventsUnavailable
+from services.training.params import as_strings, validate_params
+from services.training.pipeline import PipelineConfig, TrainingResult, TrainingStopped, train_model
+from services.training.settings import TrainerSettings
+from services.training.targets import Task, TaskDecision, TrainingFailure
+from services.training.tracking import (
+    JobInfo,
+    MlflowTimings,
+    MlflowUnavailable,
+    PublishedModel,
+    RunRef,
+    Tracker,
+    check_model_name,
+    derive_model_name,
+)
+
+logger = logging.getLogger("modelyard.trainer.job")
+
+T = TypeVar("T")
+
+TASKS = {
+    training_job_pb2.TrainingJob.Task.TASK_UNSPECIFIED: Task.AUTO,
+    training_job_pb2.TrainingJob.Task.AUTO: Task.AUTO,
+    training_job_pb2.TrainingJob.Task.BINARY: Task.BINARY,
+    training_job_pb2.TrainingJob.Task.MULTICLASS: Task.MULTICLASS,
+    training_job_pb2.TrainingJob.Task.REGRESSION: Task.REGRESSION,
+}
+TASK_ENUMS = {task: number for number, task in TASKS.items() if number}
+
+
+class Disposition(enum.Enum):
+    """What to do with the request message once the attempt is over."""
+
+    ACK = "ack"  # the final event is published
+    RETRY_LATER = "retry_later"  # transient failure: deliver again after a delay
+    RETRY_NOW = "retry_now"  # handed back on shutdown: another Trainer takes it
+
+
+class JobControl:
+    """The stop flag of a running job, set on the event loop, read by the training thread."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._flag = threading.Event()
+        self._why: str | None = None
+        self.stopped = asyncio.Event()
+
+    def stop(self, why: str) -> None:
+        if self._why is None:
+            self._why = why
+            self._flag.set()
+            self.stopped.set()
+
+    @property
+    def why(self) -> str | None:
+        return self._why
+
+    def check(self) -> None:
+        if self._flag.is_set():
+            raise TrainingStopped(self._why or "cancelled")
+        if time.monotonic() > self.deadline:
+            raise TrainingStopped("deadline")
+
+
+@dataclass
+class _Attempt:
+    request: dispatch_pb2.TrainingRequest
+    attempt: int
+    control: JobControl
+    timings: MlflowTimings = field(default_factory=MlflowTimings)
+    run: RunRef | None = None
+    job: JobInfo | None = None
+    progress_sent: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+
+class _ThreadHooks:
+    """TrainingHooks for the training thread: stop checks, throttled progress events."""
+
+    def __init__(
+        self,
+        control: JobControl,
+        loop: asyncio.AbstractEventLoop,
+        on_progress: Callable[[training_job_pb2.TrainingProgress], None],
+        on_decided: Callable[[TaskDecision], None],
+        interval: float,
+    ) -> None:
+        self._control = control
+        self._loop = loop
+        self._on_progress = on_progress
+        self._on_decided = on_decided
+        self._interval = interval
+        self._last = 0.0
+
+    def check(self) -> None:
+        self._control.check()
+
+    def decided(self, decision: TaskDecision) -> None:
+        self._loop.call_soon_threadsafe(self._on_decided, decision)
+
+    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval and iteration < total:
+            return
+        self._last = now
+        progress = training_job_pb2.TrainingProgress(
+            iteration=iteration, total_iterations=total, metric_name=metric_name, metric_value=value
+        )
+        self._loop.call_soon_threadsafe(self._on_progress, progress)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        events: EventPublisher,
+        reader: DatasetReader,
+        tracker: Tracker,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self._settings = settings
+        self._events = events
+        self._reader = reader
+        self._tracker = tracker
+        self._executor = executor
+        self._loop = asyncio.get_running_loop()
+        self._config = PipelineConfig(
+            validation_fraction=settings.validation_fraction,
+            min_rows_per_class=settings.min_rows_per_class,
+            max_classes=settings.max_classes,
+            boosting_work_budget=settings.boosting_work_budget,
+            num_threads=settings.resolved_num_threads(),
+        )
+
+    # -- attempts that end before training ------------------------------------------------
+
+    async def exhausted(self, request: dispatch_pb2.TrainingRequest, attempt: int) -> Disposition:
+        logger.warning("attempts exhausted", extra={"max_attempts": self._settings.max_attempts})
+        status = make_status(
+            grpc.StatusCode.ABORTED,
+            "ATTEMPTS_EXHAUSTED",
+            f"delivered {attempt} times; a job is tried at most "
+            f"{self._settings.max_attempts} times (a Trainer died or was stopped each time)",
+        )
+        await self._events.failed(request.job_id, attempt, status)
+        return Disposition.ACK
+
+    async def cancelled_before_start(
+        self, request: dispatch_pb2.TrainingRequest, attempt: int
+    ) -> Disposition:
+        logger.info("cancelled before it started")
+        await self._events.cancelled(request.job_id, attempt)
+        return Disposition.ACK
+
+    # -- a training attempt ------------------------------------------------------------------
+
+    async def run(
+        self, request: dispatch_pb2.TrainingRequest, attempt: int, control: JobControl
+    ) -> Disposition:
+        state = _Attempt(request=request, attempt=attempt, control=control)
+        started = time.perf_counter()
+        try:
+            await self._events.started(request.job_id, attempt)
+            disposition = await self._outcome(state)
+        except EventsUnavailable as error:
+            # The job's outcome could not be told: deliver it again (an attempt that
+            # registered a model reports it then, without training again).
+            logger.warning(
+                "events cannot be published; retrying later", extra={"error": str(error)}
+            )
+            disposition = Disposition.RETRY_LATER
+        logger.info(
+            "attempt finished",
+            extra={
+                "disposition": disposition.value,
+                "seconds": round(time.perf_counter() - started, 3),
+                "mlflow_seconds": state.timings.as_dict(),
+                "mlflow_steps": state.timings.calls(),
+            },
+        )
+        return disposition
+
+    async def _outcome(self, state: _Attempt) -> Disposition:
+        """Train, and publish how it ended."""
+        try:
+            return await self._train(state)
+        except TrainingFailure as failure:
+            code = grpc.StatusCode[failure.code]
+            return await self._fail(state, code, failure.reason, failure.message)
+        except TrainingStopped as stop:
+            return await self._stopped(state, stop.why)
+        except (MlflowUnavailable, DatasetUnavailable) as error:
+            return await self._transient(state, error)
+        except EventsUnavailable:
+            raise
+        except Exception as error:
+            logger.exception("training failed unexpectedly")
+            return await self._fail(
+                state,
+                grpc.StatusCode.INTERNAL,
+                "TRAINING_INTERNAL_ERROR",
+                f"the Trainer failed unexpectedly: {type(error).__name__}: {error}",
+            )
+
+    async def _train(self, state: _Attempt) -> Disposition:
+        request = state.request
+        try:
+            params = validate_params(
+                request.params, max_threads=self._settings.resolved_num_threads()
+            )
+        except ServiceError as error:
+            raise TrainingFailure(error.reason, error.message, invalid_argument=True) from error
+        dataset = await self._until_stopped(state, self._reader.get(request.dataset_id))
+        state.job = job_info(request, state.attempt, dataset)
+        if state.attempt > 1 and await self._recovered(state):
+            return Disposition.ACK
+        opening = self._in_thread(self._tracker.open_run, state.job, state.timings)
+        try:
+            loaded = await self._until_stopped(
+                state, self._reader.read(dataset, request.target_column)
+            )
+        finally:
+            state.run = await opening
+        state.control.check()
+        succeeded = await self._in_thread(self._train_and_publish, state, loaded, params)
+        await self._flush_progress(state)
+        await self._events.succeeded(request.job_id, state.attempt, succeeded)
+        self._executor.submit(
+            self._tracker.record_timings, state.run.run_id, state.timings.as_dict()
+        )
+        return Disposition.ACK
+
+    def _train_and_publish(
+        self, state: _Attempt, loaded: LoadedDataset, params: dict[str, Any]
+    ) -> dispatch_pb2.JobEvent.Succeeded:
+        """In the training thread: the pipeline, then everything MLflow keeps of it."""
+        assert state.run is not None
+        assert state.job is not None
+        hooks = _ThreadHooks(
+            state.control,
+            self._loop,
+            functools.partial(self._send_progress, state),
+            functools.partial(self._send_decision, state),
+            self._settings.progress_interval_seconds,
+        )
+        result = train_model(
+            loaded.take_frame(),
+            loaded.columns,
+            state.request.target_column,
+            TASKS.get(state.request.task, Task.AUTO),
+            params,
+            self._config,
+            hooks,
+        )
+        logger.info(
+            "model trained",
+            extra={
+                "task": result.decision.task.value,
+                "best_iteration": result.best_iteration,
+                "metrics": result.metrics,
+                **{key: round(value, 3) for key, value in result.timings.items()},
+            },
+        )
+        succeeded = succeeded_event(result)
+        published = self._tracker.publish(
+            state.run,
+            state.job,
+            result,
+            state.timings,
+            json_format.MessageToJson(succeeded, indent=None),
+        )
+        succeeded.mlflow.CopyFrom(mlflow_run(state.run, published))
+        return succeeded
+
+    async def _recovered(self, state: _Attempt) -> bool:
+        """An earlier attempt registered this job's model: report it rather than train again."""
+        assert state.job is not None
+        recovered = await self._in_thread(self._tracker.recover_job, state.job, state.timings)
+        if recovered is None:
+            return False
+        logger.info(
+            "an earlier attempt registered this job's model; reporting it",
+            extra={"version": recovered.published.version},
+        )
+        succeeded = dispatch_pb2.JobEvent.Succeeded()
+        json_format.Parse(recovered.job_result, succeeded, ignore_unknown_fields=True)
+        succeeded.mlflow.CopyFrom(mlflow_run(recovered.run, recovered.published))
+        await self._events.succeeded(state.job_id, state.attempt, succeeded)
+        return True
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    async def _fail(
+        self, state: _Attempt, code: grpc.StatusCode, reason: str, message: str
+    ) -> Disposition:
+        logger.info("job failed", extra={"reason": reason, "error": message})
+        await self._close_run(state, "FAILED", reason)
+        await self._flush_progress(state)
+        await self._events.failed(
+            state.job_id, state.attempt, make_status(code, reason, message), self._mlflow(state)
+        )
+        return Disposition.ACK
+
+    async def _stopped(self, state: _Attempt, why: str) -> Disposition:
+        if why == "deadline":
+            return await self._fail(
+                state,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "DEADLINE_EXCEEDED",
+                "the job ran longer than its max_run_duration and was stopped",
+            )
+        if why == "shutdown":
+            logger.info("handing the job back on shutdown")
+            await self._close_run(state, "KILLED", "handed back: the Trainer shut down")
+            return Disposition.RETRY_NOW
+        logger.info("job cancelled")
+        await self._close_run(state, "KILLED", "cancelled")
+        await self._flush_progress(state)
+        await self._events.cancelled(state.job_id, state.attempt, self._mlflow(state))
+        return Disposition.ACK
+
+    async def _transient(self, state: _Attempt, error: Exception) -> Disposition:
+        reason = (
+            "MLFLOW_UNAVAILABLE" if isinstance(error, MlflowUnavailable) else "DATASET_UNAVAILABLE"
+        )
+        if state.attempt < self._settings.max_attempts:
+            logger.warning(
+                "transient failure; the job will be tried again",
+                extra={"reason": reason, "error": str(error)},
+            )
+            await self._close_run(state, "FAILED", f"{reason}; retried")
+            return Disposition.RETRY_LATER
+        return await self._fail(state, grpc.StatusCode.UNAVAILABLE, reason, str(error))
+
+    async def _close_run(self, state: _Attempt, status: str, why: str) -> None:
+        if state.run is not None:
+            await self._in_thread(self._tracker.end_run, state.run, status, state.timings, why)
+
+    def _mlflow(self, state: _Attempt) -> training_job_pb2.MlflowRun | None:
+        return mlflow_run(state.run, None) if state.run is not None else None
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        """Run blocking work in the training pool, keeping the log context (job id)."""
+        context = contextvars.copy_context()
+        return await self._loop.run_in_executor(
+            self._executor, functools.partial(context.run, call, *args)
+        )
+
+    async def _until_stopped(self, state: _Attempt, work: Any) -> Any:
+        """Await `work` unless the job is stopped first (cancel, deadline, shutdown)."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(state.control.stopped.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise TrainingStopped(state.control.why or "cancelled")
+        return task.result()
+
+    def _send_progress(self, state: _Attempt, progress: training_job_pb2.TrainingProgress) -> None:
+        task = asyncio.ensure_future(self._events.progress(state.job_id, state.attempt, progress))
+        state.progress_sent.add(task)
+        task.add_done_callback(state.progress_sent.discard)
+
+    def _send_decision(self, state: _Attempt, decision: TaskDecision) -> None:
+        """A second `started` once the task is known, with the MLflow run."""
+        task = asyncio.ensure_future(
+            self._events.started(
+                state.job_id, state.attempt, task_detection(decision), self._mlflow(state)
+            )
+        )
+        state.progress_sent.add(task)
+        task.add_done_callback(state.progress_sent.discard)
+
+    async def _flush_progress(self, state: _Attempt) -> None:
+        """Progress events go out before the final event."""
+        if state.progress_sent:
+            await asyncio.gather(*state.progress_sent, return_exceptions=True)
+
+
+def job_info(
+    request: dispatch_pb2.TrainingRequest, attempt: int, dataset: dataset_pb2.Dataset
+) -> JobInfo:
+    """What MLflow records about the job; the registered model name checked or derived."""
+    model_name = request.registered_model_name or derive_model_name(
+        dataset.display_name or dataset.dataset_id, request.target_column
+    )
+    if not check_model_name(model_name):
+        raise TrainingFailure(
+            "MODEL_NAME_INVALID",
+            f"registered model name {model_name!r} must be 1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit",
+            invalid_argument=True,
+        )
+    return JobInfo(
+        job_id=request.job_id,
+        attempt=attempt,
+        dataset_id=dataset.dataset_id,
+        dataset_name=dataset.display_name,
+        dataset_sha256=dataset.sha256,
+        dataset_rows=dataset.row_count,
+        target_column=request.target_column,
+        requested_task=TASKS.get(request.task, Task.AUTO).value,
+        model_name=model_name,
+    )
+
+
+def task_detection(decision: TaskDecision) -> training_job_pb2.TaskDetection:
+    return training_job_pb2.TaskDetection(
+        task=TASK_ENUMS[decision.task], reason=decision.reason, class_names=decision.class_names
+    )
+
+
+def succeeded_event(result: TrainingResult) -> dispatch_pb2.JobEvent.Succeeded:
+    summary = training_job_pb2.TrainingSummary(
+        rows_used=result.rows_used,
+        rows_dropped_missing_target=result.rows_dropped_missing_target,
+        validation_rows=result.validation_rows,
+        features=result.features,
+        dropped_columns=[
+            training_job_pb2.DroppedColumn(name=name, reason=why)
+            for name, why in result.dropped_columns
+        ],
+        best_iteration=result.best_iteration,
+        effective_params=as_strings(result.effective_params),
+    )
+    return dispatch_pb2.JobEvent.Succeeded(
+        metrics=result.metrics, summary=summary, task_detection=task_detection(result.decision)
+    )
+
+
+def mlflow_run(run: RunRef, published: PublishedModel | None) -> training_job_pb2.MlflowRun:
+    message = training_job_pb2.MlflowRun(
+        experiment_id=run.experiment_id, run_id=run.run_id, run_url=run.run_url
+    )
+    if published is not None:
+        message.model_uri = published.model_uri
+        message.registered_model_name = published.model_name
+        message.registered_model_version = published.version
+        message.promoted_to_champion = published.promoted_to_champion
+    return message

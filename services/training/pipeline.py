@@ -1,0 +1,497 @@
+"""Training as a pure function: a DataFrame and its column types in, a trained
+booster with honest validation metrics out. No I/O, no MLflow, no NATS, so it
+runs the same in the Trainer, in the tests and in bench/quality.py.
+
+Steps: drop rows whose target is missing; decide the task (binary, multiclass,
+regression) from the target; choose features (dropping ID-like, constant,
+all-missing and date columns, with why); turn rows into features exactly as
+the logged model will (`pyfunc_model.coerce_features`: numbers as float,
+text as pandas `category` for LightGBM's native categorical splits, missing
+values left missing); hold out a validation split (stratified for
+classification); train LightGBM with early stopping on the validation split;
+measure the task's metrics on it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.model_selection import train_test_split
+
+from services.training import pyfunc_model
+from services.training.columns import ColumnInfo, raw_example, select_features
+from services.training.params import ParamValue
+from services.training.pyfunc_model import FeatureSpec
+from services.training.targets import (
+    PRIMARY_METRICS,
+    PrimaryMetric,
+    Task,
+    TaskDecision,
+    TrainingFailure,
+    check_class_sizes,
+    decide_task,
+    encode_target,
+    json_label,
+    target_present,
+)
+
+MIN_TRAINING_ROWS = 10
+MIN_BOOSTING_ROUNDS = 50
+MAX_DEFAULT_BOOSTING_ROUNDS = 1000
+BASE_LEARNING_RATE = 0.1
+MAX_DEFAULT_LEARNING_RATE = 0.3
+DEFAULT_EARLY_STOPPING_ROUNDS = 50
+_LIGHTGBM_FORBIDDEN_NAME_CHARS = re.compile(r'[\[\]{}":,]')
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    validation_fraction: float = 0.2
+    seed: int = 42
+    min_rows_per_class: int = 5
+    max_classes: int = 100
+    boosting_work_budget: float = 1.5e9
+    num_threads: int = 0
+
+
+class TrainingStopped(Exception):
+    """Training was interrupted from outside: cancel, deadline or shutdown."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class TrainingHooks(Protocol):
+    def check(self) -> None:
+        """Raise TrainingStopped when the job must stop."""
+
+    def decided(self, decision: TaskDecision) -> None:
+        """Called once the task is known, before training starts."""
+
+    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+        """Called after every boosting iteration."""
+
+
+class NoHooks:
+    def check(self) -> None:
+        return None
+
+    def decided(self, decision: TaskDecision) -> None:
+        return None
+
+    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+        return None
+
+
+@dataclass
+class PreparedData:
+    decision: TaskDecision
+    spec: FeatureSpec
+    train_features: pd.DataFrame
+    train_labels: np.ndarray[Any, Any]
+    valid_features: pd.DataFrame
+    valid_labels: np.ndarray[Any, Any]
+    rows_used: int
+    rows_dropped_missing_target: int
+    dropped_columns: list[tuple[str, str]]
+    input_example: pd.DataFrame
+
+
+@dataclass
+class TrainingResult:
+    decision: TaskDecision
+    spec: FeatureSpec
+    booster: lgb.Booster
+    metrics: dict[str, float]
+    # LightGBM's validation metrics per iteration, e.g. {"auc": [...], "binary_logloss": [...]}.
+    curve: dict[str, list[float]]
+    best_iteration: int
+    effective_params: dict[str, ParamValue]
+    rows_used: int
+    rows_dropped_missing_target: int
+    validation_rows: int
+    dropped_columns: list[tuple[str, str]]
+    # Total gain of each feature's splits, best first.
+    importance: dict[str, float]
+    input_example: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return pyfunc_model.feature_names(self.spec)
+
+    @property
+    def primary_metric(self) -> PrimaryMetric:
+        return PRIMARY_METRICS[self.decision.task]
+
+
+def train_model(
+    frame: pd.DataFrame,
+    columns: list[ColumnInfo],
+    target: str,
+    requested_task: Task,
+    params: dict[str, ParamValue],
+    config: PipelineConfig,
+    hooks: TrainingHooks | None = None,
+) -> TrainingResult:
+    """The whole pipeline; raises TrainingFailure or TrainingStopped.
+
+    The frame is not referenced once prepared: a caller that passes it without
+    keeping a reference lets its memory go before LightGBM builds its datasets.
+    """
+    hooks = hooks or NoHooks()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    prepared = prepare(frame, columns, target, requested_task, config)
+    del frame
+    check_params_for_task(params, prepared.decision.task)
+    timings["prepare_seconds"] = time.perf_counter() - started
+    hooks.decided(prepared.decision)
+    hooks.check()
+    started = time.perf_counter()
+    result = fit(prepared, params, config, hooks)
+    timings["train_seconds"] = time.perf_counter() - started
+    result.timings.update(timings)
+    return result
+
+
+# -- preparation ---------------------------------------------------------------------
+
+
+def prepare(
+    frame: pd.DataFrame,
+    columns: list[ColumnInfo],
+    target: str,
+    requested_task: Task,
+    config: PipelineConfig,
+) -> PreparedData:
+    by_name = {column.name: column for column in columns}
+    if target not in by_name or target not in frame.columns:
+        raise TrainingFailure(
+            "TARGET_COLUMN_NOT_FOUND",
+            f"the dataset has no column {target!r}",
+            invalid_argument=True,
+        )
+    present = target_present(frame[target])
+    rows_dropped = int((~present).sum())
+    if rows_dropped:
+        frame = frame.loc[present.to_numpy()].reset_index(drop=True)
+    if len(frame) == 0:
+        raise TrainingFailure("TARGET_ALL_MISSING", f"every value of {target!r} is missing")
+    decision = decide_task(frame[target], by_name[target].type, requested_task, config.max_classes)
+    labels = encode_target(frame[target], decision)
+    if len(frame) < MIN_TRAINING_ROWS:
+        raise TrainingFailure(
+            "DATASET_TOO_SMALL",
+            f"{len(frame)} rows with a target; at least {MIN_TRAINING_ROWS} are needed",
+        )
+    if decision.task != Task.REGRESSION:
+        check_class_sizes(labels, decision, config.min_rows_per_class)
+    features, dropped = select_features(frame, columns, target)
+    if not features:
+        detail = ", ".join(f"{name} ({why})" for name, why in dropped) or "none"
+        raise TrainingFailure(
+            "NO_USABLE_FEATURES",
+            f"no column besides the target can be used as a feature; left out: {detail}",
+        )
+    spec: FeatureSpec = {
+        "format_version": pyfunc_model.FORMAT_VERSION,
+        "task": decision.task.value.lower(),
+        "target_column": target,
+        "features": features,
+        "class_labels": [json_label(label) for label in decision.class_labels],
+        "dropped_columns": [{"name": name, "reason": why} for name, why in dropped],
+    }
+    feature_frame = pyfunc_model.coerce_features(frame, spec)
+    example = raw_example(frame, spec)
+    train_index, valid_index = split_rows(labels, decision.task, config)
+    return PreparedData(
+        decision=decision,
+        spec=spec,
+        train_features=feature_frame.iloc[train_index],
+        train_labels=labels[train_index],
+        valid_features=feature_frame.iloc[valid_index],
+        valid_labels=labels[valid_index],
+        rows_used=len(frame),
+        rows_dropped_missing_target=rows_dropped,
+        dropped_columns=dropped,
+        input_example=example,
+    )
+
+
+def split_rows(
+    labels: np.ndarray[Any, Any], task: Task, config: PipelineConfig
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Row indices of the training and validation splits (stratified for classification)."""
+    indices = np.arange(len(labels))
+    stratify = labels if task != Task.REGRESSION else None
+    try:
+        train_index, valid_index = train_test_split(
+            indices,
+            test_size=config.validation_fraction,
+            random_state=config.seed,
+            shuffle=True,
+            stratify=stratify,
+        )
+    except ValueError as error:
+        raise TrainingFailure(
+            "DATASET_TOO_SMALL", f"cannot hold out a validation split: {error}"
+        ) from error
+    return np.sort(train_index), np.sort(valid_index)
+
+
+def check_params_for_task(params: dict[str, ParamValue], task: Task) -> None:
+    """Overrides that only make sense for some tasks (the allow-list cannot know the task)."""
+    binary_only = [name for name in ("is_unbalance", "scale_pos_weight") if name in params]
+    if binary_only and task != Task.BINARY:
+        raise _param_for_task(binary_only, "only apply to BINARY jobs")
+    if "class_weight" in params and task == Task.REGRESSION:
+        raise _param_for_task(["class_weight"], "only applies to classification jobs")
+    if "objective" in params and task != Task.REGRESSION:
+        raise _param_for_task(["objective"], "is set by the task for classification")
+
+
+def _param_for_task(names: Sequence[str], why: str) -> TrainingFailure:
+    return TrainingFailure(
+        "PARAM_INVALID_VALUE", f"{', '.join(names)} {why}", invalid_argument=True
+    )
+
+
+# -- training ------------------------------------------------------------------------
+
+
+LIGHTGBM_METRICS = {
+    Task.BINARY: ["auc", "binary_logloss"],
+    Task.MULTICLASS: ["multi_logloss", "multi_error"],
+    Task.REGRESSION: ["rmse", "l1"],
+}
+DEFAULT_OBJECTIVES = {
+    Task.BINARY: "binary",
+    Task.MULTICLASS: "multiclass",
+    Task.REGRESSION: "regression",
+}
+VALID_NAME = "validation"
+LARGE_VALIDATION_ROWS = 50_000
+
+
+def lightgbm_params(
+    params: dict[str, ParamValue],
+    prepared: PreparedData,
+    config: PipelineConfig,
+) -> tuple[dict[str, Any], int, int]:
+    """LightGBM's parameters, the round cap and the early-stopping patience (0: none)."""
+    task = prepared.decision.task
+    overrides = dict(params)
+    rounds = int(overrides.pop("num_iterations", 0)) or default_rounds(prepared, config)
+    patience = int(overrides.pop("early_stopping_round", DEFAULT_EARLY_STOPPING_ROUNDS))
+    overrides.pop("class_weight", None)  # applied as row weights
+    learning_rate = (
+        default_learning_rate(rounds) if "num_iterations" not in params else BASE_LEARNING_RATE
+    )
+    chosen: dict[str, Any] = {
+        "objective": DEFAULT_OBJECTIVES[task],
+        "learning_rate": learning_rate,
+        "num_leaves": 31,
+        "min_data_in_leaf": 20,
+        "seed": config.seed,
+        "force_col_wise": True,
+        "feature_pre_filter": False,
+        "num_threads": config.num_threads,
+        "verbosity": -1,
+        **overrides,
+        "metric": validation_metrics(task, len(prepared.valid_labels)),
+    }
+    if task == Task.MULTICLASS:
+        chosen["num_class"] = len(prepared.decision.class_labels)
+
+    if not chosen["num_threads"]:
+        chosen.pop("num_threads")
+    return chosen, rounds, patience
+
+
+def validation_metrics(task: Task, validation_rows: int) -> list[str]:
+    """LightGBM's per-iteration validation metrics; the first one drives early stopping.
+
+    Binary jobs stop early on AUC (the primary metric), except on large validation
+    splits where sorting every iteration's scores would cost as much as the
+    boosting itself: there log loss leads and AUC is measured once at the end.
+    """
+    if task == Task.BINARY and validation_rows > LARGE_VALIDATION_ROWS:
+        return ["binary_logloss"]
+    return LIGHTGBM_METRICS[task]
+
+
+def default_rounds(prepared: PreparedData, config: PipelineConfig) -> int:
+    """Bounded boosting work: fewer rounds on bigger tables, between 50 and 1000."""
+    cells = max(1, len(prepared.train_features) * max(1, prepared.train_features.shape[1]))
+    return int(
+        min(
+            MAX_DEFAULT_BOOSTING_ROUNDS,
+            max(MIN_BOOSTING_ROUNDS, config.boosting_work_budget / cells),
+        )
+    )
+
+
+def default_learning_rate(rounds: int) -> float:
+    """0.1 with the full 1000 rounds; larger steps when the work budget allows fewer.
+
+    0.1 x sqrt(1000 / rounds), at most 0.3 (CatBoost likewise derives its default
+    learning rate from the number of iterations): a big table trained for 70 rounds
+    at 0.3 gets further than at 0.1, at the same cost.
+    """
+    scaled = BASE_LEARNING_RATE * math.sqrt(MAX_DEFAULT_BOOSTING_ROUNDS / max(1, rounds))
+    return round(min(MAX_DEFAULT_LEARNING_RATE, max(BASE_LEARNING_RATE, scaled)), 4)
+
+
+def fit(
+    prepared: PreparedData,
+    params: dict[str, ParamValue],
+    config: PipelineConfig,
+    hooks: TrainingHooks,
+) -> TrainingResult:
+    chosen, rounds, patience = lightgbm_params(params, prepared, config)
+    weights = _class_weights(prepared) if params.get("class_weight") == "balanced" else None
+    names = lightgbm_feature_names(pyfunc_model.feature_names(prepared.spec))
+    train_set = lgb.Dataset(
+        prepared.train_features.set_axis(names, axis=1),
+        label=prepared.train_labels,
+        weight=weights,
+        params=chosen,
+        free_raw_data=True,
+    )
+    valid_set = lgb.Dataset(
+        prepared.valid_features.set_axis(names, axis=1),
+        label=prepared.valid_labels,
+        reference=train_set,
+    )
+    train_set.construct()
+    # LightGBM keeps its own binned copy: the training rows are no longer needed.
+    prepared.train_features = prepared.train_features.iloc[:0]
+    evaluation: dict[str, Any] = {}
+    callbacks: list[Callable[..., None]] = [
+        lgb.record_evaluation(evaluation),
+        _hooks_callback(hooks, rounds),
+    ]
+    if patience > 0:
+        callbacks.append(lgb.early_stopping(patience, first_metric_only=True, verbose=False))
+    booster = lgb.train(
+        chosen,
+        train_set,
+        num_boost_round=rounds,
+        valid_sets=[valid_set],
+        valid_names=[VALID_NAME],
+        callbacks=callbacks,
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    hooks.check()
+    raw = np.asarray(booster.predict(prepared.valid_features, num_iteration=best))
+    metrics = evaluate(prepared.decision.task, prepared.valid_labels, raw)
+    importance = dict(
+        zip(
+            pyfunc_model.feature_names(prepared.spec),
+            (float(gain) for gain in booster.feature_importance("gain", iteration=best)),
+            strict=True,
+        )
+    )
+    effective: dict[str, ParamValue] = {
+        key: value for key, value in chosen.items() if key not in ("metric", "verbosity")
+    }
+    effective |= {"num_iterations": rounds, "early_stopping_round": patience}
+    if "class_weight" in params:
+        effective["class_weight"] = params["class_weight"]
+    return TrainingResult(
+        decision=prepared.decision,
+        spec=prepared.spec,
+        booster=booster,
+        metrics=metrics,
+        curve={
+            name: [float(value) for value in values]
+            for name, values in evaluation.get(VALID_NAME, {}).items()
+        },
+        best_iteration=int(best),
+        effective_params=effective,
+        rows_used=prepared.rows_used,
+        rows_dropped_missing_target=prepared.rows_dropped_missing_target,
+        validation_rows=len(prepared.valid_labels),
+        dropped_columns=prepared.dropped_columns,
+        importance=dict(sorted(importance.items(), key=lambda item: -item[1])),
+        input_example=prepared.input_example,
+    )
+
+
+def lightgbm_feature_names(names: list[str]) -> list[str]:
+    """LightGBM refuses JSON punctuation in feature names; predictions are by position."""
+    seen: set[str] = set()
+    safe: list[str] = []
+    for name in names:
+        candidate = _LIGHTGBM_FORBIDDEN_NAME_CHARS.sub("_", name) or "feature"
+        base, suffix = candidate, 1
+        while candidate in seen:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        seen.add(candidate)
+        safe.append(candidate)
+    return safe
+
+
+def _class_weights(prepared: PreparedData) -> np.ndarray[Any, Any]:
+    labels = prepared.train_labels
+    counts = np.bincount(labels, minlength=len(prepared.decision.class_labels)).astype("float64")
+    per_class = len(labels) / (len(counts) * np.maximum(counts, 1.0))
+    return np.asarray(per_class[labels])
+
+
+def _hooks_callback(hooks: TrainingHooks, total: int) -> Callable[..., None]:
+    def callback(env: Any) -> None:
+        hooks.check()
+        if env.evaluation_result_list:
+            _, metric_name, value, _ = env.evaluation_result_list[0][:4]
+            hooks.progress(env.iteration + 1, total, str(metric_name), float(value))
+
+    callback.order = 5  # type: ignore[attr-defined]  # before early stopping (order 30)
+    return callback
+
+
+def evaluate(
+    task: Task, labels: np.ndarray[Any, Any], raw: np.ndarray[Any, Any]
+) -> dict[str, float]:
+    """The task's validation metrics, keyed as DESIGN.md names them."""
+    if task == Task.REGRESSION:
+        mse = float(skm.mean_squared_error(labels, raw))
+        return {
+            "rmse": math.sqrt(mse),
+            "mae": float(skm.mean_absolute_error(labels, raw)),
+            "r2": float(skm.r2_score(labels, raw)),
+            "mse": mse,
+        }
+    probabilities = pyfunc_model.class_probabilities(
+        raw, "binary" if task == Task.BINARY else "multiclass"
+    )
+    predicted = probabilities.argmax(axis=1)
+    classes = list(range(probabilities.shape[1]))
+    result = {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "log_loss": float(skm.log_loss(labels, probabilities, labels=classes)),
+    }
+    if task == Task.BINARY:
+        result |= {
+            "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+            "roc_auc": float(skm.roc_auc_score(labels, probabilities[:, 1])),
+            "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+            "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        }
+    else:
+        result["macro_f1"] = float(
+            skm.f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)
+        )
+    return result

@@ -1,0 +1,237 @@
+"""modelyard's MLflow model: a LightGBM booster and the preprocessing it was trained with.
+
+This file is logged with every model as MLflow "model from code": MLflow runs
+it wherever the model is loaded (`mlflow.pyfunc.load_model(...)`), so it imports
+only lightgbm, pandas, numpy and mlflow, never the rest of modelyard. The
+Trainer imports the same functions, so that rows are turned into features the
+same way at training time, in TrainerService.Predict and in a user's notebook.
+
+Artifacts: `booster` (LightGBM model.txt, saved at the best iteration) and
+`preprocessing` (JSON, see `FeatureSpec` below): feature columns with their
+kind (numeric, boolean, categorical with its levels), class labels, dropped
+columns. Input: raw rows, as `pandas.read_csv` gives them (text columns as
+str/object). Numbers in text form are parsed, categories unseen in training
+become missing values, extra columns are ignored. Output: a DataFrame with a
+`prediction` column (class label or value) and, for classification, one
+`probability_<class>` column per class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow
+import mlflow.models
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc.model import PythonModel
+
+FORMAT_VERSION = 1
+BOOSTER_ARTIFACT = "booster"
+PREPROCESSING_ARTIFACT = "preprocessing"
+
+NUMERIC = "numeric"
+BOOLEAN = "boolean"
+CATEGORICAL = "categorical"
+
+BINARY = "binary"
+MULTICLASS = "multiclass"
+REGRESSION = "regression"
+
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"
+
+_TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE_TEXT = frozenset({"false", "f", "no", "n", "0", "0.0"})
+_ROWS_NAMED_IN_ERRORS = 5
+
+# The preprocessing spec, as stored in the `preprocessing` artifact:
+# {"format_version": 1, "task": "binary" | "multiclass" | "regression",
+#  "target_column": str,
+#  "features": [{"name": str, "kind": "numeric" | "boolean" | "categorical",
+#                "categories": [str, ...]  (categorical only)}],
+#  "class_labels": [label, ...]  (classification: typed JSON values, model order),
+#  "dropped_columns": [{"name": str, "reason": str}]}
+FeatureSpec = dict[str, Any]
+
+
+class InvalidModelInput(ValueError):
+    """Rows the model cannot score; `reason` is a stable code, `column` and `rows` say where."""
+
+    def __init__(
+        self, reason: str, message: str, column: str = "", rows: tuple[int, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.column = column
+        self.rows = rows
+
+
+def load_spec(path: str | Path) -> FeatureSpec:
+    spec: FeatureSpec = json.loads(Path(path).read_text())
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"unsupported preprocessing format {spec.get('format_version')!r}")
+    return spec
+
+
+def feature_names(spec: FeatureSpec) -> list[str]:
+    return [feature["name"] for feature in spec["features"]]
+
+
+def coerce_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """The model's feature matrix from raw rows; InvalidModelInput names what is wrong."""
+    missing = [name for name in feature_names(spec) if name not in frame.columns]
+    if missing:
+        raise InvalidModelInput(
+            "PREDICT_COLUMNS_MISSING",
+            f"missing column(s): {', '.join(missing)}",
+            column=",".join(missing),
+        )
+    columns: dict[str, pd.Series[Any]] = {}
+    for feature in spec["features"]:
+        name = feature["name"]
+        values = frame[name].reset_index(drop=True)
+        if feature["kind"] == NUMERIC:
+            columns[name] = _numeric(values, name)
+        elif feature["kind"] == BOOLEAN:
+            columns[name] = _boolean(values, name)
+        else:
+            columns[name] = _categorical(values, feature["categories"])
+    return pd.DataFrame(columns, copy=False)
+
+
+def predict_frame(booster: lgb.Booster, spec: FeatureSpec, features: pd.DataFrame) -> pd.DataFrame:
+    """Predictions (and class probabilities) for a feature matrix from `coerce_features`."""
+    raw = np.asarray(booster.predict(features))
+    if spec["task"] == REGRESSION:
+        return pd.DataFrame({PREDICTION_COLUMN: raw.astype("float64")})
+    probabilities = class_probabilities(raw, spec["task"])
+    labels = spec["class_labels"]
+    chosen = probabilities.argmax(axis=1)
+    predictions = pd.Series(np.asarray(labels, dtype=object)[chosen]).infer_objects()
+    output: dict[str, Any] = {PREDICTION_COLUMN: predictions}
+    for index, label in enumerate(labels):
+        output[f"{PROBABILITY_PREFIX}{label_text(label)}"] = probabilities[:, index]
+    return pd.DataFrame(output)
+
+
+def class_probabilities(raw: np.ndarray[Any, Any], task: str) -> np.ndarray[Any, Any]:
+    """One column per class: LightGBM's binary output is P(second class) only."""
+    if task == BINARY:
+        positive = raw.reshape(-1)
+        return np.column_stack([1.0 - positive, positive])
+    return raw.reshape(raw.shape[0], -1)
+
+
+def label_text(label: Any) -> str:
+    """A class label as text: the class names of the job record and Predict."""
+    if isinstance(label, bool):
+        return "true" if label else "false"
+    if isinstance(label, float) and label.is_integer():
+        return str(int(label))
+    return str(label)
+
+
+def _numeric(values: pd.Series[Any], name: str) -> pd.Series[Any]:
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return values.astype("float64")
+    text = values.astype("object").where(values.notna(), None)
+    blank = text.map(lambda value: isinstance(value, str) and not value.strip()).astype(bool)
+    parsed = pd.to_numeric(text.where(~blank, None), errors="coerce").astype("float64")
+    _refuse_unparsed(values, parsed.isna() & values.notna() & ~blank, name, "a number")
+    return parsed
+
+
+def _boolean(values: pd.Series[Any], name: str) -> pd.Series[Any]:
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        as_float = values.astype("float64")
+        invalid = as_float.notna() & ~as_float.isin([0.0, 1.0])
+        _refuse_unparsed(values, invalid, name, "true or false")
+        return as_float
+    parsed = values.map(_boolean_value, na_action="ignore").astype("float64")
+    _refuse_unparsed(values, parsed.isna() & values.notna(), name, "true or false")
+    return parsed
+
+
+def _boolean_value(value: Any) -> float:
+    if isinstance(value, bool | np.bool_):
+        return 1.0 if value else 0.0
+    text = str(value).strip().lower()
+    if text in _TRUE_TEXT:
+        return 1.0
+    if text in _FALSE_TEXT:
+        return 0.0
+    if not text:
+        return math.nan
+    return math.nan
+
+
+def _categorical(values: pd.Series[Any], categories: list[str]) -> pd.Series[Any]:
+    """The training levels, in training order; anything else becomes missing."""
+    known = {category.lower(): category for category in categories}
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        # Work on the few categories, not on every row.
+        texts = [_category_text(level, categories, known) for level in values.cat.categories]
+        if len(set(texts)) == len(texts):
+            return values.cat.rename_categories(texts).cat.set_categories(categories)
+        values = values.astype("object")
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        values = values.map(
+            lambda value: _category_text(value, categories, known), na_action="ignore"
+        )
+    return values.astype(pd.CategoricalDtype(categories))
+
+
+def _category_text(value: Any, categories: list[str], known: dict[str, str]) -> str:
+    """A value as the text the CSV held: pandas may have parsed '7' as 7.0 or 'TRUE' as True."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        text = "true" if value else "false"
+    elif isinstance(value, float | np.floating) and float(value).is_integer():
+        text = str(int(value))
+    else:
+        text = str(value)
+    return text if text in categories else known.get(text.lower(), text)
+
+
+def _refuse_unparsed(
+    values: pd.Series[Any], invalid: pd.Series[Any], name: str, expected: str
+) -> None:
+    if not bool(invalid.any()):
+        return
+    rows = tuple(int(row) for row in np.flatnonzero(invalid.to_numpy())[:_ROWS_NAMED_IN_ERRORS])
+    example = values.iloc[rows[0]]
+    raise InvalidModelInput(
+        "PREDICT_VALUE_INVALID",
+        f"column {name!r} expects {expected}; got {example!r} at row index "
+        + ", ".join(str(row) for row in rows),
+        column=name,
+        rows=rows,
+    )
+
+
+class ModelyardModel(PythonModel):
+    """The pyfunc MLflow loads: coerce raw rows, predict with the booster."""
+
+    booster: lgb.Booster
+    spec: FeatureSpec
+
+    def load_context(self, context: Any) -> None:
+        self.booster = lgb.Booster(model_file=context.artifacts[BOOSTER_ARTIFACT])
+        self.spec = load_spec(context.artifacts[PREPROCESSING_ARTIFACT])
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        return predict_frame(self.booster, self.spec, coerce_features(model_input, self.spec))
+
+
+# MLflow loads this file as model code and reads the model it sets. The Trainer
+# imports the module for its functions only and sets nothing.
+if __name__ != "services.training.pyfunc_model":
+    mlflow.models.set_model(ModelyardModel())

@@ -1,0 +1,141 @@
+"""TrainerService: parameter checks, registered models, predictions.
+
+Handlers raise ServiceError; the runtime's interceptor turns it into the gRPC
+status with its ErrorInfo reason. MLflow calls run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from google.protobuf import json_format, struct_pb2
+
+from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
+from runtime.errors import invalid_argument
+from services.training import pyfunc_model
+from services.training.catalog import LoadedModel, ModelCatalog
+from services.training.champion import CHAMPION_ALIAS
+from services.training.params import as_strings, validate_params
+from services.training.settings import TrainerSettings
+
+Context = Any  # grpc.aio.ServicerContext (grpc ships no types)
+
+
+class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, settings: TrainerSettings, catalog: ModelCatalog) -> None:
+        self._settings = settings
+        self._catalog = catalog
+
+    async def ValidateTrainingParams(
+        self, request: trainer_service_pb2.ValidateTrainingParamsRequest, context: Context
+    ) -> trainer_service_pb2.ValidateTrainingParamsResponse:
+        params = validate_params(request.params, max_threads=self._settings.resolved_num_threads())
+        return trainer_service_pb2.ValidateTrainingParamsResponse(params=as_strings(params))
+
+    async def ListModels(
+        self, request: trainer_service_pb2.ListModelsRequest, context: Context
+    ) -> trainer_service_pb2.ListModelsResponse:
+        models, token = await asyncio.to_thread(
+            self._catalog.list_models, request.page_size, request.page_token
+        )
+        return trainer_service_pb2.ListModelsResponse(models=models, next_page_token=token)
+
+    async def GetModel(
+        self, request: trainer_service_pb2.GetModelRequest, context: Context
+    ) -> model_pb2.Model:
+        return await asyncio.to_thread(self._catalog.get_model, request.model_name)
+
+    async def Predict(
+        self, request: trainer_service_pb2.PredictRequest, context: Context
+    ) -> trainer_service_pb2.PredictResponse:
+        self._check_rows(request)
+        selector = request.WhichOneof("version_selector")
+        version = request.version if selector == "version" else None
+        alias = request.alias if selector == "alias" else None
+        if version is None and not alias:
+            alias = CHAMPION_ALIAS
+        number = await asyncio.to_thread(
+            self._catalog.resolve_version, request.model_name, version, alias
+        )
+        model = await asyncio.to_thread(self._catalog.load, request.model_name, number)
+        frame = rows_frame(request.rows)
+        try:
+            features = pyfunc_model.coerce_features(frame, model.spec)
+        except pyfunc_model.InvalidModelInput as error:
+            raise invalid_argument(
+                error.reason,
+                str(error),
+                column=error.column,
+                rows=",".join(str(row) for row in error.rows),
+            ) from error
+        output = await asyncio.to_thread(
+            pyfunc_model.predict_frame, model.booster, model.spec, features
+        )
+        return predict_response(model, output)
+
+    def _check_rows(self, request: trainer_service_pb2.PredictRequest) -> None:
+        if not request.rows:
+            raise invalid_argument("PREDICT_ROWS_EMPTY", "rows must hold at least one row")
+        if len(request.rows) > self._settings.max_predict_rows:
+            raise invalid_argument(
+                "PREDICT_TOO_MANY_ROWS",
+                f"{len(request.rows)} rows; at most {self._settings.max_predict_rows} per call",
+                limit=str(self._settings.max_predict_rows),
+            )
+
+
+def rows_frame(rows: Any) -> pd.DataFrame:
+    """Rows as JSON objects → a DataFrame with one column per key (object dtype)."""
+    records: list[dict[str, Any]] = []
+    for index, row in enumerate(rows):
+        record = json_format.MessageToDict(row)
+        for column, value in record.items():
+            if isinstance(value, dict | list):
+                raise invalid_argument(
+                    "PREDICT_VALUE_INVALID",
+                    f"column {column!r} at row index {index} holds a nested "
+                    f"{type(value).__name__}; values must be numbers, text, booleans or null",
+                    column=column,
+                    rows=str(index),
+                )
+        records.append(record)
+    return pd.DataFrame.from_records(records).astype("object")
+
+
+def predict_response(
+    model: LoadedModel, output: pd.DataFrame
+) -> trainer_service_pb2.PredictResponse:
+    spec = model.spec
+    class_labels = spec.get("class_labels") or []
+    class_names = [pyfunc_model.label_text(label) for label in class_labels]
+    probability_columns = [f"{pyfunc_model.PROBABILITY_PREFIX}{name}" for name in class_names]
+    probabilities = (
+        output[probability_columns].to_numpy(dtype="float64") if class_names else np.empty((0, 0))
+    )
+    predictions = []
+    for index, value in enumerate(output[pyfunc_model.PREDICTION_COLUMN].tolist()):
+        prediction = trainer_service_pb2.Prediction(value=_value(value))
+        if class_names:
+            prediction.probabilities.extend(float(p) for p in probabilities[index])
+        predictions.append(prediction)
+    return trainer_service_pb2.PredictResponse(
+        model_name=model.name,
+        model_version=model.version,
+        class_names=class_names,
+        predictions=predictions,
+    )
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    if isinstance(value, bool | np.bool_):
+        return struct_pb2.Value(bool_value=bool(value))
+    if isinstance(value, int | float | np.integer | np.floating):
+        number = float(value)
+        if math.isnan(number):
+            return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+        return struct_pb2.Value(number_value=number)
+    return struct_pb2.Value(string_value=str(value))

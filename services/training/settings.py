@@ -1,0 +1,126 @@
+"""The Trainer's settings: `MODELYARD_TRAINER_<FIELD>` environment variables.
+
+The MLflow password is a SecretStr: it is handed to the MLflow client through
+its own environment variables at start and never appears in a log line, an
+event or a job record.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from runtime.settings import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_TRAINER_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    listen_address: str = Field(
+        default="127.0.0.1:50053", description="Where TrainerService listens (host:port)."
+    )
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server(s) with JetStream, comma-separated.",
+    )
+    dataset_service_address: str = Field(
+        default="127.0.0.1:50051", description="DatasetService, read for training data."
+    )
+    mlflow_tracking_uri: str = Field(
+        default="http://127.0.0.1:5000", description="MLflow tracking server (basic auth)."
+    )
+    mlflow_username: str | None = Field(
+        default=None, description="MLflow basic-auth user; no auth when unset."
+    )
+    mlflow_password: SecretStr | None = Field(
+        default=None, description="MLflow basic-auth password. Never logged."
+    )
+    mlflow_experiment_name: str = Field(
+        default="modelyard", description="MLflow experiment every training run goes to."
+    )
+    mlflow_public_url: str | None = Field(
+        default=None,
+        description="Base URL of the MLflow UI used in run links; the tracking URI when unset.",
+    )
+    registered_model_description: str = Field(
+        default="LightGBM model trained by modelyard.",
+        description="Description given to a registered model when the Trainer creates it.",
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        description="Scratch space for model files before upload; <state_dir>/trainer when unset.",
+    )
+    worker_slots: int = Field(
+        default=1, ge=0, le=64, description="Jobs trained at once; 0 serves TrainerService only."
+    )
+    ack_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Ack wait of the shared consumer (set when the Trainer creates it): a job whose "
+            "Trainer stops sending heartbeats for this long is redelivered."
+        ),
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Deliveries of a job before it fails ATTEMPTS_EXHAUSTED."
+    )
+    retry_delay_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Delay before a job that hit a transient error (MLflow or Dataset down) "
+        "is delivered again.",
+    )
+    default_max_run_duration_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest a job may run when its request sets no limit."
+    )
+    maximum_max_run_duration_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="Upper bound of a request's max_run_duration."
+    )
+    num_threads: int = Field(
+        default=0,
+        ge=0,
+        description="LightGBM threads per job, and the cap of a num_threads override; "
+        "0 means the machine's CPU count.",
+    )
+    boosting_work_budget: float = Field(
+        default=1.5e9,
+        gt=0,
+        description=(
+            "Unless a job sets num_iterations, boosting rounds are capped at "
+            "budget / (training rows x features), between 50 and 1000 (the learning rate "
+            "grows as the cap shrinks), so that a default job's training time stays "
+            "bounded whatever the table's size."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.2, gt=0, lt=0.5, description="Share of rows held out for validation."
+    )
+    min_rows_per_class: int = Field(
+        default=5, ge=2, description="A class with fewer rows fails TARGET_CLASS_TOO_SMALL."
+    )
+    max_classes: int = Field(
+        default=100, ge=3, description="A target with more classes fails TARGET_TOO_MANY_CLASSES."
+    )
+    progress_interval_seconds: float = Field(
+        default=0.5, gt=0, description="At most one progress event per this interval."
+    )
+    predict_cache_size: int = Field(
+        default=8, ge=1, description="Loaded model versions kept in memory for Predict."
+    )
+    max_predict_rows: int = Field(
+        default=10_000, ge=1, description="Rows accepted by one Predict call."
+    )
+
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir or self.state_dir / "trainer"
+
+    def resolved_num_threads(self) -> int:
+        return self.num_threads or os.cpu_count() or 1
+
+    def mlflow_ui_url(self) -> str:
+        return (self.mlflow_public_url or self.mlflow_tracking_uri).rstrip("/")

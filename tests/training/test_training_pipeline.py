@@ -1,0 +1,298 @@
+"""The training pipeline on real tables: scikit-learn's bundled datasets written to CSV
+and read back, and generated data with categorical, missing and ID-like columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from services.training import pyfunc_model
+from services.training.champion import beats_champion
+from services.training.columns import ColumnInfo, ColumnType, columns_from_frame
+from services.training.dataset_reader import decode_stream, to_pandas
+from services.training.pipeline import (
+    PipelineConfig,
+    TrainingResult,
+    TrainingStopped,
+    default_learning_rate,
+    default_rounds,
+    prepare,
+    train_model,
+)
+from services.training.run_content import curve_steps
+from services.training.targets import PRIMARY_METRICS, Task, TrainingFailure
+from tests.training.conftest import messy_frame, sklearn_csv
+
+CONFIG = PipelineConfig(num_threads=2)
+
+
+def train_csv(path: Path, target: str, task: Task = Task.AUTO, **params: Any) -> TrainingResult:
+    frame = pd.read_csv(path)
+    return train_model(frame, columns_from_frame(frame), target, task, params, CONFIG)
+
+
+def failure(frame: pd.DataFrame, target: str, task: Task = Task.AUTO) -> TrainingFailure:
+    with pytest.raises(TrainingFailure) as error:
+        train_model(frame, columns_from_frame(frame), target, task, {}, CONFIG)
+    return error.value
+
+
+def test_binary_numeric_labels(tmp_path: Path) -> None:
+    result = train_csv(sklearn_csv(tmp_path, "breast_cancer"), "target")
+    assert result.decision.task == Task.BINARY
+    assert result.decision.class_names == ["0", "1"]
+    assert set(result.metrics) == {"accuracy", "f1", "roc_auc", "log_loss", "precision", "recall"}
+    assert result.metrics["roc_auc"] > 0.97
+    assert result.validation_rows == 114
+    assert 1 <= result.best_iteration < int(result.effective_params["num_iterations"])
+    assert len(result.curve["auc"]) == result.best_iteration + 50
+    assert result.effective_params["objective"] == "binary"
+
+
+def test_string_labels_train_a_multiclass_model(tmp_path: Path) -> None:
+    result = train_csv(sklearn_csv(tmp_path, "iris", string_labels=True), "target")
+    assert result.decision.task == Task.MULTICLASS
+    assert result.decision.class_names == ["setosa", "versicolor", "virginica"]
+    assert "3 distinct string labels" in result.decision.reason
+    assert set(result.metrics) == {"accuracy", "macro_f1", "log_loss"}
+    assert result.metrics["macro_f1"] > 0.85
+    assert result.effective_params["num_class"] == 3
+
+
+def test_few_whole_numbers_are_classes_and_many_are_a_regression(tmp_path: Path) -> None:
+    wine = train_csv(sklearn_csv(tmp_path, "wine"), "target")
+    assert wine.decision.task == Task.MULTICLASS
+    assert wine.decision.class_labels == (0, 1, 2)
+    diabetes = train_csv(sklearn_csv(tmp_path, "diabetes"), "target")
+    assert diabetes.decision.task == Task.REGRESSION
+    assert set(diabetes.metrics) == {"rmse", "mae", "r2", "mse"}
+    assert diabetes.metrics["r2"] > 0.2
+    forced = train_csv(sklearn_csv(tmp_path, "wine"), "target", Task.REGRESSION)
+    assert forced.decision.task == Task.REGRESSION
+
+
+def test_messy_columns_are_dropped_with_reasons_and_categories_are_native(tmp_path: Path) -> None:
+    frame = messy_frame()
+    columns = columns_from_frame(frame)
+    columns = [ColumnInfo(c.name, ColumnType.DATE) if c.name == "signup" else c for c in columns]
+    result = train_model(frame, columns, "label", Task.AUTO, {}, CONFIG)
+    assert dict(result.dropped_columns) == {
+        "customer_id": "id_like",
+        "row_number": "id_like",
+        "constant": "constant",
+        "signup": "unsupported_type",
+    }
+    kinds = {feature["name"]: feature["kind"] for feature in result.spec["features"]}
+    assert kinds == {
+        "color": "categorical",
+        "size": "numeric",
+        "count": "numeric",
+        "flag": "boolean",
+    }
+    assert result.rows_dropped_missing_target == int(frame["label"].isna().sum()) > 0
+    assert result.rows_used + result.rows_dropped_missing_target == len(frame)
+    assert result.booster.pandas_categorical == [["blue", "green", "red", "violet"]]
+    assert result.metrics["roc_auc"] > 0.8
+    # Raw rows as pandas reads them from the CSV, with a category never seen in training.
+    path = tmp_path / "messy.csv"
+    frame.to_csv(path, index=False)
+    raw = pd.read_csv(path).drop(columns=["label"]).head(10)
+    raw.loc[0, "color"] = "orange"
+    features = pyfunc_model.coerce_features(raw, result.spec)
+    assert features["color"].isna().tolist()[0]
+    predicted = pyfunc_model.predict_frame(result.booster, result.spec, features)
+    assert set(predicted["prediction"]) <= {"no", "yes"}
+    assert np.allclose(predicted[["probability_no", "probability_yes"]].sum(axis=1), 1.0)
+
+
+def test_a_boolean_target_is_binary() -> None:
+    frame = messy_frame().drop(columns=["label"])
+    result = train_model(frame, columns_from_frame(frame), "flag", Task.AUTO, {}, CONFIG)
+    assert result.decision.task == Task.BINARY
+    assert result.decision.class_labels == (False, True)
+    assert result.decision.class_names == ["false", "true"]
+
+
+@pytest.mark.parametrize(
+    ("target", "task", "reason", "code"),
+    [
+        ("constant", Task.AUTO, "TARGET_CONSTANT", "FAILED_PRECONDITION"),
+        ("rare", Task.AUTO, "TARGET_CLASS_TOO_SMALL", "FAILED_PRECONDITION"),
+        ("color", Task.REGRESSION, "TARGET_NOT_NUMERIC", "INVALID_ARGUMENT"),
+        ("absent", Task.AUTO, "TARGET_COLUMN_NOT_FOUND", "INVALID_ARGUMENT"),
+        ("color", Task.BINARY, "TASK_TARGET_MISMATCH", "INVALID_ARGUMENT"),
+        ("flag", Task.MULTICLASS, "TASK_TARGET_MISMATCH", "INVALID_ARGUMENT"),
+        ("empty", Task.AUTO, "TARGET_ALL_MISSING", "FAILED_PRECONDITION"),
+        ("customer_id", Task.AUTO, "TARGET_TOO_MANY_CLASSES", "FAILED_PRECONDITION"),
+    ],
+)
+def test_untrainable_targets_fail_with_stable_reasons(
+    target: str, task: Task, reason: str, code: str
+) -> None:
+    frame = messy_frame()
+    frame["rare"] = ["common"] * (len(frame) - 3) + ["rare"] * 3
+    frame["empty"] = np.nan
+    error = failure(frame, target, task)
+    assert error.reason == reason
+    assert error.code == code
+    assert error.message
+
+
+def test_no_usable_feature_and_too_few_rows() -> None:
+    frame = messy_frame()[["customer_id", "constant", "label"]]
+    assert failure(frame, "label").reason == "NO_USABLE_FEATURES"
+    assert "customer_id (id_like)" in failure(frame, "label").message
+    tiny = messy_frame(rows=8)
+    assert failure(tiny, "size").reason == "DATASET_TOO_SMALL"
+
+
+def test_balanced_class_weights_raise_minority_recall() -> None:
+    rng = np.random.default_rng(0)
+    rows = 3000
+    x = rng.normal(size=(rows, 3))
+    y = np.where(x[:, 0] + rng.normal(scale=1.5, size=rows) > 2.2, "fraud", "ok")
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(y=y)
+    columns = columns_from_frame(frame)
+    plain = train_model(frame, columns, "y", Task.AUTO, {}, CONFIG)
+    balanced = train_model(frame, columns, "y", Task.AUTO, {"class_weight": "balanced"}, CONFIG)
+    assert plain.decision.class_names == ["fraud", "ok"]
+    # The first class ("fraud") is the minority; balanced weights find more of it.
+    prepared = prepare(frame, columns, "y", Task.AUTO, CONFIG)
+    labels = prepared.valid_labels
+    recalls = []
+    for result in (plain, balanced):
+        probabilities = pyfunc_model.class_probabilities(
+            np.asarray(result.booster.predict(prepared.valid_features)), "binary"
+        )
+        chosen = probabilities.argmax(axis=1)
+        recalls.append(((chosen == 0) & (labels == 0)).sum() / (labels == 0).sum())
+    assert recalls[1] > recalls[0]
+    assert balanced.effective_params["class_weight"] == "balanced"
+
+
+def test_default_rounds_shrink_with_the_table() -> None:
+    frame = messy_frame()
+    prepared = prepare(frame, columns_from_frame(frame), "label", Task.AUTO, CONFIG)
+    assert default_rounds(prepared, CONFIG) == 1000
+    small_budget = PipelineConfig(boosting_work_budget=1e4)
+    assert default_rounds(prepared, small_budget) == 50
+    # Fewer rounds, bigger steps: 0.1 at 1000 rounds, 0.2 at 250, at most 0.3.
+    assert [default_learning_rate(r) for r in (1000, 250, 70)] == [0.1, 0.2, 0.3]
+    capped = train_model(
+        prepared_frame := messy_frame(),
+        columns_from_frame(prepared_frame),
+        "label",
+        Task.AUTO,
+        {},
+        PipelineConfig(boosting_work_budget=1e4, num_threads=2),
+    )
+    assert capped.effective_params["num_iterations"] == 50
+    assert capped.effective_params["learning_rate"] == 0.3
+
+
+def test_a_stop_request_interrupts_training() -> None:
+    class StopAfter:
+        def __init__(self) -> None:
+            self.iterations = 0
+
+        def check(self) -> None:
+            if self.iterations >= 5:
+                raise TrainingStopped("cancelled")
+
+        def decided(self, decision: Any) -> None:
+            return None
+
+        def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+            self.iterations = iteration
+
+    frame = messy_frame()
+    hooks = StopAfter()
+    with pytest.raises(TrainingStopped):
+        train_model(
+            frame,
+            columns_from_frame(frame),
+            "size",
+            Task.AUTO,
+            {"num_iterations": 500, "early_stopping_round": 0},
+            CONFIG,
+            hooks,
+        )
+    assert hooks.iterations == 5
+
+
+def test_raw_rows_are_coerced_or_refused_naming_column_and_row() -> None:
+    spec = {
+        "features": [
+            {"name": "n", "kind": "numeric"},
+            {"name": "b", "kind": "boolean"},
+            {"name": "c", "kind": "categorical", "categories": ["1", "x", "true"]},
+        ]
+    }
+    raw = pd.DataFrame({"n": ["1.5", "", None], "b": ["yes", "False", None], "c": [1.0, True, "x"]})
+    features = pyfunc_model.coerce_features(raw, spec)
+    assert features["n"].tolist()[0] == 1.5
+    assert features["n"].isna().tolist() == [False, True, True]
+    assert features["b"].tolist()[:2] == [1.0, 0.0]
+    assert features["c"].tolist() == ["1", "true", "x"]
+    with pytest.raises(pyfunc_model.InvalidModelInput) as missing:
+        pyfunc_model.coerce_features(raw.drop(columns=["b", "c"]), spec)
+    assert missing.value.reason == "PREDICT_COLUMNS_MISSING"
+    assert missing.value.column == "b,c"
+    bad = raw.assign(n=["1", "2", "three"])
+    with pytest.raises(pyfunc_model.InvalidModelInput) as invalid:
+        pyfunc_model.coerce_features(bad, spec)
+    assert invalid.value.reason == "PREDICT_VALUE_INVALID"
+    assert invalid.value.column == "n"
+    assert invalid.value.rows == (2,)
+    assert "'three'" in str(invalid.value)
+
+
+def test_champion_moves_only_when_strictly_better() -> None:
+    binary = PRIMARY_METRICS[Task.BINARY]
+    assert beats_champion({"roc_auc": 0.9, "log_loss": 0.3}, None, binary)[0]
+    assert beats_champion({"roc_auc": 0.91}, {"roc_auc": 0.9}, binary)[0]
+    assert not beats_champion(
+        {"roc_auc": 0.9, "log_loss": 0.3}, {"roc_auc": 0.9, "log_loss": 0.3}, binary
+    )[0]
+    assert beats_champion(
+        {"roc_auc": 0.9, "log_loss": 0.2}, {"roc_auc": 0.9, "log_loss": 0.3}, binary
+    )[0]
+    assert not beats_champion({"roc_auc": 0.89}, {"roc_auc": 0.9}, binary)[0]
+    regression = PRIMARY_METRICS[Task.REGRESSION]
+    assert beats_champion({"rmse": 1.0}, {"rmse": 2.0}, regression)[0]
+    assert not beats_champion({"rmse": 2.0}, {"rmse": 1.0}, regression)[0]
+    assert beats_champion({"rmse": 2.0}, {"roc_auc": 0.9}, regression)[0]  # not comparable
+
+
+def test_validation_curves_are_thinned_beyond_a_thousand_points() -> None:
+    assert curve_steps(300, 120) == list(range(1, 301))
+    steps = curve_steps(10_000, 4321)
+    assert len(steps) <= 1002
+    assert {1, 4321, 10_000} <= set(steps)
+
+
+async def test_arrow_stream_is_decoded_whatever_the_chunking() -> None:
+    frame = messy_frame(rows=300)
+    table = pa.Table.from_pandas(frame[["color", "size", "flag"]], preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=64):
+            writer.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+
+    async def chunks(size: int) -> Any:
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+
+    for size in (7, 1000, len(data)):
+        decoded = await decode_stream(chunks(size))
+        assert decoded.num_rows == 300
+    loaded = to_pandas(decoded)
+    assert isinstance(loaded["color"].dtype, pd.CategoricalDtype)
+    assert loaded["color"].astype(str).tolist() == frame["color"].astype(str).tolist()
+    assert loaded["size"].equals(frame["size"])

@@ -100,6 +100,7 @@ def start_mlflow(
             admin_username = admin
             admin_password = {password}
             authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+            auth_cache_ttl_seconds = 60
             """)
     )
     auth_config.chmod(0o600)

@@ -34,6 +34,7 @@ SERVICE_MODULES = {
     "jobs": "services.jobs",
     "trainer": "services.training",
 }
+ENV_PREFIXES = {"dataset": "DATASET", "jobs": "JOBS", "trainer": "TRAINER"}
 
 
 @dataclass
@@ -50,6 +51,8 @@ class StackOptions:
     # Keep tokens and the MLflow admin password in <work_dir>/secrets.json, so that a
     # stack restarted on the same work_dir (make down; make up) finds its data again.
     persist_secrets: bool = False
+    # OTLP/HTTP collector every process exports its spans to; tracing is off when None.
+    otlp_endpoint: str | None = None
     # Extra environment per process name ("dataset", "jobs", "trainer", "gateway").
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -77,6 +80,7 @@ class Stack:
         self.s3: S3Server | None = None
         self.processes: dict[str, ManagedProcess] = {}
         self.addresses: dict[str, str] = {}
+        self.metrics_addresses: dict[str, str] = {}
         self.database_urls: dict[str, str] = {}
         self.gateway_port = 0
 
@@ -147,12 +151,15 @@ class Stack:
     # -- services ----------------------------------------------------------------
 
     def common_env(self) -> dict[str, str]:
-        return {
+        env = {
             "MODELYARD_SERVICE_TOKEN": self.service_token,
             "MODELYARD_STATE_DIR": str(self.work_dir / "state"),
             "MODELYARD_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.options.otlp_endpoint:
+            env["MODELYARD_OTLP_ENDPOINT"] = self.options.otlp_endpoint
+        return env
 
     def service_env(self, service: str, address: str) -> dict[str, str]:
         assert self.nats is not None
@@ -200,10 +207,13 @@ class Stack:
         name = service if instance == 0 else f"{service}-{instance}"
         address = self.addresses.get(name) or f"127.0.0.1:{free_port()}"
         self.addresses[name] = address
+        metrics = self.metrics_addresses.get(name) or f"127.0.0.1:{free_port()}"
+        self.metrics_addresses[name] = metrics
+        metrics_env = {f"MODELYARD_{ENV_PREFIXES[service]}_METRICS_ADDRESS": metrics}
         process = ManagedProcess(
             name=name,
             command=[sys.executable, "-m", SERVICE_MODULES[service]],
-            env=self.common_env() | self.service_env(service, address),
+            env=self.common_env() | self.service_env(service, address) | metrics_env,
             log_path=self.work_dir / "logs" / f"{name}.log",
         ).start()
         self.processes[name] = process

@@ -14,6 +14,7 @@ from runtime.channels import open_channel
 from runtime.logs import configure_logging
 from runtime.messaging import connect
 from runtime.server import GrpcServer, wait_for_shutdown_signal
+from runtime.tracing import configure_tracing, shutdown_tracing
 from services.training.catalog import ModelCatalog
 from services.training.credentials import configure_mlflow_client, redact_logs, redactor
 from services.training.dataset_reader import DatasetReader
@@ -34,7 +35,7 @@ async def serve(settings: TrainerSettings) -> None:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 
-    server = GrpcServer(settings, settings.listen_address)
+    server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
     tracker = Tracker(
         tracking_uri=settings.mlflow_tracking_uri,
         experiment_name=settings.mlflow_experiment_name,
@@ -97,10 +98,14 @@ async def serve(settings: TrainerSettings) -> None:
 def main() -> None:
     settings = TrainerSettings()
     configure_logging("trainer", settings.log_level)
+    configure_tracing("trainer", settings.otlp_endpoint)
     redact_logs(redactor(settings))
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=UserWarning, module="lightgbm")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 
 from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
 from runtime.messaging import job_events_subject
+from runtime.tracing import headers_with_context
 
 logger = logging.getLogger("modelyard.trainer.events")
 
@@ -97,7 +98,7 @@ class EventPublisher:
 
     async def publish(self, event: dispatch_pb2.JobEvent, attempts: int = PUBLISH_ATTEMPTS) -> None:
         """JetStream publish, retried while NATS reconnects; raises when it never lands."""
-        headers: Mapping[str, str] = {"Nats-Msg-Id": event.event_id}
+        headers: Mapping[str, str] = headers_with_context({"Nats-Msg-Id": event.event_id})
         for attempt in range(1, attempts + 1):
             try:
                 await self._js.publish(

@@ -28,6 +28,8 @@ from google.protobuf import json_format
 from modelyard.dataset.v1 import dataset_pb2
 from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
 from runtime.errors import ServiceError, make_status
+from runtime.tracing import tracer
+from services.training import metrics
 from services.training.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
 from services.training.events import EventPublisher, EventsUnavailable
 from services.training.params import as_strings, validate_params
@@ -203,6 +205,8 @@ class JobRunner:
                 "events cannot be published; retrying later", extra={"error": str(error)}
             )
             disposition = Disposition.RETRY_LATER
+        metrics.ATTEMPTS.labels(disposition.value).inc()
+        metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
         logger.info(
             "attempt finished",
             extra={
@@ -277,15 +281,19 @@ class JobRunner:
             functools.partial(self._send_decision, state),
             self._settings.progress_interval_seconds,
         )
-        result = train_model(
-            loaded.take_frame(),
-            loaded.columns,
-            state.request.target_column,
-            TASKS.get(state.request.task, Task.AUTO),
-            params,
-            self._config,
-            hooks,
-        )
+        with tracer().start_as_current_span("train lightgbm"):
+            result = train_model(
+                loaded.take_frame(),
+                loaded.columns,
+                state.request.target_column,
+                TASKS.get(state.request.task, Task.AUTO),
+                params,
+                self._config,
+                hooks,
+            )
+        if "train_seconds" in result.timings:
+            task = result.decision.task.value
+            metrics.TRAINING_SECONDS.labels(task).observe(result.timings["train_seconds"])
         logger.info(
             "model trained",
             extra={

@@ -24,6 +24,11 @@ class TrainerSettings(CommonSettings):
     listen_address: str = Field(
         default="127.0.0.1:50053", description="Where TrainerService listens (host:port)."
     )
+    metrics_address: str = Field(
+        default="127.0.0.1:9453",
+        description="host:port of the Prometheus endpoint (GET /metrics); empty turns it off.",
+    )
+
     nats_url: str = Field(
         default="nats://127.0.0.1:4222",
         description="NATS server(s) with JetStream, comma-separated.",

@@ -23,6 +23,7 @@ timed (`MlflowTimings`) so that logs and benchmarks can say where time goes.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -55,7 +56,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import Model
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from opentelemetry.trace import SpanKind
 
+from runtime.tracing import tracer
 from services.training import pyfunc_model
 from services.training.champion import (
     CHAMPION_ALIAS,
@@ -108,7 +111,8 @@ class MlflowTimings:
     def step(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
-            yield
+            with tracer().start_as_current_span(f"mlflow {name}", kind=SpanKind.CLIENT):
+                yield
         finally:
             elapsed = time.perf_counter() - started
             with self._lock:
@@ -699,7 +703,8 @@ class Tracker:
             with self._calls(timings, step):
                 return call(*args, **kwargs)
 
-        return self._pool.submit(timed)
+        # The caller's context goes along: log ids, and the job's trace for the step's span.
+        return self._pool.submit(contextvars.copy_context().run, timed)
 
     @contextlib.contextmanager
     def _calls(self, timings: MlflowTimings, step: str) -> Iterator[None]:

@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 
 from modelyard.jobs.v1 import dispatch_pb2
 from runtime.logs import log_context
@@ -41,6 +42,8 @@ from runtime.messaging import (
     cancellations,
     ensure_streams,
 )
+from runtime.tracing import context_from_headers, tracer
+from services.training import metrics
 from services.training.events import EventsUnavailable
 from services.training.job import Disposition, JobControl, JobRunner
 from services.training.settings import TrainerSettings
@@ -192,7 +195,16 @@ class TrainerWorker:
             return
         attempt = int(message.metadata.num_delivered)
         sequence = str(message.metadata.sequence.stream)
-        with log_context(job_id=request.job_id, attempt=str(attempt), stream_sequence=sequence):
+        span = tracer().start_as_current_span(
+            "train job",
+            context=context_from_headers(message.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={"modelyard.job_id": request.job_id, "modelyard.attempt": attempt},
+        )
+        with (
+            log_context(job_id=request.job_id, attempt=str(attempt), stream_sequence=sequence),
+            span,
+        ):
             try:
                 disposition = await self._attempt(message, request, attempt)
             except EventsUnavailable as error:
@@ -212,6 +224,7 @@ class TrainerWorker:
             return await self._runner.cancelled_before_start(request, attempt)
         control = JobControl(deadline=time.monotonic() + self._max_run_seconds(request))
         self._running[job_id] = control
+        metrics.RUNNING_JOBS.set(len(self._running))
         assert self._cancellations is not None
         cancel_watch = CancelWatch(self._cancellations, job_id, control)
         helpers = [
@@ -230,6 +243,7 @@ class TrainerWorker:
             if stuck:
                 logger.warning("job helpers did not stop", extra={"stuck": len(stuck)})
             self._running.pop(job_id, None)
+            metrics.RUNNING_JOBS.set(len(self._running))
 
     def _max_run_seconds(self, request: dispatch_pb2.TrainingRequest) -> float:
         asked = request.max_run_duration.ToTimedelta().total_seconds()

@@ -10,17 +10,27 @@ import httpx
 import pytest
 
 from devstack.components import postgres_available
+from devstack.otlp import OtlpReceiver
 from devstack.stack import Stack, StackOptions
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
     """nats-server, MLflow with basic auth, moto S3 for blobs, PostgreSQL when it
-    answers, the three services and the gateway with bearer-token auth."""
+    answers, the three services and the gateway with bearer-token auth; every
+    process exports its spans to `otlp_receiver`."""
     options = StackOptions(
         work_dir=tmp_path_factory.mktemp("e2e-stack"),
         database="postgresql" if postgres_available() else "sqlite",
         blob_store="s3",
+        otlp_endpoint=otlp_receiver.endpoint,
+        extra_env={"jobs": {"MODELYARD_JOBS_METRICS_SAMPLE_SECONDS": "1"}},
     )
     with Stack(options) as running:
         yield running

@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from devstack.components import (
     MlflowServer,
     NatsServer,
@@ -28,6 +25,9 @@ from devstack.components import (
     start_s3,
 )
 from devstack.processes import ManagedProcess, free_port, port_open
+from devstack.tls import Tls
+from runtime.healthcheck import check
+from runtime.settings import CommonSettings
 
 SERVICE_MODULES = {
     "dataset": "services.dataset",
@@ -53,19 +53,15 @@ class StackOptions:
     persist_secrets: bool = False
     # OTLP/HTTP collector every process exports its spans to; tracing is off when None.
     otlp_endpoint: str | None = None
+    # Mutual TLS between every gRPC server and client (the gateway's HTTP side stays plain).
+    tls: Tls | None = None
     # Extra environment per process name ("dataset", "jobs", "trainer", "gateway").
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def grpc_serving(address: str) -> bool:
-    try:
-        with grpc.insecure_channel(address) as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
-            )
-            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
+def grpc_serving(address: str, tls: Tls | None = None) -> bool:
+    settings = tls.settings() if tls else CommonSettings(service_token="-")
+    return check(address, settings=settings, timeout=1.0) == "SERVING"
 
 
 class Stack:
@@ -159,6 +155,8 @@ class Stack:
         }
         if self.options.otlp_endpoint:
             env["MODELYARD_OTLP_ENDPOINT"] = self.options.otlp_endpoint
+        if self.options.tls:
+            env |= self.options.tls.env()
         return env
 
     def service_env(self, service: str, address: str) -> dict[str, str]:
@@ -217,7 +215,7 @@ class Stack:
             log_path=self.work_dir / "logs" / f"{name}.log",
         ).start()
         self.processes[name] = process
-        process.wait_until(lambda: grpc_serving(address), timeout=120)
+        process.wait_until(lambda: grpc_serving(address, self.options.tls), timeout=120)
         return process
 
     def gateway_env(self) -> dict[str, str]:

@@ -45,8 +45,8 @@ def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
 
 
 class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str) -> None:
-        self._token = token
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self._tokens = list(tokens)  # several during a rotation: new and old
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -55,7 +55,9 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         presented = _metadata_value(handler_call_details, AUTHORIZATION_KEY) or ""
         scheme, _, token = presented.partition(" ")
-        if scheme.lower() == "bearer" and tokens_equal(token, self._token):
+        # Compare with every token, so the time taken tells nothing about which matched.
+        matches = [tokens_equal(token, accepted) for accepted in self._tokens]
+        if scheme.lower() == "bearer" and any(matches):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _rejecting_handler(handler)

@@ -44,7 +44,7 @@ class GrpcServer:
         self._service_names: list[str] = []
         self.server = grpc.aio.server(
             interceptors=[
-                ServiceTokenInterceptor(settings.resolved_service_token()),
+                ServiceTokenInterceptor(settings.resolved_service_tokens()),
                 RequestContextInterceptor(),
             ],
             options=CHANNEL_OPTIONS,

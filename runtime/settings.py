@@ -28,9 +28,10 @@ class CommonSettings(BaseSettings):
         default=None,
         validation_alias="MODELYARD_SERVICE_TOKEN",
         description=(
-            "Shared secret every gRPC call between services carries. When unset, one is "
-            "generated once into <state_dir>/service-token and shared by every process "
-            "on the machine."
+            "Shared secret every gRPC call between services carries; a comma-separated list "
+            "'new,old' during a rotation (calls carry the first, servers accept any). When "
+            "unset, one is generated once into <state_dir>/service-token and shared by every "
+            "process on the machine."
         ),
     )
     tls_cert_file: Path | None = Field(default=None, validation_alias="MODELYARD_TLS_CERT_FILE")
@@ -54,7 +55,13 @@ class CommonSettings(BaseSettings):
         description="Deadline of unary calls to other services.",
     )
 
-    def resolved_service_token(self) -> str:
+    def resolved_service_tokens(self) -> list[str]:
+        """Every token servers accept; the first is the one calls carry."""
         if self.service_token is not None:
-            return self.service_token.get_secret_value()
-        return load_or_create_secret(self.state_dir / "service-token")
+            tokens = [t.strip() for t in self.service_token.get_secret_value().split(",")]
+            if any(tokens):
+                return [token for token in tokens if token]
+        return [load_or_create_secret(self.state_dir / "service-token")]
+
+    def resolved_service_token(self) -> str:
+        return self.resolved_service_tokens()[0]

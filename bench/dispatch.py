@@ -263,8 +263,8 @@ def main() -> None:
         ("MLflow GET /api/2.0/mlflow/runs/get (baseline)", mlflow_runs_get, ("—", "")),
     ]:
         title = f"{label} [{result.tool}, 16 conns]"
-        rate = f"{result.requests_per_second:>11.0f} req/s"
-        print(f"{title:52} {rate} {targets[0]:>22}")
+        throughput = f"{result.requests_per_second:>11.0f} req/s"
+        print(f"{title:52} {throughput} {targets[0]:>22}")
         latency = f"{result.p50_ms:>7.1f} / {result.p99_ms:<5.1f}ms"
         print(f"{'  p50 / p99':52} {latency} {targets[1]:>22}")
         if result.errors:

@@ -32,7 +32,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy runtime services gateway devstack tests bench
+	$(VENV)/bin/mypy runtime services gateway modelyard_client devstack tests bench
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -116,11 +116,12 @@ def wait_until(predicate: Any, timeout: float, message: str) -> Any:
 
 
 def wait_final(api: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    return wait_until(
+    job: dict[str, Any] = wait_until(
         lambda: (job := get_job(api, job_id))["state"] in FINAL_STATES and job,
         timeout,
         f"job {job_id} not final after {timeout}s",
     )
+    return job
 
 
 def versions_of_job(client: MlflowClient, job_id: str) -> list[Any]:

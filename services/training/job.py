@@ -127,6 +127,7 @@ class _ThreadHooks:
         self._on_decided = on_decided
         self._interval = interval
         self._last = 0.0
+        self._unsent: training_job_pb2.TrainingProgress | None = None
 
     def check(self) -> None:
         self._control.check()
@@ -135,14 +136,22 @@ class _ThreadHooks:
         self._loop.call_soon_threadsafe(self._on_decided, decision)
 
     def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval and iteration < total:
-            return
-        self._last = now
         progress = training_job_pb2.TrainingProgress(
             iteration=iteration, total_iterations=total, metric_name=metric_name, metric_value=value
         )
+        now = time.monotonic()
+        if now - self._last < self._interval and iteration < total:
+            self._unsent = progress  # sent by flush() if no later one goes out
+            return
+        self._last = now
+        self._unsent = None
         self._loop.call_soon_threadsafe(self._on_progress, progress)
+
+    def flush(self) -> None:
+        """Send the last progress the throttle held back (early stopping ends before total)."""
+        if self._unsent is not None:
+            self._loop.call_soon_threadsafe(self._on_progress, self._unsent)
+            self._unsent = None
 
 
 class JobRunner:
@@ -291,6 +300,7 @@ class JobRunner:
                 self._config,
                 hooks,
             )
+        hooks.flush()
         if "train_seconds" in result.timings:
             task = result.decision.task.value
             metrics.TRAINING_SECONDS.labels(task).observe(result.timings["train_seconds"])

@@ -126,11 +126,15 @@ class CachingWriter(io.RawIOBase):
             self._blob.abort()
         finally:
             if self._copy is not None:
-                self._drop_copy()
+                self._discard_copy()
 
     def _drop_copy(self) -> None:
-        assert self._copy is not None
+        """The local copy failed (disk full, say): go on without it, and say so."""
         logger.warning("could not keep a local copy of a Parquet file", exc_info=True)
+        self._discard_copy()
+
+    def _discard_copy(self) -> None:
+        assert self._copy is not None
         with contextlib.suppress(OSError):
             self._copy.abort()
         self._copy = None

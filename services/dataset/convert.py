@@ -139,7 +139,7 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         except pa.ArrowInvalid as error:
             raise self._translate(error) from None
         try:
-            self.source_names = list(self._reader.schema.names)
+            self.source_names = _column_names(self._reader)
             self.names = validate_column_names(self.source_names, fmt.has_header, limits)
             self.schema = pa.schema(
                 [
@@ -222,6 +222,14 @@ def _too_large(recent: bytes, fmt: CsvFormat, limits: Limits) -> ServiceError:
         "(an unclosed quote makes the rest of the file one field)",
         limit_bytes=str(limits.max_row_bytes),
     )
+
+
+def _column_names(reader: pacsv.CSVStreamingReader) -> list[str]:
+    try:
+        return list(reader.schema.names)
+    except UnicodeDecodeError:
+        # A header that is not UTF-8 (the values may all be ASCII): try the fallback encoding.
+        raise NotUtf8Error() from None
 
 
 def validate_column_names(source_names: list[str], has_header: bool, limits: Limits) -> list[str]:

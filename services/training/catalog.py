@@ -9,6 +9,7 @@ effect at once while the model behind each version is loaded only once.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -73,6 +74,9 @@ def mlflow_errors(model_name: str) -> Iterator[None]:
         raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
 
 
+_PAGE_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{1,1024}")
+
+
 class ModelCatalog:
     def __init__(self, client: MlflowClient, cache_size: int) -> None:
         self._client = client
@@ -87,6 +91,9 @@ class ModelCatalog:
         if page_size < 0:
             raise invalid_argument("PAGE_SIZE_INVALID", "page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
+            # MLflow's tokens are base64; anything else would make its server fail (500).
+            raise invalid_argument("PAGE_TOKEN_INVALID", "page_token is not valid")
         try:
             page = self._client.search_registered_models(
                 filter_string=f"tags.{MANAGED_TAG} = '{MANAGED_VALUE}'",

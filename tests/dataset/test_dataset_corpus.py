@@ -174,6 +174,11 @@ CASES = [
         check=top_value("item", "\u201cdeluxe\u201d"),
     ),
     Case(
+        "Windows-1252 in the header only",
+        text("pr\u00e9nom,\u00e2ge\nanna,31\nbo,42\n".encode("cp1252")),
+        check=types_are({"pr\u00e9nom": "STRING", "\u00e2ge": "INTEGER"}),
+    ),
+    Case(
         "UTF-8 BOM",
         text(b"\xef\xbb\xbfid,name\n1,a\n2,b\n"),
         check=types_are({"id": "INTEGER", "name": "STRING"}),

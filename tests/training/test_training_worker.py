@@ -363,6 +363,13 @@ async def test_trainer_service_lists_models_and_predicts(
 
         listed = await stub.ListModels(trainer_service_pb2.ListModelsRequest(), metadata=METADATA)
         assert "messy-service" in {model.name for model in listed.models}
+        for token in ("not a token!", "kY\u00c8"):  # the second once made MLflow's server fail
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListModels(
+                    trainer_service_pb2.ListModelsRequest(page_token=token), metadata=METADATA
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_reason(refused.value) == "PAGE_TOKEN_INVALID"
         model = await stub.GetModel(
             trainer_service_pb2.GetModelRequest(model_name="messy-service"), metadata=METADATA
         )

@@ -2,15 +2,17 @@
 
     from modelyard_client import Client
 
-    client = Client()  # MODELYARD_URL and MODELYARD_TOKEN from the environment
-    dataset = client.upload_dataset("iris.csv")
-    job = client.create_training_job(dataset["datasetId"], "species")
-    job = client.wait_for_training_job(job["jobId"])
-    print(job["state"], job["metrics"])
+    with Client() as client:  # MODELYARD_URL and MODELYARD_TOKEN from the environment
+        dataset = client.upload_dataset("iris.csv")
+        job = client.create_training_job(dataset["datasetId"], "species")
+        job = client.wait_for_training_job(job["jobId"])
+        print(job["state"], job["metrics"])
 
-Resources are returned as the gateway sends them: proto3 JSON dictionaries
-with lowerCamelCase keys. Every failure raises `ModelyardError`, which carries
-the gateway's status and the stable reason code.
+Resources are returned as the gateway sends them: proto3 JSON dictionaries with
+lowerCamelCase keys, enums as names (`"state": "READY"`) and 64-bit integers as
+strings (`"rowCount": "150"`). Lists are iterators that fetch the next page when
+needed. Every failure raises `ModelyardError`, which carries the gRPC status name
+and the stable reason code of the platform (`NOT_FOUND DATASET_NOT_FOUND`).
 """
 
 from __future__ import annotations
@@ -18,56 +20,155 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+# A watch cut mid-stream (a proxy, a gateway restart) is resumed this many times in a row.
+WATCH_RECONNECTS = 5
+# google/rpc/code.proto: a job's `error` carries the number, not the name.
+STATUS_NAMES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
 
 Json = dict[str, Any]
 
 
 class ModelyardError(Exception):
-    """An error answer of the gateway, or no answer at all."""
+    """An error answer of the gateway, or no answer at all.
 
-    def __init__(self, http_status: int, status: str, reason: str, message: str) -> None:
+    `status` is the canonical gRPC code name (`NOT_FOUND`), `reason` the stable
+    reason code (`DATASET_NOT_FOUND`); `http_status` is 0 when the gateway could
+    not be reached.
+    """
+
+    def __init__(
+        self,
+        http_status: int,
+        status: str,
+        reason: str,
+        message: str,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.http_status = http_status  # 0 when the gateway could not be reached
-        self.status = status  # canonical gRPC code name, such as NOT_FOUND
-        self.reason = reason  # stable reason code, such as DATASET_NOT_FOUND
+        self.http_status = http_status
+        self.status = status
+        self.reason = reason
         self.message = message
+        self.request_id = request_id
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}: {self.message}"
 
     @classmethod
+    def from_status(
+        cls, status: Mapping[str, Any], http_status: int = 0, request_id: str | None = None
+    ) -> ModelyardError:
+        """From a `google.rpc.Status` in proto3 JSON (or the gateway's error document)."""
+        return cls(
+            http_status,
+            status_name(status),
+            reason_of(status),
+            str(status.get("message", "")),
+            request_id,
+        )
+
+    @classmethod
     def from_response(cls, response: httpx.Response) -> ModelyardError:
+        request_id = response.headers.get("x-request-id")
         try:
             error = response.json()["error"]
+            if not isinstance(error, dict):
+                raise TypeError("error is not an object")
         except (ValueError, KeyError, TypeError):
-            text = response.text.strip()[:200] or response.reason_phrase
-            return cls(response.status_code, "UNKNOWN", "UNEXPECTED_RESPONSE", text)
-        reasons = [d.get("reason") for d in error.get("details", []) if d.get("reason")]
-        return cls(
-            response.status_code,
-            str(error.get("status", "UNKNOWN")),
-            str(reasons[0]) if reasons else "UNKNOWN",
-            str(error.get("message", "")),
-        )
+            text = " ".join(response.text.split())[:200] or response.reason_phrase
+            status = _status_of_http(response.status_code)
+            return cls(response.status_code, status, "UNEXPECTED_RESPONSE", text, request_id)
+        return cls.from_status(error, response.status_code, request_id)
+
+
+def status_name(status: Mapping[str, Any]) -> str:
+    """The gRPC code name of a status: its `status` field, else the name of its `code`."""
+    if status.get("status"):
+        return str(status["status"])
+    code = status.get("code", 2)
+    if isinstance(code, int) and 0 <= code < len(STATUS_NAMES):
+        return STATUS_NAMES[code]
+    return "UNKNOWN"
+
+
+def reason_of(status: Mapping[str, Any]) -> str:
+    """The reason of the first `google.rpc.ErrorInfo` detail, or UNKNOWN."""
+    for detail in status.get("details") or []:
+        if isinstance(detail, dict) and detail.get("reason"):
+            return str(detail["reason"])
+    return "UNKNOWN"
+
+
+def _status_of_http(http_status: int) -> str:
+    """For answers that are not the gateway's (a proxy's HTML page, say)."""
+    known = {
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        429: "RESOURCE_EXHAUSTED",
+    }
+    if http_status in known:
+        return known[http_status]
+    if http_status in (502, 503, 504):
+        return "UNAVAILABLE"
+    return "INVALID_ARGUMENT" if http_status < 500 else "UNKNOWN"
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("modelyard")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    return f"modelyard-client/{version}"
 
 
 class Client:
+    """The gateway's REST API as Python calls; use it as a context manager."""
+
     def __init__(
         self, url: str | None = None, token: str | None = None, timeout: float = 60.0
     ) -> None:
         self.url = (url or os.environ.get("MODELYARD_URL") or DEFAULT_URL).rstrip("/")
+        if urlsplit(self.url).scheme not in ("http", "https") or not urlsplit(self.url).netloc:
+            raise ModelyardError(
+                0,
+                "INVALID_ARGUMENT",
+                "GATEWAY_URL_INVALID",
+                f"the gateway URL must look like http://host:port, got {self.url!r}",
+            )
         token = token if token is not None else os.environ.get("MODELYARD_TOKEN", "")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"User-Agent": _user_agent()}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -81,20 +182,44 @@ class Client:
 
     # -- transport ---------------------------------------------------------------
 
+    def _transport_error(self, error: httpx.TransportError) -> ModelyardError:
+        detail = str(error) or type(error).__name__
+        if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+            message = f"cannot reach the gateway at {self.url} ({detail})"
+        elif isinstance(error, httpx.TimeoutException):
+            return ModelyardError(
+                0,
+                "DEADLINE_EXCEEDED",
+                "GATEWAY_TIMEOUT",
+                f"the gateway at {self.url} did not answer in time ({detail})",
+            )
+        else:
+            message = f"lost the connection to the gateway at {self.url} ({detail})"
+        return ModelyardError(0, "UNAVAILABLE", "GATEWAY_UNREACHABLE", message)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
-            raise ModelyardError(0, "UNAVAILABLE", "GATEWAY_UNREACHABLE", str(error)) from error
+            raise self._transport_error(error) from error
         if response.status_code >= 400:
             raise ModelyardError.from_response(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Json:
-        body: Json = self._request(method, path, **kwargs).json()
+        response = self._request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError as error:
+            raise ModelyardError.from_response(response) from error
+        if not isinstance(body, dict):
+            raise ModelyardError(
+                response.status_code, "UNKNOWN", "UNEXPECTED_RESPONSE", "not a JSON object"
+            )
         return body
 
     def _pages(self, path: str, key: str, params: Mapping[str, Any]) -> Iterator[Json]:
+        """Every item of a paginated list, fetching the next page only when needed."""
         query = {k: v for k, v in params.items() if v not in (None, "")}
         while True:
             page = self._json("GET", path, params=query)
@@ -116,9 +241,9 @@ class Client:
         request_id: str | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Json:
-        """Stream a CSV file to the platform; returns the dataset once READY.
+        """Stream a CSV file to the platform; returns the dataset, profiled and READY.
 
-        `on_progress(n)` is called with the number of bytes each time a chunk is sent.
+        `on_progress(n)` is called with the size of each chunk once it is sent.
         """
         path = Path(path)
         params = {
@@ -141,16 +266,30 @@ class Client:
         return self._json("GET", f"/v1/datasets/{_segment(dataset_id)}")
 
     def list_datasets(
-        self, name_contains: str | None = None, page_size: int = 100
+        self,
+        name_contains: str | None = None,
+        *,
+        state: str | None = None,
+        page_size: int = 100,
     ) -> Iterator[Json]:
-        params = {"displayNameContains": name_contains, "pageSize": page_size}
+        """Datasets, newest first."""
+        params = {"displayNameContains": name_contains, "state": state, "pageSize": page_size}
         return self._pages("/v1/datasets", "datasets", params)
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{_segment(dataset_id)}")
 
-    def download_dataset(self, dataset_id: str, destination: str | Path) -> int:
-        """Stream the original CSV into `destination`; returns the number of bytes."""
+    def download_dataset(
+        self,
+        dataset_id: str,
+        destination: str | Path,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream the original CSV into `destination`; returns the number of bytes.
+
+        Nothing is left at `destination` when the download fails.
+        """
         url = f"/v1/datasets/{_segment(dataset_id)}:download"
         written = 0
         try:
@@ -160,11 +299,17 @@ class Client:
                 if response.status_code >= 400:
                     response.read()
                     raise ModelyardError.from_response(response)
-                with Path(destination).open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        written += out.write(chunk)
+                try:
+                    with Path(destination).open("wb") as out:
+                        for chunk in response.iter_bytes():
+                            written += out.write(chunk)
+                            if on_progress:
+                                on_progress(len(chunk))
+                except BaseException:
+                    Path(destination).unlink(missing_ok=True)  # no truncated CSV left behind
+                    raise
         except httpx.TransportError as error:
-            raise ModelyardError(0, "UNAVAILABLE", "GATEWAY_UNREACHABLE", str(error)) from error
+            raise self._transport_error(error) from error
         return written
 
     # -- training jobs -------------------------------------------------------------
@@ -175,20 +320,21 @@ class Client:
         target_column: str,
         *,
         task: str = "AUTO",
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
         registered_model_name: str | None = None,
         request_id: str | None = None,
         max_run_duration_seconds: float | None = None,
     ) -> Json:
+        """Queue a training job; returns it, QUEUED."""
         body: Json = {"datasetId": dataset_id, "targetColumn": target_column, "task": task}
         if params:
-            body["params"] = dict(params)
+            body["params"] = {str(k): str(v) for k, v in params.items()}
         if registered_model_name:
             body["registeredModelName"] = registered_model_name
         if request_id:
             body["requestId"] = request_id
-        if max_run_duration_seconds:
-            body["maxRunDuration"] = f"{max_run_duration_seconds:g}s"
+        if max_run_duration_seconds is not None:
+            body["maxRunDuration"] = _duration(max_run_duration_seconds)
         return self._json("POST", "/v1/trainingJobs", json=body)
 
     def get_training_job(self, job_id: str) -> Json:
@@ -197,14 +343,49 @@ class Client:
     def list_training_jobs(
         self, state: str | None = None, dataset_id: str | None = None, page_size: int = 100
     ) -> Iterator[Json]:
+        """Training jobs, newest first, optionally only in one state or on one dataset."""
         params = {"state": state, "datasetId": dataset_id, "pageSize": page_size}
         return self._pages("/v1/trainingJobs", "trainingJobs", params)
 
     def cancel_training_job(self, job_id: str) -> Json:
+        """Cancel a job: CANCELLED at once when queued, CANCELLING while it runs."""
         return self._json("POST", f"/v1/trainingJobs/{_segment(job_id)}:cancel", json={})
 
-    def watch_training_job(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[Json]:
-        """Yield the job at once, then at every state change and progress, until final."""
+    def watch_training_job(
+        self, job_id: str, timeout: float = 24 * 3600
+    ) -> Generator[Json, None, None]:
+        """Yield the job at once, then at every state change and progress, until final.
+
+        A stream cut midway is resumed (the gateway sends the job as it is now
+        first), so a caller sees every state, though perhaps not every progress.
+        """
+        job: Json = {}
+        reconnects = 0
+        while True:
+            try:
+                for job in self._watch_once(job_id, timeout):
+                    reconnects = 0
+                    yield job
+            except ModelyardError as error:
+                # Resume only a stream that worked (a wrong id or token fails at once),
+                # cut by the network, a restart or the gateway's stream deadline.
+                transient = error.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+                if not (transient and job) or reconnects >= WATCH_RECONNECTS:
+                    raise
+            else:
+                if job.get("state") in FINAL_STATES:
+                    return
+                if reconnects >= WATCH_RECONNECTS:
+                    raise ModelyardError(
+                        0,
+                        "UNAVAILABLE",
+                        "WATCH_INTERRUPTED",
+                        f"the watch of job {job_id} kept ending",
+                    )
+            reconnects += 1
+            time.sleep(min(0.25 * 2**reconnects, 5.0))
+
+    def _watch_once(self, job_id: str, timeout: float) -> Iterator[Json]:
         url = f"/v1/trainingJobs/{_segment(job_id)}:watch"
         try:
             with self._http.stream(
@@ -216,12 +397,25 @@ class Client:
                 if response.status_code >= 400:
                     response.read()
                     raise ModelyardError.from_response(response)
-                yield from _server_sent_jobs(response.iter_lines())
+                for event, data in server_sent_events(response.iter_lines()):
+                    try:
+                        payload = json.loads(data)
+                    except ValueError as error:
+                        raise ModelyardError(
+                            response.status_code, "UNKNOWN", "UNEXPECTED_RESPONSE", data[:200]
+                        ) from error
+                    if event == "error":
+                        status = payload.get("error", payload)
+                        raise ModelyardError.from_status(status, int(status.get("code", 500)))
+                    if event == "job":
+                        yield payload["trainingJob"]
         except httpx.TransportError as error:
-            raise ModelyardError(0, "UNAVAILABLE", "GATEWAY_UNREACHABLE", str(error)) from error
+            raise self._transport_error(error) from error
 
-    def wait_for_training_job(self, job_id: str, timeout: float = 24 * 3600) -> Json:
-        """The job once final, by polling (robust across proxies that cut streams)."""
+    def wait_for_training_job(
+        self, job_id: str, timeout: float = 24 * 3600, poll_seconds: float = 0.5
+    ) -> Json:
+        """The job once final, by polling (works through proxies that cut streams)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.get_training_job(job_id)
@@ -229,16 +423,18 @@ class Client:
                 return job
             if time.monotonic() > deadline:
                 raise ModelyardError(
-                    0, "DEADLINE_EXCEEDED", "WAIT_TIMEOUT", f"job {job_id} not final"
+                    0, "DEADLINE_EXCEEDED", "WAIT_TIMEOUT", f"job {job_id} is still {job['state']}"
                 )
-            time.sleep(0.5)
+            time.sleep(poll_seconds)
 
     # -- models ----------------------------------------------------------------------
 
     def list_models(self, page_size: int = 100) -> Iterator[Json]:
+        """Registered models with their latest and champion versions, by name."""
         return self._pages("/v1/models", "models", {"pageSize": page_size})
 
     def get_model(self, model_name: str) -> Json:
+        """A registered model with all its versions and their metrics."""
         return self._json("GET", f"/v1/models/{_segment(model_name)}")
 
     def predict(
@@ -249,6 +445,7 @@ class Client:
         version: int | None = None,
         alias: str | None = None,
     ) -> Json:
+        """Score rows (column → value) with a version, an alias, else the champion."""
         body: Json = {"rows": [dict(row) for row in rows]}
         if version is not None:
             body["version"] = str(version)
@@ -262,6 +459,12 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _duration(seconds: float) -> str:
+    """A google.protobuf.Duration in its JSON form: "90s", "1.5s"."""
+    text = f"{seconds:.9f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
 def _chunks(handle: BinaryIO, on_progress: Callable[[int], None] | None) -> Iterator[bytes]:
     while chunk := handle.read(UPLOAD_CHUNK_BYTES):
         yield chunk
@@ -269,26 +472,22 @@ def _chunks(handle: BinaryIO, on_progress: Callable[[int], None] | None) -> Iter
             on_progress(len(chunk))
 
 
-def _server_sent_jobs(lines: Iterator[str]) -> Iterator[Json]:
-    """Parse `text/event-stream`: yield each `job` event's JSON; raise on `error`."""
-    event, data = "message", []
+def server_sent_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event type, data) of each event of a `text/event-stream`, as the HTML spec
+    parses it: `:` comments skipped, `data:` lines joined, a blank line dispatches."""
+    event = ""
+    data: list[str] = []
     for line in lines:
+        if line == "":
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
         if line.startswith(":"):
-            continue  # keep-alive comment
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            payload = json.loads("\n".join(data))
-            if event == "error":
-                error = payload.get("error", payload)
-                reasons = [d.get("reason") for d in error.get("details", []) if d.get("reason")]
-                raise ModelyardError(
-                    int(error.get("code", 500)),
-                    str(error.get("status", "UNKNOWN")),
-                    str(reasons[0]) if reasons else "UNKNOWN",
-                    str(error.get("message", "")),
-                )
-            yield payload.get("trainingJob", payload)
-            event, data = "message", []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)

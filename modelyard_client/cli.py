@@ -6,10 +6,15 @@ Set MODELYARD_URL and MODELYARD_TOKEN (what `make up` prints), then:
     modelyard train <dataset-id> --target species --wait
     modelyard predict iris-species@champion new_rows.csv -o scored.csv
 
-Every command takes `--output json` for scripts. Exit codes: 0 ok, 1 unexpected
-error, 2 usage, 3 not found, 4 invalid request (bad argument, failed precondition,
-limit), 5 authentication, 6 gateway or service unavailable / timed out, 7 the job
-FAILED, 8 the job was CANCELLED, 130 interrupted.
+Results go to stdout; progress, state changes and errors to stderr. Every
+command takes `--output json` (before or after the command name) for scripts:
+the resource exactly as the gateway returns it on stdout, and an error as one
+JSON line on stderr.
+
+Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 not found, 4 invalid request
+(bad argument, failed precondition, limit), 5 authentication, 6 gateway or
+service unavailable / timed out, 7 the job FAILED, 8 the job was CANCELLED,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,25 +22,29 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
 from enum import StrEnum
+from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import IO, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal as human_bytes
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
-from modelyard_client.api import FINAL_STATES, Client, Json, ModelyardError
+from modelyard_client import render
+from modelyard_client.api import FINAL_STATES, Client, Json, ModelyardError, reason_of, status_name
 
 EXIT_ERROR, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_AUTH, EXIT_UNAVAILABLE = 1, 3, 4, 5, 6
 EXIT_JOB_FAILED, EXIT_JOB_CANCELLED, EXIT_INTERRUPTED = 7, 8, 130
@@ -50,6 +59,12 @@ EXIT_BY_STATUS = {
     "PERMISSION_DENIED": EXIT_AUTH,
     "UNAVAILABLE": EXIT_UNAVAILABLE,
     "DEADLINE_EXCEEDED": EXIT_UNAVAILABLE,
+}
+# Said after the error line, for the mistakes a newcomer makes first.
+HINTS = {
+    "API_TOKEN_MISSING": "set MODELYARD_TOKEN to the token `make up` printed",
+    "API_TOKEN_INVALID": "check MODELYARD_TOKEN: `make up` prints the token",
+    "GATEWAY_UNREACHABLE": "is the stack up (`make up`) and MODELYARD_URL right?",
 }
 PREDICT_BATCH_ROWS = 1000
 
@@ -66,6 +81,15 @@ class Task(StrEnum):
     REGRESSION = "REGRESSION"
 
 
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
 class Settings:
     """Options every command shares, set by the top-level callback."""
 
@@ -75,18 +99,33 @@ class Settings:
 
 
 settings = Settings()
-stdout = Console()
-stderr = Console(stderr=True)
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
+
+OutputOption = Annotated[
+    Output | None,
+    typer.Option(
+        "--output",
+        "-O",
+        help="table (for people) or json (for scripts).",
+        show_default=False,
+        case_sensitive=False,
+    ),
+]
 
 app = typer.Typer(
     help="The modelyard platform from a terminal, through its REST gateway "
     "(MODELYARD_URL, MODELYARD_TOKEN).",
     epilog="Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 not found, 4 invalid request, "
-    "5 authentication, 6 unavailable or timed out, 7 job FAILED, 8 job CANCELLED, 130 interrupted.",
+    "5 authentication, 6 unavailable or timed out, 7 job FAILED, 8 job CANCELLED, "
+    "130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-datasets_app = typer.Typer(help="Upload, inspect and delete datasets.", no_args_is_help=True)
+datasets_app = typer.Typer(
+    help="Upload, inspect, download and delete datasets.", no_args_is_help=True
+)
 jobs_app = typer.Typer(help="Follow and control training jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models and their versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -94,36 +133,88 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 
 
+def print_version(value: bool) -> None:
+    if value:
+        try:
+            print(f"modelyard {metadata.version('modelyard')}")
+        except metadata.PackageNotFoundError:
+            print("modelyard (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def common_options(
     url: Annotated[
-        str | None, typer.Option(envvar="MODELYARD_URL", help="Gateway URL.", show_default=False)
+        str | None,
+        typer.Option(envvar="MODELYARD_URL", help="Gateway URL.", show_default=False),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(envvar="MODELYARD_TOKEN", help="Bearer token.", show_default=False)
+        str | None,
+        typer.Option(envvar="MODELYARD_TOKEN", help="Bearer token.", show_default=False),
     ] = None,
-    output: Annotated[Output, typer.Option("--output", "-O", help="table or json.")] = Output.table,
+    output: OutputOption = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=print_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
-    settings.url, settings.token, settings.output = url, token, output
+    settings.url, settings.token = url, token
+    settings.output = output or Output.table
 
 
-def client() -> Client:
-    return Client(settings.url, settings.token)
+def use(output: Output | None) -> Client:
+    """A client of the gateway; the command's own `--output` wins over the global one."""
+    if output is not None:
+        settings.output = output
+    try:
+        return Client(settings.url, settings.token)
+    except ModelyardError as error:
+        fail(error)
+
+
+def as_json() -> bool:
+    return settings.output is Output.json
 
 
 def fail(error: ModelyardError) -> NoReturn:
-    if settings.output is Output.json:
-        payload = {
-            "error": {"status": error.status, "reason": error.reason, "message": error.message}
-        }
-        print(json.dumps(payload), file=sys.stderr)
+    """One line on stderr with the status and reason code; the exit code that goes with it."""
+    if as_json():
+        payload = {"status": error.status, "reason": error.reason, "message": error.message}
+        if error.request_id:
+            payload["requestId"] = error.request_id
+        print(json.dumps({"error": payload}), file=sys.stderr)
     else:
-        stderr.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
+        hint = HINTS.get(error.reason)
+        line = f"[bold red]error[/]: {escape(str(error))}"
+        stderr.print(line + (f" [dim]({escape(hint)})[/]" if hint else ""), soft_wrap=True)
     raise typer.Exit(EXIT_BY_STATUS.get(error.status, EXIT_ERROR))
 
 
+R = TypeVar("R")
+
+
+def call(function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    try:
+        return function(*args, **kwargs)
+    except ModelyardError as error:
+        fail(error)
+
+
+def take(rows: Iterator[Json], limit: int) -> list[Json]:
+    """The first `limit` items of a paginated list (only the pages needed are fetched)."""
+    taken: list[Json] = []
+    try:
+        for row in rows:
+            taken.append(row)
+            if len(taken) >= limit:
+                break
+    except ModelyardError as error:
+        fail(error)
+    return taken
+
+
 def emit_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 # -- datasets ------------------------------------------------------------------------
@@ -136,11 +227,18 @@ def datasets_upload(
     delimiter: Annotated[str | None, typer.Option(help="Field delimiter (default ',').")] = None,
     no_header: Annotated[bool, typer.Option("--no-header", help="First row is data.")] = False,
     request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    output: OutputOption = None,
 ) -> None:
-    """Upload a CSV file, with a progress bar in bytes."""
+    """Upload a CSV file, with a progress bar in bytes; prints its profile."""
     size = file.stat().st_size
-    with client() as api, _transfer_progress(enabled=settings.output is Output.table) as progress:
-        task = progress.add_task(f"upload {file.name}", total=size)
+    with use(output) as api, transfer_progress() as progress:
+        bar = progress.add_task(f"upload {file.name}", total=size)
+
+        def sent(chunk: int) -> None:
+            progress.advance(bar, chunk)
+            if progress.tasks[0].completed >= size:  # the service now converts and profiles
+                progress.update(bar, description=f"upload {file.name}: sent, profiling")
+
         try:
             dataset = api.upload_dataset(
                 file,
@@ -148,99 +246,82 @@ def datasets_upload(
                 delimiter=delimiter,
                 has_header=False if no_header else None,
                 request_id=request_id,
-                on_progress=lambda sent: progress.advance(task, sent),
+                on_progress=sent,
             )
         except ModelyardError as error:
-            progress.stop()
+            discard(progress)
             fail(error)
+        progress.update(bar, description=f"upload {file.name}: done")
     show_dataset(dataset)
 
 
 @datasets_app.command("list")
 def datasets_list(
     name_contains: Annotated[str | None, typer.Option(help="Filter by display name.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    output: OutputOption = None,
 ) -> None:
     """List datasets, newest first."""
-    with client() as api:
-        rows = _take(api.list_datasets(name_contains), limit)
-    if settings.output is Output.json:
-        return emit_json(rows)
-    table = Table("dataset id", "name", "state", "rows", "columns", "size", "created")
-    for d in rows:
-        table.add_row(
-            d["datasetId"],
-            d.get("displayName", ""),
-            d.get("state", ""),
-            d.get("rowCount", "0"),
-            str(len(d.get("columns", []))),
-            _bytes(int(d.get("sizeBytes", 0))),
-            d.get("createTime", ""),
-        )
-    stdout.print(table)
+    with use(output) as api:
+        datasets = take(api.list_datasets(name_contains), limit)
+    if as_json():
+        return emit_json(datasets)
+    if not datasets:
+        return stdout.print("no datasets yet: upload one with `modelyard datasets upload FILE`")
+    stdout.print(render.datasets_table(datasets))
 
 
 @datasets_app.command("show")
-def datasets_show(dataset_id: str) -> None:
+def datasets_show(dataset_id: str, output: OutputOption = None) -> None:
     """A dataset with its schema and the profile of every column."""
-    with client() as api:
-        show_dataset(_call(api.get_dataset, dataset_id))
+    with use(output) as api:
+        show_dataset(call(api.get_dataset, dataset_id))
 
 
 @datasets_app.command("delete")
-def datasets_delete(dataset_id: str) -> None:
-    """Delete a dataset and its stored files."""
-    with client() as api:
-        _call(api.delete_dataset, dataset_id)
-    if settings.output is Output.json:
+def datasets_delete(dataset_id: str, output: OutputOption = None) -> None:
+    """Delete a dataset and its stored files (models trained on it stay)."""
+    with use(output) as api:
+        call(api.delete_dataset, dataset_id)
+    if as_json():
         return emit_json({"deleted": dataset_id})
-    stdout.print(f"deleted {dataset_id}")
+    stdout.print(f"deleted dataset {dataset_id}")
 
 
 @datasets_app.command("download")
 def datasets_download(
     dataset_id: str,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the CSV.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write the CSV (default: ID.csv)."),
+    ] = None,
+    output: OutputOption = None,
 ) -> None:
-    """Download the original CSV."""
-    with client() as api:
-        written = _call(api.download_dataset, dataset_id, out)
-    if settings.output is Output.json:
-        return emit_json({"datasetId": dataset_id, "path": str(out), "bytes": written})
-    stdout.print(f"wrote {_bytes(written)} to {out}")
+    """Download the original CSV, with a progress bar in bytes."""
+    destination = out or Path(f"{dataset_id}.csv")
+    with use(output) as api:
+        size = int(call(api.get_dataset, dataset_id).get("sizeBytes", 0))
+        with transfer_progress() as progress:
+            bar = progress.add_task(f"download {destination.name}", total=size or None)
+            try:
+                written = api.download_dataset(
+                    dataset_id, destination, on_progress=lambda n: progress.advance(bar, n)
+                )
+            except ModelyardError as error:
+                discard(progress)
+                fail(error)
+    if as_json():
+        return emit_json({"datasetId": dataset_id, "path": str(destination), "bytes": written})
+    stdout.print(f"wrote {human_bytes(written)} to {escape(str(destination))}")
 
 
 def show_dataset(dataset: Json) -> None:
-    if settings.output is Output.json:
+    if as_json():
         return emit_json(dataset)
-    stdout.print(
-        f"[bold]{dataset['datasetId']}[/]  {dataset.get('displayName', '')}  "
-        f"{dataset.get('state', '')}  {dataset.get('rowCount', 0)} rows  "
-        f"{_bytes(int(dataset.get('sizeBytes', 0)))}  sha256 {dataset.get('sha256', '')[:12]}…"
-    )
-    table = Table("column", "type", "nulls", "distinct", "min", "max", "mean", "std", "top values")
-    for column in dataset.get("columns", []):
-        profile = column.get("profile", {})
-        numeric = profile.get("numeric", {})
-        distinct = str(profile.get("distinctCount", "0"))
-        if profile.get("distinctCountEstimated"):
-            distinct = "~" + distinct
-        kind = column.get("dataType", "") + (" (id-like)" if column.get("idLike") else "")
-        top = ", ".join(
-            f"{v.get('value')} ({v.get('count')})" for v in profile.get("topValues", [])[:3]
-        )
-        table.add_row(
-            column["name"],
-            kind,
-            str(profile.get("nullCount", "0")),
-            distinct,
-            _number(numeric.get("min", profile.get("minValue"))),
-            _number(numeric.get("max", profile.get("maxValue"))),
-            _number(numeric.get("mean")),
-            _number(numeric.get("std")),
-            top,
-        )
-    stdout.print(table)
+    stdout.print(render.dataset_card(dataset))
+    if dataset.get("columns"):
+        stdout.print()
+        stdout.print(render.profile_table(dataset))
 
 
 # -- training --------------------------------------------------------------------------
@@ -248,21 +329,32 @@ def show_dataset(dataset: Json) -> None:
 
 @app.command("train")
 def train(
-    dataset_id: Annotated[str, typer.Argument(help="The dataset to train on.")],
-    target: Annotated[str, typer.Option(help="The column to predict.")],
-    task: Annotated[Task, typer.Option(help="Kind of model.")] = Task.AUTO,
+    dataset_id: Annotated[str, typer.Argument(metavar="DATASET", help="The dataset to train on.")],
+    target: Annotated[str, typer.Option(metavar="COLUMN", help="The column to predict.")],
+    task: Annotated[
+        Task, typer.Option(case_sensitive=False, help="Kind of model (AUTO decides).")
+    ] = Task.AUTO,
     param: Annotated[
-        list[str] | None, typer.Option(help="LightGBM parameter override k=v (repeatable).")
+        list[str] | None,
+        typer.Option(metavar="K=V", help="LightGBM parameter override (repeatable)."),
     ] = None,
-    model_name: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="Registered model name (default: dataset-target)."),
+    ] = None,
     request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
-    max_run_seconds: Annotated[float | None, typer.Option(help="Longest run time.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end.")] = False,
+    max_run_seconds: Annotated[
+        float | None, typer.Option(min=1, metavar="SECONDS", help="Longest run time.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job to its end, with a progress bar.")
+    ] = False,
+    output: OutputOption = None,
 ) -> None:
-    """Queue a training job; with --wait, follow it with a progress bar."""
-    params = dict(_key_value(p) for p in param or [])
-    with client() as api:
-        job = _call(
+    """Queue a training job; with --wait, follow it live and print its metrics."""
+    params = dict(parse_param(p) for p in param or [])
+    with use(output) as api:
+        job = call(
             api.create_training_job,
             dataset_id,
             target,
@@ -272,277 +364,339 @@ def train(
             request_id=request_id,
             max_run_duration_seconds=max_run_seconds,
         )
-        if wait:
-            job = follow(api, job["jobId"])
-    finish_job(job, waited=wait)
-
-
-def follow(api: Client, job_id: str) -> Json:
-    """Watch a job to its end: state lines, and a bar of boosting iterations."""
-    quiet = settings.output is Output.json
-    job: Json = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[metric]}"),
-        TimeElapsedColumn(),
-        console=stderr,
-        disable=quiet,
-        transient=False,
-    ) as progress:
-        bar = progress.add_task("training", total=None, metric="")
-        state = ""
-        try:
-            for job in api.watch_training_job(job_id):
-                if job.get("state") != state:
-                    state = job.get("state", "")
-                    progress.console.print(f"{job_id}  {state}")
-                _advance(progress, bar, job.get("progress", {}))
-                if state in FINAL_STATES:
-                    break
-        except ModelyardError as error:
-            if error.http_status in (0, 404, 501):
-                return api.wait_for_training_job(job_id)  # no stream through here: poll
-            progress.stop()
-            fail(error)
-    if job.get("state") not in FINAL_STATES:  # the stream ended early: ask for the truth
-        job = _call(api.get_training_job, job_id)
-    return job
-
-
-def _advance(progress: Progress, bar: Any, training: Json) -> None:
-    if not training:
-        return
-    metric = ""
-    if training.get("metricName"):
-        metric = f"{training['metricName']} {float(training.get('metricValue', 0)):.4f}"
-    progress.update(
-        bar,
-        completed=int(training.get("iteration", 0)),
-        total=int(training.get("totalIterations", 0)) or None,
-        metric=metric,
-    )
-
-
-def finish_job(job: Json, waited: bool) -> None:
-    show_job(job)
-    if waited and job.get("state") == "FAILED":
-        raise typer.Exit(EXIT_JOB_FAILED)
-    if waited and job.get("state") == "CANCELLED":
-        raise typer.Exit(EXIT_JOB_CANCELLED)
-
-
-def show_job(job: Json) -> None:
-    if settings.output is Output.json:
-        return emit_json(job)
-    detection = job.get("taskDetection", {})
-    stdout.print(
-        f"[bold]{job['jobId']}[/]  {job.get('state')}  dataset {job.get('datasetId')}  "
-        f"target {job.get('targetColumn')}  task {detection.get('task') or job.get('task', 'AUTO')}"
-        f"  attempt {job.get('attempt', 0)}"
-    )
-    if detection.get("reason"):
-        stdout.print(f"  {detection['reason']}", highlight=False)
-    if job.get("error"):
-        error = job["error"]
-        reasons = [d.get("reason") for d in error.get("details", []) if d.get("reason")]
-        stdout.print(f"  [red]error[/]: {reasons[0] if reasons else ''} {error.get('message', '')}")
-    if job.get("metrics"):
-        table = Table("metric", "value")
-        for name, value in sorted(job["metrics"].items()):
-            table.add_row(name, f"{float(value):.4f}")
-        stdout.print(table)
-    run = job.get("mlflow", {})
-    if run.get("registeredModelName"):
-        champion = "  (champion)" if run.get("promotedToChampion") else ""
-        stdout.print(
-            f"  model {run['registeredModelName']} version "
-            f"{run.get('registeredModelVersion')}{champion}"
-        )
-    if run.get("runUrl"):
-        stdout.print(f"  MLflow run {run['runUrl']}", highlight=False)
-
-
-# -- jobs --------------------------------------------------------------------------------
+        if not wait:
+            show_job(job)
+            if not as_json():
+                stdout.print(f"\n[dim]follow it with: modelyard jobs watch {job['jobId']}[/]")
+            return
+        announce(job)
+        job = follow(api, job["jobId"], announced=job)
+    finish(job)
 
 
 @jobs_app.command("list")
 def jobs_list(
-    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    state: Annotated[
+        JobState | None, typer.Option(case_sensitive=False, help="Only jobs in this state.")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Only jobs on this dataset.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    output: OutputOption = None,
 ) -> None:
     """List training jobs, newest first."""
-    with client() as api:
-        rows = _take(api.list_training_jobs(state and state.upper(), dataset), limit)
-    if settings.output is Output.json:
-        return emit_json(rows)
-    table = Table("job id", "state", "dataset", "target", "task", "primary metric", "created")
-    for job in rows:
-        metrics = job.get("metrics", {})
-        primary = next(
-            (
-                f"{k} {float(metrics[k]):.4f}"
-                for k in ("roc_auc", "macro_f1", "rmse")
-                if k in metrics
-            ),
-            "",
-        )
-        table.add_row(
-            job["jobId"],
-            job.get("state", ""),
-            job.get("datasetId", ""),
-            job.get("targetColumn", ""),
-            job.get("taskDetection", {}).get("task", job.get("task", "")),
-            primary,
-            job.get("createTime", ""),
-        )
-    stdout.print(table)
+    with use(output) as api:
+        jobs = take(api.list_training_jobs(state.value if state else None, dataset), limit)
+    if as_json():
+        return emit_json(jobs)
+    if not jobs:
+        return stdout.print("no training jobs" + (f" {state.value}" if state else "") + " yet")
+    stdout.print(render.jobs_table(jobs))
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str) -> None:
+def jobs_show(job_id: str, output: OutputOption = None) -> None:
     """One job: state, metrics, MLflow run and model version."""
-    with client() as api:
-        show_job(_call(api.get_training_job, job_id))
+    with use(output) as api:
+        show_job(call(api.get_training_job, job_id))
 
 
 @jobs_app.command("watch")
-def jobs_watch(job_id: str) -> None:
-    """Follow a job to its end with a progress bar."""
-    with client() as api:
-        finish_job(follow(api, job_id), waited=True)
+def jobs_watch(job_id: str, output: OutputOption = None) -> None:
+    """Follow a job to its end with a progress bar; exits 7 if it FAILED, 8 if CANCELLED."""
+    with use(output) as api:
+        job = follow(api, job_id)
+    finish(job)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str) -> None:
-    """Cancel a job (at once when queued, at the next iteration when running)."""
-    with client() as api:
-        show_job(_call(api.cancel_training_job, job_id))
+def jobs_cancel(
+    job_id: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it has stopped.")] = False,
+    output: OutputOption = None,
+) -> None:
+    """Cancel a job: at once when queued, at its next boosting iteration when running."""
+    with use(output) as api:
+        job = call(api.cancel_training_job, job_id)
+        if wait and job.get("state") not in FINAL_STATES:
+            announce(job)
+            job = follow(api, job_id, announced=job)
+    show_job(job)
+
+
+def announce(job: Json) -> None:
+    """One line on stderr for each state a followed job goes through."""
+    if as_json():
+        return
+    state = job.get("state", "")
+    notes = {
+        "QUEUED": "waiting for a free trainer",
+        "RUNNING": f"attempt {job.get('attempt', 1)}",
+        "CANCELLING": "the trainer stops at its next boosting iteration",
+    }
+    note = notes.get(state) or render.took(job)
+    stderr.print(
+        f"job {job['jobId']} {render.state(state)}" + (f" [dim]({note})[/]" if note else "")
+    )
+
+
+def follow(api: Client, job_id: str, announced: Json | None = None) -> Json:
+    """Watch a job to its end: a line per state, a live bar of boosting iterations."""
+    job: Json = announced or {}
+    said_state = job.get("state", "")
+    said_task = bool((job.get("taskDetection") or {}).get("task"))  # the caller showed it
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=32),
+        TextColumn("{task.fields[count]}"),
+        TextColumn("{task.fields[metric]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=as_json(),
+    ) as progress:
+        bar = progress.add_task("waiting", total=None, count="", metric="", visible=False)
+        try:
+            with closing(api.watch_training_job(job_id)) as updates:
+                for job in updates:
+                    show_progress(progress, bar, job)  # first: a line printed redraws the bar
+                    if job.get("state") != said_state:
+                        said_state = job.get("state", "")
+                        announce(job)
+                    detection = job.get("taskDetection") or {}
+                    if detection.get("task") and not said_task and not as_json():
+                        said_task = True
+                        stderr.print(f"  task {render.task_detection(detection)}")
+        except ModelyardError as error:
+            discard(progress)
+            fail(error)
+        except KeyboardInterrupt:
+            progress.stop()  # the bar stays on screen, where it was
+            progress.disable = True
+            stderr.print(
+                f"stopped following; the job goes on: `modelyard jobs watch {job_id}` "
+                f"to follow it again, `modelyard jobs cancel {job_id}` to stop it"
+            )
+            raise
+        if not progress.tasks[0].visible:
+            discard(progress)
+    if job.get("state") not in FINAL_STATES:  # the stream ended early: ask for the truth
+        job = call(api.get_training_job, job_id)
+    return job
+
+
+def show_progress(progress: Progress, bar: TaskID, job: Json) -> None:
+    """The bar: iterations done of the most, and the latest validation metric."""
+    training, state = job.get("progress") or {}, job.get("state", "")
+    if not training:
+        waiting = {"QUEUED": "waiting for a trainer", "RUNNING": "reading the data"}
+        if state in waiting:  # a pulsing bar: something is happening
+            progress.update(bar, description=waiting[state], visible=True)
+        else:
+            progress.update(bar, visible=False)
+        return
+    done, total = int(training.get("iteration", 0)), int(training.get("totalIterations", 0))
+    count = f"{done}/{total} iterations" if total else f"{done} iterations"
+    best = int((job.get("summary") or {}).get("bestIteration", 0))
+    if state == "SUCCEEDED" and best:
+        # Progress comes at most twice a second, so the last one seen may be well
+        # before the end: the summary says how many iterations the model kept.
+        done = best
+        count = f"{best}/{total} iterations" + (" (early stopping)" if best < total else "")
+    metric = ""
+    if training.get("metricName"):
+        value = render.metric(training.get("metricValue"))
+        metric = f"validation {escape(training['metricName'])} {value}"
+    progress.update(
+        bar,
+        description=state.lower() if state in FINAL_STATES else "training",
+        completed=done,
+        total=total or None,
+        count=count,
+        metric=metric,
+        visible=True,
+    )
+
+
+def finish(job: Json) -> None:
+    """Print a followed job, and exit 7 if it FAILED, 8 if it was CANCELLED."""
+    show_job(job)
+    state = job.get("state")
+    if state == "FAILED":
+        error = job.get("error") or {}
+        if as_json():
+            payload = {
+                "status": status_name(error),
+                "reason": reason_of(error),
+                "message": error.get("message", ""),
+                "jobId": job["jobId"],
+            }
+            print(json.dumps({"error": payload}), file=sys.stderr)
+        else:
+            line = f"job {job['jobId']} FAILED: {render.status_text(error)}"
+            stderr.print(f"[bold red]error[/]: {escape(line)}", soft_wrap=True)
+        raise typer.Exit(EXIT_JOB_FAILED)
+    if state == "CANCELLED":
+        if not as_json():
+            stderr.print(f"job {job['jobId']} was cancelled")
+        raise typer.Exit(EXIT_JOB_CANCELLED)
+
+
+def show_job(job: Json) -> None:
+    if as_json():
+        return emit_json(job)
+    stdout.print(render.job_card(job))
+    if job.get("metrics"):
+        stdout.print()
+        stdout.print(render.metrics_table(job["metrics"], render.task_of(job)))
 
 
 # -- models ------------------------------------------------------------------------------
 
 
 @models_app.command("list")
-def models_list(limit: Annotated[int, typer.Option(help="At most this many.")] = 50) -> None:
+def models_list(
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    output: OutputOption = None,
+) -> None:
     """Registered models with their latest and champion versions."""
-    with client() as api:
-        rows = _take(api.list_models(), limit)
-    if settings.output is Output.json:
-        return emit_json(rows)
-    table = Table("model", "latest", "champion", "updated")
-    for model in rows:
-        table.add_row(
-            model["name"],
-            str(model.get("latestVersion", "")),
-            str(model.get("championVersion", "") or "—"),
-            model.get("updateTime", ""),
-        )
-    stdout.print(table)
+    with use(output) as api:
+        models = take(api.list_models(), limit)
+    if as_json():
+        return emit_json(models)
+    if not models:
+        return stdout.print("no models yet: train one with `modelyard train DATASET --target COL`")
+    stdout.print(render.models_table(models))
 
 
 @models_app.command("show")
-def models_show(name: str) -> None:
-    """A model's versions with their metrics; the champion is marked."""
-    with client() as api:
-        model = _call(api.get_model, name)
-    if settings.output is Output.json:
+def models_show(name: str, output: OutputOption = None) -> None:
+    """A model's versions with their scores; the champion is marked."""
+    with use(output) as api:
+        model = call(api.get_model, name)
+    if as_json():
         return emit_json(model)
-    stdout.print(
-        f"[bold]{model['name']}[/]  champion: version {model.get('championVersion') or '—'}"
-    )
-    table = Table("version", "aliases", "job", "task", "metrics", "created")
-    for version in model.get("versions", []):
-        metrics = ", ".join(
-            f"{k} {float(v):.4f}" for k, v in sorted(version.get("metrics", {}).items())
-        )
-        table.add_row(
-            str(version.get("version")),
-            ", ".join(version.get("aliases", [])),
-            version.get("jobId", ""),
-            version.get("task", ""),
-            metrics,
-            version.get("createTime", ""),
-        )
-    stdout.print(table)
+    stdout.print(render.model_card(model))
+    stdout.print()
+    stdout.print(render.versions_table(model))
 
 
 @app.command("predict")
 def predict(
-    model: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME:VERSION.")],
+    model: Annotated[str, typer.Argument(help="NAME (its champion), NAME@ALIAS or NAME:VERSION.")],
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write scored CSV here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the scored CSV here (default: stdout)."),
+    ] = None,
+    output: OutputOption = None,
 ) -> None:
-    """Score the rows of a CSV file; writes them back with predictions."""
-    name, version, alias = _model_reference(model)
-    scored: list[dict[str, Any]] = []
-    with client() as api, file.open(newline="") as handle:
-        for batch in _batches(csv.DictReader(handle), PREDICT_BATCH_ROWS):
-            answer = _call(
-                api.predict, name, [_typed(row) for row in batch], version=version, alias=alias
+    """Score the rows of a CSV file: each row comes back with a `prediction` column and,
+    for classification, a `probability_<class>` column per class."""
+    name, version, alias = parse_model_reference(model)
+    with use(output) as api, file.open(newline="") as source:
+        scored = Scored(api, name, version, alias, csv.DictReader(source))
+        if out is None and as_json():
+            return emit_json(list(scored))
+        if out is None:
+            write_csv(sys.stdout, scored)
+            return
+        with out.open("w", newline="") as handle:
+            count = write_csv(handle, scored)
+    if as_json():
+        return emit_json(
+            {"model": name, "modelVersion": scored.model_version, "rows": count, "path": str(out)}
+        )
+    stderr.print(
+        f"scored {count:,} rows with {escape(name)} version {scored.model_version} "
+        f"→ {escape(str(out))}"
+    )
+
+
+class Scored:
+    """The rows of a CSV with their predictions, scored a batch per request."""
+
+    def __init__(
+        self,
+        api: Client,
+        name: str,
+        version: int | None,
+        alias: str | None,
+        rows: Iterator[dict[str, str]],
+    ) -> None:
+        self.api, self.name, self.version, self.alias = api, name, version, alias
+        self.rows = rows
+        self.model_version = ""  # the version that answered, once known
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in batches(self.rows, PREDICT_BATCH_ROWS):
+            answer = call(
+                self.api.predict,
+                self.name,
+                [typed_row(row) for row in batch],
+                version=self.version,
+                alias=self.alias,
             )
+            self.model_version = str(answer.get("modelVersion", ""))
             classes = answer.get("classNames", [])
             for row, prediction in zip(batch, answer.get("predictions", []), strict=True):
-                scored.append({**row, "prediction": prediction.get("value")})
+                scored: dict[str, Any] = {**row, "prediction": prediction.get("value")}
                 for label, p in zip(classes, prediction.get("probabilities", []), strict=False):
-                    scored[-1][f"probability_{label}"] = p
-    if settings.output is Output.json:
-        return emit_json(scored)
-    if out is None:
-        _write_csv(sys.stdout, scored)
-        return
-    with out.open("w", newline="") as handle:
-        _write_csv(handle, scored)
-    stderr.print(f"scored {len(scored)} rows with {name} → {out}")
+                    scored[f"probability_{label}"] = p
+                yield scored
 
 
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return function(*args, **kwargs)
-    except ModelyardError as error:
-        fail(error)
+def transfer_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=32),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=as_json(),
+    )
 
 
-def _take(rows: Iterator[Json], limit: int) -> list[Json]:
-    taken: list[Json] = []
-    try:
-        for row in rows:
-            taken.append(row)
-            if len(taken) >= limit:
-                break
-    except ModelyardError as error:
-        fail(error)
-    return taken
+def discard(progress: Progress) -> None:
+    """Stop a progress display and leave nothing of it: an error is then the only
+    line on stderr (Progress would print its last frame and a blank line)."""
+    progress.live.transient = True
+    progress.live.stop()
+    progress.disable = True  # so that leaving its `with` block prints nothing either
 
 
-def _key_value(text: str) -> tuple[str, str]:
+def parse_param(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise typer.BadParameter(f"expected k=v, got {text!r}", param_hint="--param")
     return key.strip(), value.strip()
 
 
-def _model_reference(text: str) -> tuple[str, int | None, str | None]:
+def parse_model_reference(text: str) -> tuple[str, int | None, str | None]:
+    """NAME, NAME@ALIAS or NAME:VERSION → (name, version, alias)."""
     if "@" in text:
-        name, alias = text.split("@", 1)
+        name, alias = text.rsplit("@", 1)
+        if not name or not alias:
+            raise typer.BadParameter(f"expected NAME@ALIAS, got {text!r}", param_hint="MODEL")
         return name, None, alias
     if ":" in text:
         name, version = text.rsplit(":", 1)
-        if not version.isdigit():
-            raise typer.BadParameter(f"version must be a number, got {version!r}")
+        if not name or not version.isdigit():
+            raise typer.BadParameter(
+                f"expected NAME:VERSION with a version number, got {text!r}", param_hint="MODEL"
+            )
         return name, int(version), None
     return text, None, None
 
 
-def _typed(row: dict[str, str]) -> dict[str, Any]:
+def typed_row(row: Mapping[Any, Any]) -> dict[str, Any]:
     """CSV text to JSON values: empty → null, numbers → numbers, the rest as text."""
     typed: dict[str, Any] = {}
     for key, value in row.items():
+        if key is None:  # more fields than the header has
+            continue
         if value is None or value == "":
             typed[key] = None
             continue
@@ -551,11 +705,18 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
         except ValueError:
             typed[key] = value
             continue
-        typed[key] = int(number) if number.is_integer() and "." not in value else number
+        if number != number:
+            typed[key] = None  # "NaN", as pandas reads it: a missing value
+        elif abs(number) == float("inf"):
+            typed[key] = value  # JSON has no infinity: the text goes as it is
+        elif value.strip().lstrip("+-").isdigit():
+            typed[key] = int(value)
+        else:
+            typed[key] = number
     return typed
 
 
-def _batches(rows: Iterator[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
+def batches(rows: Iterator[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
     batch: list[dict[str, str]] = []
     for row in rows:
         batch.append(row)
@@ -566,42 +727,17 @@ def _batches(rows: Iterator[dict[str, str]], size: int) -> Iterator[list[dict[st
         yield batch
 
 
-def _write_csv(handle: Any, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    writer = csv.DictWriter(handle, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def _transfer_progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        disable=not enabled,
-    )
-
-
-def _bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
-
-
-def _number(value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float | int):
-        return f"{value:.4g}"
-    return str(value)
+def write_csv(handle: IO[str], rows: Iterable[dict[str, Any]]) -> int:
+    """Stream rows as CSV, the header from the first row; returns how many were written."""
+    writer: csv.DictWriter[str] | None = None
+    count = 0
+    for row in rows:
+        if writer is None:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            writer.writeheader()
+        writer.writerow(row)
+        count += 1
+    return count
 
 
 def main() -> None:

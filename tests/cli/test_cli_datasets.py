@@ -1,0 +1,146 @@
+"""`modelyard datasets …` against a live stack: upload with a byte progress bar,
+list, the profile table, download, delete, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.cli_support import Cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_upload_shows_a_progress_bar_in_bytes_then_the_profile(cli: Cli, csv_dir: Path) -> None:
+    run = cli.terminal("datasets", "upload", str(csv_dir / "big.csv"), "--name", "big upload")
+
+    assert run.code == 0, run
+    assert "\x1b[" in run.raw  # a terminal: rich draws in colour and redraws in place
+    transfer = re.compile(r"upload big\.csv.*━+ ([0-9.]+)/2\.7 MB")
+    frames = [m for line in run.lines if (m := transfer.search(line))]
+    assert frames, run
+    assert frames[-1].group(1) == "2.7"  # the last frame: every byte sent
+    assert "upload big.csv: done" in run.text
+    # Then the dataset, profiled.
+    assert re.search(r"name\s+big upload", run.text)
+    assert re.search(r"state\s+READY", run.text)
+    assert "60,000 rows, 4 columns, 2.7 MB" in run.text
+    assert re.search(r"c\s+string\s+0\s+2\s+top: [uv] \(\d{2},\d{3}\), [uv] \(", run.text), run
+
+
+def test_upload_json_is_the_dataset_and_no_bar(cli: Cli, csv_dir: Path) -> None:
+    run = cli("datasets", "upload", str(csv_dir / "churn.csv"), "--output", "json")
+
+    assert run.code == 0, run
+    dataset = run.json()
+    assert dataset["state"] == "READY"
+    assert dataset["displayName"] == "churn"
+    assert dataset["rowCount"] == "300"  # proto3 JSON: int64 as a string
+    assert [c["name"] for c in dataset["columns"]] == [
+        "customer_id",
+        "tenure",
+        "monthly_fee",
+        "plan",
+        "region",
+        "churned",
+    ]
+    assert run.stderr == ""
+
+
+def test_show_prints_the_profile_as_a_table(cli: Cli, churn_dataset: dict[str, Any]) -> None:
+    run = cli("datasets", "show", churn_dataset["datasetId"])
+
+    assert run.code == 0, run
+    lines = run.stdout.splitlines()
+    assert re.search(rf"dataset\s+{churn_dataset['datasetId']}", run.stdout)
+    assert re.search(r"size\s+300 rows, 6 columns, ", run.stdout)
+    header = next(line for line in lines if line.startswith("column"))
+    assert header.split() == ["column", "type", "missing", "distinct", "summary"]
+    rows = {line.split()[0]: line for line in lines[lines.index(header) + 2 :] if line.strip()}
+    assert set(rows) == {"customer_id", "tenure", "monthly_fee", "plan", "region", "churned"}
+    assert re.match(
+        r"customer_id\s+integer \(id-like\)\s+0\s+300\s+min 1000 · max 1299", rows["customer_id"]
+    )
+    assert re.match(
+        r"monthly_fee\s+float\s+15 \(5%\)\s+\d+\s+min [0-9.]+ · max", rows["monthly_fee"]
+    )
+    assert re.match(r"plan\s+string\s+0\s+3\s+top: (basic|plus|pro) \(\d+\)", rows["plan"])
+    assert re.match(r"region\s+string\s+0\s+1\s+top: north \(300\)", rows["region"])
+
+
+def test_list_shows_whole_ids_and_json_pages_through(
+    cli: Cli, churn_dataset: dict[str, Any]
+) -> None:
+    table = cli("datasets", "list")
+    listed = cli("datasets", "list", "--name-contains", "churn", "--output", "json")
+
+    assert table.code == 0, table
+    row = next(line for line in table.stdout.splitlines() if churn_dataset["datasetId"] in line)
+    assert re.match(rf"{churn_dataset['datasetId']}\s+churn\s+READY\s+300\s+6\s+", row)
+    assert listed.code == 0, listed
+    assert churn_dataset["datasetId"] in [d["datasetId"] for d in listed.json()]
+    assert {d["displayName"] for d in listed.json()} == {"churn"}
+
+
+def test_download_writes_the_original_bytes(
+    cli: Cli, churn_dataset: dict[str, Any], csv_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy.csv"
+
+    run = cli("datasets", "download", churn_dataset["datasetId"], "-o", str(out))
+    as_json = cli("datasets", "download", churn_dataset["datasetId"], "-o", str(out), "-O", "json")
+
+    assert run.code == 0, run
+    assert out.read_bytes() == (csv_dir / "churn.csv").read_bytes()
+    assert re.fullmatch(rf"wrote \d+\.\d kB to {re.escape(str(out))}\n", run.stdout), run
+    assert as_json.json() == {
+        "datasetId": churn_dataset["datasetId"],
+        "path": str(out),
+        "bytes": out.stat().st_size,
+    }
+
+
+def test_delete_then_the_dataset_is_gone(cli: Cli, csv_dir: Path, tmp_path: Path) -> None:
+    dataset = cli("datasets", "upload", str(csv_dir / "churn.csv"), "-O", "json").json()
+
+    deleted = cli("datasets", "delete", dataset["datasetId"])
+    shown = cli("datasets", "show", dataset["datasetId"])
+    again = cli("-O", "json", "datasets", "delete", dataset["datasetId"])
+    download = cli("datasets", "download", dataset["datasetId"], "-o", str(tmp_path / "x.csv"))
+
+    assert deleted.code == 0, deleted
+    assert deleted.stdout.strip() == f"deleted dataset {dataset['datasetId']}"
+    assert shown.code == 3, shown
+    assert shown.stderr == (
+        f"error: NOT_FOUND DATASET_NOT_FOUND: no dataset '{dataset['datasetId']}'\n"
+    )
+    assert again.code == 3
+    assert again.stdout == ""
+    error = json.loads(again.stderr)["error"]
+    assert error["status"] == "NOT_FOUND"
+    assert error["reason"] == "DATASET_NOT_FOUND"
+    assert len(error["requestId"]) >= 8  # for the gateway's log
+    assert download.code == 3
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_upload_of_a_bad_csv_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,a\n1,2\n")  # a duplicated column name is refused at upload
+
+    run = cli("datasets", "upload", str(bad))
+
+    assert run.code == 4, run
+    assert re.fullmatch(r"error: INVALID_ARGUMENT [A-Z_]+: .+\n", run.stderr), run
+    assert "a" in run.stderr
+
+
+def test_upload_of_a_missing_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    run = cli("datasets", "upload", str(tmp_path / "nope.csv"))
+
+    assert run.code == 2, run
+    assert "does not exist" in run.stderr

@@ -52,12 +52,14 @@ def test_one_trace_spans_gateway_jobs_nats_and_trainer(
             found.setdefault(span.service, set()).add(span.name)
         return found
 
-    deadline = time.monotonic() + 20  # exporters flush every half second
+    # The job is final once Jobs applies the Trainer's last event, but the Trainer's
+    # "train job" span ends only after it acks, and exporters flush every half second.
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         found = spans_by_service()
-        if {"modelyard-gateway", "modelyard-jobs", "modelyard-trainer"} <= set(found) and any(
-            name.startswith("mlflow ") for name in found["modelyard-trainer"]
-        ):
+        trainer_spans = found.get("modelyard-trainer", set())
+        applied = any(name.startswith("apply ") for name in found.get("modelyard-jobs", set()))
+        if "modelyard-gateway" in found and applied and "train job" in trainer_spans:
             break
         time.sleep(0.5)
     found = spans_by_service()

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from sklearn import datasets
 
@@ -412,6 +413,15 @@ def final_event(events: list[dispatch_pb2.JobEvent]) -> dispatch_pb2.JobEvent:
     finals = [event for event in events if event.WhichOneof("kind") in FINAL_KINDS]
     assert len(finals) == 1, f"expected exactly one final event, got {finals}"
     return finals[0]
+
+
+def reason_of(event: dispatch_pb2.JobEvent) -> str:
+    """The ErrorInfo reason of a FAILED event, or "" when it carries none."""
+    for detail in event.failed.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
 
 
 @pytest.fixture(scope="session")

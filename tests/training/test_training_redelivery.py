@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.rpc import error_details_pb2
 
 from devstack.components import MlflowServer, NatsServer
 from modelyard.jobs.v1 import dispatch_pb2
@@ -23,6 +22,7 @@ from tests.training.conftest import (
     TrainerProcess,
     final_event,
     long_job_csv,
+    reason_of,
     sklearn_csv,
     start_trainer,
 )
@@ -51,12 +51,6 @@ def trainer(
     )
     yield process
     process.stop()
-
-
-def reason_of(event: dispatch_pb2.JobEvent) -> str:
-    info = error_details_pb2.ErrorInfo()
-    event.failed.error.details[0].Unpack(info)
-    return str(info.reason)
 
 
 async def deliver_and_nak(bus: Bus, job_id: str, times: int) -> None:

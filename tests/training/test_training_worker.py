@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
 
 from devstack.components import MlflowServer
 from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
@@ -32,6 +31,7 @@ from tests.training.conftest import (
     TrainerProcess,
     final_event,
     long_job_csv,
+    reason_of,
     sklearn_csv,
 )
 
@@ -43,14 +43,6 @@ BINARY_METRICS = {"accuracy", "f1", "roc_auc", "log_loss", "precision", "recall"
 
 def kinds(events: list[dispatch_pb2.JobEvent]) -> list[str]:
     return [str(event.WhichOneof("kind")) for event in events]
-
-
-def reason_of(event: dispatch_pb2.JobEvent) -> str:
-    for detail in event.failed.error.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
 
 
 async def in_thread(call: Any, *args: Any, **kwargs: Any) -> Any:

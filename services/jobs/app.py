@@ -70,6 +70,8 @@ class JobsService:
         self.store = await self._open_database(self.engine)
 
         self.nc = await self._connect_nats()
+        self._watcher = JobWatcher(self.nc, self.store, settings.watch_refresh_seconds)
+        self.store.add_change_listener(self._watcher.announce)
         js = self.nc.jetstream(timeout=settings.nats_publish_timeout_seconds)
         consumer = EventsConsumer(js, self.store, settings.events_ack_wait_seconds)
         try:
@@ -100,7 +102,6 @@ class JobsService:
             metrics.sample_forever(self.store, js, settings.metrics_sample_seconds), "metrics"
         )
 
-        self._watcher = JobWatcher(self.nc, self.store, settings.watch_refresh_seconds)
         self._server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(
             self._servicer(self.store, self.relay, self._watcher, flags), self._server.server

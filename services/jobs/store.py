@@ -15,7 +15,7 @@ same on PostgreSQL and SQLite and never holds a lock while thinking.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
@@ -164,6 +164,9 @@ _INSERT_JOB = insert(JOBS)
 _INSERT_OUTBOX = insert(OUTBOX)
 
 
+ChangeListener = Callable[[TrainingJob], Awaitable[None]]
+
+
 class JobStore:
     """Jobs in the database. On PostgreSQL the hottest statements take the
     one-round-trip path of pg_hot_path.py; everything else is SQLAlchemy."""
@@ -171,6 +174,11 @@ class JobStore:
     def __init__(self, engine: AsyncEngine, hot_path: PostgresHotPath | None = None) -> None:
         self.engine = engine
         self._hot_path = hot_path
+        self._change_listeners: list[ChangeListener] = []
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """`listener` is awaited with the job after every change `replace` commits."""
+        self._change_listeners.append(listener)
 
     @classmethod
     async def open(cls, engine: AsyncEngine, pool_size: int) -> JobStore:
@@ -225,6 +233,15 @@ class JobStore:
         self, job: TrainingJob, read_version: int, outbox: Sequence[OutboxEntry] = ()
     ) -> bool:
         """Write `job` if nobody changed it since `read_version`; False when somebody did."""
+        written = await self._write_replacement(job, read_version, outbox)
+        if written:
+            for listener in self._change_listeners:
+                await listener(job)
+        return written
+
+    async def _write_replacement(
+        self, job: TrainingJob, read_version: int, outbox: Sequence[OutboxEntry]
+    ) -> bool:
         if self._hot_path is not None:
             return await self._hot_path.replace(
                 job.job_id, read_version, mutable_values(job), outbox, datetime.now(UTC)

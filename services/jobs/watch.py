@@ -1,14 +1,20 @@
 """WatchTrainingJob: the job as it is now, then every change until a final state.
 
-Works whichever replica applies the events: the watch subscribes (core NATS)
-to the job's event subject FIRST, then reads the job from the database and
-sends it, then applies each event it receives to its own copy with the same
-state machine the events consumer uses, sending the copy whenever it changed.
-An event that the database copy already reflects changes nothing (the state
-machine is idempotent), so the subscribe-then-read order loses nothing and
-repeats nothing. Core NATS is at-most-once (a reconnect can drop a message), so
-after `refresh_seconds` without an event the watch re-reads the database and
-catches up if the stored job is ahead.
+Works whichever replica changes the job. A watch subscribes (core NATS) FIRST,
+then reads the job from the database and sends it, then follows two subjects:
+
+- the job's event subject, where the Trainers publish: each event is applied
+  to the watch's own copy with the state machine the events consumer uses, so
+  progress reaches the client without waiting for the database;
+- the job's change subject, where whichever replica commits a change to the
+  job (events consumer, cancel, deadline watchdog) announces the stored job.
+
+The second closes a gap of the first: an event published just before the
+subscription, but committed just after the read, would otherwise be seen by
+neither. A change committed after the read is announced after the subscription,
+so nothing stored is missed; the state machine is idempotent, so nothing is
+sent twice. Core NATS is at-most-once (a reconnect can drop a message), so after
+`refresh_seconds` without a message the watch re-reads the database.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -49,13 +56,16 @@ class JobWatcher:
         for queue in self._queues:
             queue.put_nowait(_CLOSED)
 
-    async def watch(self, job_id: str) -> AsyncIterator[TrainingJob]:
+    async def watch(self, job_id: str) -> AsyncGenerator[TrainingJob, None]:
         queue: asyncio.Queue[Msg | None] = asyncio.Queue()
 
         async def on_message(message: Msg) -> None:
             queue.put_nowait(message)
 
-        subscription = await self._nc.subscribe(job_events_subject(job_id), cb=on_message)
+        subscriptions = [
+            await self._nc.subscribe(subject, cb=on_message)
+            for subject in (job_events_subject(job_id), job_changes_subject(job_id))
+        ]
         self._queues.add(queue)
         try:
             await self._flush()
@@ -71,8 +81,17 @@ class JobWatcher:
                     yield job
         finally:
             self._queues.discard(queue)
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    async def announce(self, job: TrainingJob) -> None:
+        """Tell the watches of every replica that the stored job changed (best effort:
+        a watch that misses it catches up when it re-reads)."""
+        try:
+            await self._nc.publish(job_changes_subject(job.job_id), job.SerializeToString())
+        except Exception as error:
+            logger.warning("job change not announced", extra={"error": str(error)})
 
     async def _flush(self) -> None:
         """Make sure the server has our subscription before we read the job."""
@@ -96,17 +115,35 @@ class JobWatcher:
             return await self._reread(job_id, job)
         if message is _CLOSED:
             raise unavailable("SERVER_SHUTTING_DOWN", "the server is shutting down; watch again")
+        if message.subject == job_changes_subject(job_id):
+            return _if_ahead(_parse_job(message.data), job)
         event = parse_event(message)
         return None if event is None else apply_event(job, event)
 
     async def _reread(self, job_id: str, job: TrainingJob) -> TrainingJob | None:
         current = await self._store.get(job_id)
-        if current is None or current.job == job:
-            return None
-        stored = current.job
-        if is_final(stored.state) or _seconds(stored.update_time) > _seconds(job.update_time):
-            return stored
+        return None if current is None else _if_ahead(current.job, job)
+
+
+def job_changes_subject(job_id: str) -> str:
+    # Outside the events stream's subjects (modelyard.jobs.*.events): core NATS only.
+    return f"modelyard.jobs.{job_id}.changes"
+
+
+def _parse_job(data: bytes) -> TrainingJob | None:
+    try:
+        return TrainingJob.FromString(data)
+    except DecodeError:
         return None
+
+
+def _if_ahead(stored: TrainingJob | None, job: TrainingJob) -> TrainingJob | None:
+    """The stored job when it is ahead of the watch's copy, else None."""
+    if stored is None or stored == job:
+        return None
+    if is_final(stored.state) or _seconds(stored.update_time) > _seconds(job.update_time):
+        return stored
+    return None
 
 
 def _seconds(timestamp: Timestamp) -> float:

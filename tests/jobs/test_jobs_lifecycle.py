@@ -21,6 +21,9 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import error_reason, make_status, status_reason
 from runtime.messaging import job_events_subject
+from services.jobs.store import JobStore
+from services.jobs.transitions import apply_event_to_store
+from services.jobs.watch import JobWatcher
 from tests.jobs.jobs_support import Collected, RunningJobs, eventually
 
 pytestmark = pytest.mark.slow
@@ -317,22 +320,48 @@ async def test_watch_of_a_final_job_sends_it_once_and_ends(jobs: RunningJobs) ->
 async def test_watch_catches_up_from_the_database_when_it_missed_an_event(
     jobs: RunningJobs,
 ) -> None:
-    """A watch whose NATS message was lost still converges (after watch_refresh_seconds)."""
+    """A watch whose NATS messages were lost still converges (after watch_refresh_seconds)."""
     job = await running_job(jobs)
     collected = Collected()
     task = asyncio.create_task(collect(jobs, job.job_id, collected))
     await eventually(lambda: asyncio.sleep(0, collected), lambda c: len(c.updates) == 1)
-    # change the stored job behind the watch's back, as a consumer on another replica
-    # would if this replica's subscription had dropped the event
-    from services.jobs.transitions import apply_event_to_store
-
-    assert jobs.service.store is not None
-    event = JobEvent(job_id=job.job_id, attempt=1, source="trainer/elsewhere", event_id="x1")
-    event.event_time.GetCurrentTime()
-    event.succeeded.metrics["accuracy"] = 0.8
-    await apply_event_to_store(jobs.service.store, event)
+    # change the stored job behind the watch's back, through a store that announces
+    # nothing: as if this replica's subscriptions had dropped both the event and the
+    # announcement of the change
+    assert jobs.service.engine is not None
+    silent_store = JobStore(jobs.service.engine)
+    await apply_event_to_store(silent_store, succeeded_event(job.job_id))
     await asyncio.wait_for(task, 10)
     assert [u.state for u in collected.updates] == [S.RUNNING, S.SUCCEEDED]
+
+
+async def test_watch_sees_a_change_stored_after_its_read_without_the_event(
+    jobs: RunningJobs,
+) -> None:
+    """The race of a Trainer event published just before the watch subscribed and stored
+    just after it read the job: the watch never gets the event, but the change is
+    announced, and reaches it long before it would re-read the database."""
+    job = await running_job(jobs)
+    assert jobs.service.engine is not None
+    store = JobStore(jobs.service.engine)
+    watcher = JobWatcher(jobs.nc, store, refresh_seconds=120)
+    store.add_change_listener(watcher.announce)
+    updates = watcher.watch(job.job_id)
+    try:
+        assert (await anext(updates)).state == S.RUNNING
+        await apply_event_to_store(store, succeeded_event(job.job_id))  # no event on NATS
+        after = await asyncio.wait_for(anext(updates), 10)
+        assert after.state == S.SUCCEEDED
+        assert after.metrics["accuracy"] == pytest.approx(0.8)
+    finally:
+        await updates.aclose()
+
+
+def succeeded_event(job_id: str) -> JobEvent:
+    event = JobEvent(job_id=job_id, attempt=1, source="trainer/elsewhere", event_id=f"{job_id}-ok")
+    event.event_time.GetCurrentTime()
+    event.succeeded.metrics["accuracy"] = 0.8
+    return event
 
 
 async def test_watch_stops_when_the_client_goes_away(jobs: RunningJobs) -> None:

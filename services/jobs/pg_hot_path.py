@@ -71,6 +71,16 @@ def _outbox_arguments(outbox: Sequence[OutboxEntry], now: datetime) -> list[Any]
     ]
 
 
+class _NoResetConnection(asyncpg.Connection):
+    """A pooled connection given back as it is. asyncpg's default resets every
+    connection on release (`RESET ALL; UNLISTEN *; CLOSE ALL; …`): a second round trip
+    per statement. These statements leave no session state behind, and an open
+    transaction is rolled back on release whatever this returns."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PostgresHotPath:
     def __init__(
         self, pool: asyncpg.Pool, jobs: Table, outbox: Table, mutable: Sequence[str]
@@ -107,7 +117,9 @@ class PostgresHotPath:
     async def open(
         cls, engine: AsyncEngine, jobs: Table, outbox: Table, mutable: Sequence[str], size: int
     ) -> PostgresHotPath:
-        pool = await asyncpg.create_pool(asyncpg_dsn(engine), min_size=1, max_size=size)
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(engine), min_size=1, max_size=size, connection_class=_NoResetConnection
+        )
         return cls(pool, jobs, outbox, mutable)
 
     async def close(self) -> None:

@@ -9,7 +9,8 @@ answers, the services, one Trainer and the gateway with auth on) and prints:
 1. submit → RUNNING latency, p50 / p99, with an idle Trainer (job created over
    gRPC, RUNNING observed through WatchTrainingJob);
 2. CreateTrainingJob throughput over gRPC (32 concurrent callers); the jobs it
-   queued are then cancelled, and the Trainer skips them before step 3;
+   queued are then cancelled, and left to drain (the Trainer skips each one and
+   reports it, Jobs applies the reports) before step 3;
 3. `GET /v1/trainingJobs/{id}` through the gateway at 16 concurrent clients,
    side by side with the MLflow tracking server's `GET /api/2.0/mlflow/runs/get`
    on the same machine, in the same run (wrk when installed, else a Python client).
@@ -41,7 +42,12 @@ from devstack.components import postgres_available
 from devstack.stack import Stack, StackOptions
 from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc, training_job_pb2
 from runtime.channels import open_channel
-from runtime.messaging import TRAINERS_CONSUMER, TRAINING_REQUESTS_STREAM
+from runtime.messaging import (
+    JOB_EVENTS_STREAM,
+    JOBS_EVENTS_CONSUMER,
+    TRAINERS_CONSUMER,
+    TRAINING_REQUESTS_STREAM,
+)
 from runtime.settings import CommonSettings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "devstack" / "samples" / "iris.csv"
@@ -147,20 +153,24 @@ async def cancel_all(stack: Stack, job_ids: list[str]) -> None:
     await channel.close()  # type: ignore[attr-defined]
 
 
-async def wait_until_trainers_idle(stack: Stack) -> None:
-    """Let the Trainer skip the cancelled backlog before the GET load: the load figures
-    are those of a quiet stack, not of one draining thousands of messages."""
+async def wait_until_quiet(stack: Stack) -> None:
+    """Let the backlog of cancelled jobs drain before the GET load: the Trainer skips
+    each one and reports it, and Jobs applies each report. The load figures are those
+    of a quiet stack, not of one working through thousands of messages."""
     assert stack.nats is not None
     nc = await nats.connect(stack.nats.url)
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            info = await js.consumer_info(TRAINING_REQUESTS_STREAM, TRAINERS_CONSUMER)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
+            consumers = [
+                await js.consumer_info(TRAINING_REQUESTS_STREAM, TRAINERS_CONSUMER),
+                await js.consumer_info(JOB_EVENTS_STREAM, JOBS_EVENTS_CONSUMER),
+            ]
+            if all(info.num_pending == 0 and info.num_ack_pending == 0 for info in consumers):
                 return
             await asyncio.sleep(0.5)
-        raise TimeoutError("the Trainer did not drain the cancelled jobs")
+        raise TimeoutError("the cancelled jobs did not drain")
     finally:
         await nc.close()
 
@@ -251,7 +261,7 @@ def main() -> None:
                 create_throughput(stack, dataset_id, args.create_seconds)
             )
             asyncio.run(cancel_all(stack, created))
-            asyncio.run(wait_until_trainers_idle(stack))
+            asyncio.run(wait_until_quiet(stack))
 
             with httpx.Client(base_url=stack.gateway_url, headers=auth, timeout=60) as api:
                 listed = api.get("/v1/trainingJobs", params={"state": "SUCCEEDED"}).json()

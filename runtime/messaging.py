@@ -1,7 +1,7 @@
 """NATS JetStream: the subjects, streams and buckets the services agree on.
 
 The message bodies are the protobuf messages of
-`protos/modelyard/jobs/v1/dispatch.proto`; this module only names where they
+`protos/modelyard/dispatch/v1/dispatch.proto`; this module only names where they
 travel and makes sure the streams exist (every service that publishes or
 consumes calls `ensure_streams`, which is idempotent).
 """

@@ -20,7 +20,8 @@ from google.protobuf.descriptor import (
 )
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
-from modelyard.jobs.v1 import dispatch_pb2, jobs_service_pb2, training_job_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
+from modelyard.jobs.v1 import jobs_service_pb2, training_job_pb2
 from modelyard.training.v1 import model_pb2, trainer_service_pb2
 
 FILES: list[FileDescriptor] = [
@@ -81,8 +82,24 @@ def http_rule(method: MethodDescriptor) -> object:
 
 @pytest.mark.parametrize("file", FILES, ids=lambda f: f.name)
 def test_package_matches_folder_and_version(file: FileDescriptor) -> None:
-    assert re.fullmatch(r"modelyard\.(dataset|jobs|training)\.v1", file.package)
+    assert re.fullmatch(r"modelyard\.(dataset|jobs|training|dispatch)\.v1", file.package)
     assert file.name.startswith(file.package.replace(".", "/") + "/")
+
+
+def imports_of(file: FileDescriptor) -> Iterator[FileDescriptor]:
+    for dependency in file.dependencies:
+        yield dependency
+        yield from imports_of(dependency)
+
+
+@pytest.mark.parametrize(
+    "file", [f for f in FILES if f is not dispatch_pb2.DESCRIPTOR], ids=lambda f: f.name
+)
+def test_public_contracts_do_not_expose_the_internal_messages(file: FileDescriptor) -> None:
+    # The NATS messages may change with the services that exchange them: a
+    # public file that imported them would publish them to every client.
+    assert dispatch_pb2.DESCRIPTOR.name not in {f.name for f in imports_of(file)}
+    assert not dispatch_pb2.DESCRIPTOR.services_by_name
 
 
 def test_services_are_named_service() -> None:

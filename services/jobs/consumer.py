@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.logs import log_context
 from runtime.messaging import JOB_EVENTS_STREAM, JOB_EVENTS_SUBJECTS, JOBS_EVENTS_CONSUMER

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent, TrainingRequest
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent, TrainingRequest
 
 
 class OutboxKind(StrEnum):

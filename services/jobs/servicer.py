@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 from nats.js.kv import KeyValue
 
+from modelyard.dispatch.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
-from modelyard.jobs.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1.jobs_service_pb2 import (
     CancelTrainingJobRequest,
     CreateTrainingJobRequest,

@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import make_status
 

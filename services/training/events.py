@@ -18,7 +18,8 @@ from google.rpc import status_pb2
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
+from modelyard.jobs.v1 import training_job_pb2
 from runtime.messaging import job_events_subject
 from runtime.tracing import headers_with_context
 

@@ -26,7 +26,8 @@ import grpc
 from google.protobuf import json_format
 
 from modelyard.dataset.v1 import dataset_pb2
-from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
+from modelyard.jobs.v1 import training_job_pb2
 from runtime.errors import ServiceError, make_status
 from runtime.tracing import tracer
 from services.training import metrics

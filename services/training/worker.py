@@ -33,7 +33,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 
-from modelyard.jobs.v1 import dispatch_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
 from runtime.logs import log_context
 from runtime.messaging import (
     TRAINERS_CONSUMER,

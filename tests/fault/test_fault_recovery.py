@@ -141,7 +141,7 @@ def trainer_holding(stack: Stack, job_id: str) -> str:
 async def started_event_source(stack: Stack, job_id: str) -> str:
     import nats
 
-    from modelyard.jobs.v1 import dispatch_pb2
+    from modelyard.dispatch.v1 import dispatch_pb2
     from runtime.messaging import job_events_subject
 
     assert stack.nats is not None

@@ -34,8 +34,8 @@ from devstack.processes import free_port
 from modelyard.dataset.v1 import dataset_service_pb2_grpc
 from modelyard.dataset.v1.dataset_pb2 import Column, Dataset
 from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent, TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent, TrainingRequest
 from modelyard.jobs.v1.jobs_service_pb2 import GetTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from modelyard.dataset.v1.dataset_pb2 import Dataset
-from modelyard.jobs.v1.dispatch_pb2 import TrainingRequest
+from modelyard.dispatch.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import error_reason

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.jobs_service_pb2 import (
     CancelTrainingJobRequest,
     CreateTrainingJobRequest,

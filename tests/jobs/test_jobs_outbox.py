@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from devstack.components import NatsServer
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
+from modelyard.dispatch.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
-from modelyard.jobs.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.channels import open_channel

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import make_status, status_reason
 from services.jobs.state_machine import apply_event, cancel_event, failure_event, is_final

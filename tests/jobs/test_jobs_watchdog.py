@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from modelyard.jobs.v1.dispatch_pb2 import JobEvent
+from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.db import create_engine, migrate
 from runtime.errors import status_reason

@@ -38,7 +38,8 @@ from devstack.components import MlflowServer, NatsServer
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
-from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
+from modelyard.jobs.v1 import training_job_pb2
 from runtime.messaging import (
     JOB_EVENTS_STREAM,
     TRAINING_REQUESTS_SUBJECT,

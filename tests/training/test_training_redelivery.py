@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devstack.components import MlflowServer, NatsServer
-from modelyard.jobs.v1 import dispatch_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
 from runtime.messaging import TRAINERS_CONSUMER, TRAINING_REQUESTS_STREAM, cancellations
 from tests.training.conftest import (
     SLOW_PARAMS,

@@ -19,7 +19,8 @@ import pytest
 from google.protobuf import struct_pb2
 
 from devstack.components import MlflowServer
-from modelyard.jobs.v1 import dispatch_pb2, training_job_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
+from modelyard.jobs.v1 import training_job_pb2
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import error_reason
 from runtime.messaging import cancellations

@@ -5,10 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 PROTO_STAMP := modelyard/.generated
+# Node.js tools (buf, Redocly CLI) and the Node.js example client, from the npm registry
+# with their committed package-lock.json files.
+NPM_CI := npm ci --no-audit --no-fund --loglevel=error
+NODE_TOOLS := tools/node_modules/.installed
+BUF := tools/node_modules/.bin/buf
 
-.PHONY: install protos test test-fast lint format demo up down bench clean
+.PHONY: install protos node node-check test test-fast lint format demo up down bench clean
 
-install: $(VENV)/.installed $(PROTO_STAMP)
+install: $(VENV)/.installed $(PROTO_STAMP) $(NODE_TOOLS)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +28,17 @@ $(PROTO_STAMP): $(PROTO_SOURCES) $(VENV)/.installed devstack/protos.py
 	$(PY) -m devstack.protos
 	@touch $@
 
+# Node.js and npm come with the machine; where they do not, from Debian's packages.
+node-check:
+	@command -v npm >/dev/null || { echo "installing Node.js and npm (Debian packages)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+node: $(NODE_TOOLS)
+
+$(NODE_TOOLS): tools/package.json tools/package-lock.json | node-check
+	cd tools && $(NPM_CI)
+	@touch $@
+
 test: install
 	$(PY) -m pytest -q
 
@@ -30,6 +46,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not fault"
 
 lint: install
+	$(BUF) lint protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy runtime services gateway modelyard_client devstack tests bench
@@ -54,4 +71,4 @@ bench: install
 	$(PY) -m bench.quality
 
 clean:
-	rm -rf $(VENV) modelyard .modelyard .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) modelyard .modelyard tools/node_modules .mypy_cache .ruff_cache .pytest_cache

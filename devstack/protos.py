@@ -10,24 +10,36 @@ import shutil
 import sys
 from pathlib import Path
 
-import google.api
 import grpc_tools
 from grpc_tools import protoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "protos"
+# google/api and google/rpc, vendored: the repository alone is enough to generate clients.
+THIRD_PARTY_ROOTS = [PROTO_ROOT / "third_party" / "googleapis"]
 OUTPUT_ROOT = REPO_ROOT / "modelyard"
 
 
 def _include_dirs() -> list[Path]:
-    """protoc's include path: our protos, google/api + google/rpc, well-known types."""
-    googleapis_root = Path(next(iter(google.api.__path__))).parent.parent
+    """protoc's include path: our protos, the vendored google/api + google/rpc, and the
+    well-known types grpcio-tools ships."""
     well_known_root = Path(next(iter(grpc_tools.__path__))) / "_proto"
-    return [PROTO_ROOT, googleapis_root, well_known_root]
+    return [PROTO_ROOT, *THIRD_PARTY_ROOTS, well_known_root]
+
+
+def contract_sources() -> list[str]:
+    """Our .proto files, relative to PROTO_ROOT. The vendored ones are only imported:
+    their Python code comes from googleapis-common-protos."""
+    third_party = PROTO_ROOT / "third_party"
+    return sorted(
+        str(path.relative_to(PROTO_ROOT))
+        for path in PROTO_ROOT.rglob("*.proto")
+        if not path.is_relative_to(third_party)
+    )
 
 
 def generate() -> None:
-    sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    sources = contract_sources()
     if OUTPUT_ROOT.exists():
         shutil.rmtree(OUTPUT_ROOT)
     OUTPUT_ROOT.mkdir()

@@ -1,6 +1,6 @@
 """The asyncio gRPC server every service runs.
 
-Every server has the health and reflection services, the service-token and
+Every server has the health and reflection (v1 and v1alpha) services, the service-token and
 request-context interceptors, optional (mutual) TLS, and shuts down gracefully:
 on SIGTERM or SIGINT health turns NOT_SERVING first, so load balancers stop
 sending new calls, then `server.stop(grace)` lets calls in flight finish.
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from runtime.interceptors import RequestContextInterceptor, ServiceTokenInterceptor
 from runtime.metrics import serve_metrics
+from runtime.reflection import enable_reflection
 from runtime.settings import CommonSettings
 
 logger = logging.getLogger("modelyard.server")
@@ -58,9 +58,7 @@ class GrpcServer:
 
     async def start(self) -> None:
         serve_metrics(self._metrics_address)
-        reflection.enable_server_reflection(
-            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
+        enable_reflection([*self._service_names, health.SERVICE_NAME], self.server)
         self._bind()
         await self.server.start()
         for name in ["", *self._service_names]:

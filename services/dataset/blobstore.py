@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -76,6 +77,10 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def copy(self, source: str, target: str) -> None:
+        """Make `target` hold the same bytes as `source` (within the store)."""
+        ...
 
     def delete(self, key: str) -> None:
         """Remove a blob; a missing blob is not an error."""
@@ -149,6 +154,16 @@ class LocalBlobStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def copy(self, source: str, target: str) -> None:
+        writer = LocalBlobWriter(self.path(target))
+        try:
+            with self.open_reader(source) as handle:
+                shutil.copyfileobj(handle, writer, DOWNLOAD_CHUNK_BYTES)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -356,6 +371,15 @@ class S3BlobStore:
                 return False
             raise
         return True
+
+    def copy(self, source: str, target: str) -> None:
+        """A copy made by the S3 server itself (multipart above 5 GB): no bytes through here."""
+        self.client.copy(
+            {"Bucket": self.bucket, "Key": source},
+            self.bucket,
+            target,
+            Config=TransferConfig(multipart_threshold=5 * 1024**3, multipart_chunksize=1024**3),
+        )
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

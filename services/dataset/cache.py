@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,6 +68,14 @@ class ParquetCache:
             writer.abort()
             raise
         self.evict()
+
+    def adopt(self, path: Path, dataset_id: str) -> None:
+        """Take the local file at `path` as the dataset's cached copy (best effort)."""
+        try:
+            shutil.move(path, self._path(dataset_id))
+            self.evict()
+        except OSError:
+            logger.warning("could not keep a local copy of a Parquet file", exc_info=True)
 
     def discard(self, dataset_id: str) -> None:
         self._path(dataset_id).unlink(missing_ok=True)

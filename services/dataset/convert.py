@@ -1,27 +1,27 @@
-"""CSV → typed Parquet copy + profile, streamed in bounded memory.
+"""Delimited text → typed Parquet copy + profile, streamed in bounded memory.
 
-One pass reads the CSV with pyarrow's streaming reader, block by block,
-normalizes the types to the contract's (timestamps in microseconds, times of
-day as text), checks field sizes, and hands groups of about `row_group_rows`
-rows to the profiler and to the Parquet writer.
+One pass reads the text with pyarrow's streaming CSV reader, block by block,
+repairs the header (`headers.py`), normalizes the types to the contract's
+(timestamps in microseconds, times of day as text, dates written `d/m/Y` and
+the like parsed by `dates.py`), checks field sizes, and hands groups of about
+`row_group_rows` rows to the profiler and to the Parquet writer.
 
 Types: pyarrow infers a column's type from the first block only (a few
-thousand rows) and fails when a later block holds a value of another type.
-That first pass is the fast path. When it fails that way (a numeric column
-with a stray "n/a" near the end, a column empty at the top), the types are
-inferred again from every value, in a pass that reads all columns as text,
-and the file is converted a second time with those types. The result is the
-type a reader of the whole column would pick: mixed values make a STRING.
+thousand rows), and the date patterns are chosen from that block too. That
+first pass is the fast path. When a later value does not fit (a numeric
+column with a stray "n/a" near the end, a column empty at the top, a date
+that settles day-first vs month-first late), `TypeConflictError` says so and
+the types are inferred again from every value (`inference.py`), then the file
+is converted a second time with those types.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 
 from modelyard.dataset.v1 import dataset_pb2
 from runtime.errors import ServiceError, invalid_argument, resource_exhausted
-from services.dataset import reasons
+from services.dataset import dates, reasons
 from services.dataset.blobstore import BlobWriter
+from services.dataset.headers import HeaderLimits, repair_header
 from services.dataset.pipe import RecordingReader
 from services.dataset.profile import TableProfiler
 from services.dataset.stages import Stage
@@ -62,6 +63,10 @@ class Limits:
     max_row_bytes: int
     max_column_name_chars: int
 
+    @property
+    def header(self) -> HeaderLimits:
+        return HeaderLimits(self.max_columns, self.max_column_name_chars)
+
 
 @dataclass(frozen=True)
 class ProfileOptions:
@@ -74,15 +79,37 @@ class ProfileOptions:
 class Conversion:
     columns: list[dataset_pb2.Column]
     row_count: int
+    header_repairs: list[dataset_pb2.HeaderRepair] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How to read one column of the text: the reader's type, and a date pattern."""
+
+    read_type: pa.DataType
+    date_pattern: dates.DatePattern | None = None
+
+
+@dataclass(frozen=True)
+class TypePlan:
+    """Every column's plan, by position, and whether the trailing blank column goes."""
+
+    columns: list[ColumnPlan]
+    drop_trailing: bool = False
+
+    def with_text(self, index: int) -> TypePlan:
+        columns = list(self.columns)
+        columns[index] = ColumnPlan(pa.string())
+        return replace(self, columns=columns)
 
 
 class TypeConflictError(Exception):
     """A value did not fit the type chosen for its column: convert again with other types."""
 
-    def __init__(self, column: str, source_names: list[str]) -> None:
-        super().__init__(f"type conflict in column {column!r}")
-        self.column = column
-        self.source_names = source_names
+    def __init__(self, index: int, source_names: list[str] | None = None) -> None:
+        super().__init__(f"type conflict in column {index + 1}")
+        self.index = index
+        self.source_names = source_names or []
 
 
 class NotUtf8Error(Exception):
@@ -93,11 +120,33 @@ class IngestCancelledError(Exception):
     """The upload was cancelled while converting."""
 
 
+OpenSource = Callable[[], AbstractContextManager[RecordingReader]]
+OpenSink = Callable[[], BlobWriter]
+
+
+@dataclass(frozen=True)
+class ConversionJob:
+    """Everything a conversion pass needs besides the types: where the text comes
+    from and where the Parquet goes, how to parse, the limits, the profile options
+    and the upload's cancellation."""
+
+    open_source: OpenSource
+    open_sink: OpenSink
+    fmt: CsvFormat
+    limits: Limits
+    options: ProfileOptions
+    cancelled: threading.Event
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise IngestCancelledError
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
 def _reader_options(
-    fmt: CsvFormat, limits: Limits, column_types: Mapping[str, pa.DataType] | None
+    fmt: CsvFormat, limits: Limits, column_types: Mapping[str, pa.DataType]
 ) -> dict[str, Any]:
     return {
         "read_options": pacsv.ReadOptions(
@@ -110,7 +159,7 @@ def _reader_options(
             delimiter=fmt.delimiter, newlines_in_values=True, ignore_empty_lines=True
         ),
         "convert_options": pacsv.ConvertOptions(
-            column_types=dict(column_types or {}),
+            column_types=dict(column_types),
             null_values=NULL_VALUES,
             true_values=TRUE_VALUES,
             false_values=FALSE_VALUES,
@@ -120,54 +169,129 @@ def _reader_options(
     }
 
 
+def _column_types(source_names: list[str] | None, plan: TypePlan | None) -> dict[str, pa.DataType]:
+    """The reader's column types by name. Columns sharing a name share a type: text
+    when their plans differ (each is cast to its own type after reading)."""
+    if plan is None or source_names is None:
+        return {}
+    types: dict[str, pa.DataType] = {}
+    for name, column in zip(source_names, plan.columns, strict=True):
+        wanted = pa.string() if column.date_pattern is not None else column.read_type
+        if name in types and types[name] != wanted:
+            wanted = pa.string()
+        types[name] = wanted
+    return types
+
+
 class CsvBatches(AbstractContextManager["CsvBatches"]):
-    """The record batches of a CSV, with pyarrow's errors turned into the service's."""
+    """The record batches of a text table, typed and named as the dataset keeps them,
+    with pyarrow's errors turned into the service's."""
 
     def __init__(
         self,
         source: RecordingReader,
         fmt: CsvFormat,
         limits: Limits,
-        column_types: Mapping[str, pa.DataType] | None = None,
+        plan: TypePlan | None = None,
+        source_names: list[str] | None = None,
     ) -> None:
         self._source = source
         self._fmt = fmt
         self._limits = limits
-        self.source_names: list[str] = []
         try:
-            self._reader = pacsv.open_csv(source, **_reader_options(fmt, limits, column_types))
+            self._reader = pacsv.open_csv(
+                source, **_reader_options(fmt, limits, _column_types(source_names, plan))
+            )
         except pa.ArrowInvalid as error:
             raise self._translate(error) from None
         try:
             self.source_names = _column_names(self._reader)
-            self.names = validate_column_names(self.source_names, fmt.has_header, limits)
+            self.header = repair_header(self.source_names, fmt.has_header, limits.header)
+            self._first: pa.RecordBatch | None = None
+            self.plan = plan if plan is not None else self._plan_from_first_batch()
+            if self.plan.drop_trailing:
+                self.header = self.header.drop_trailing()
             self.schema = pa.schema(
                 [
-                    pa.field(name, normalized_type(item.type))
-                    for name, item in zip(self.names, self._reader.schema, strict=True)
+                    pa.field(name, _target_type(column))
+                    for name, column in zip(self.header.names, self.plan.columns, strict=False)
                 ]
             )
         except BaseException:
             self._reader.close()
             raise
 
+    def _plan_from_first_batch(self) -> TypePlan:
+        """Types as pyarrow inferred them, with date patterns chosen from the first block."""
+        self._first = self._read_next()
+        columns = []
+        for index, item in enumerate(self._reader.schema):
+            pattern = None
+            if self._first is not None and pa.types.is_string(item.type):
+                pattern = dates.detect(self._first.column(index))
+            columns.append(ColumnPlan(item.type, pattern))
+        trailing = self.header.trailing_blank
+        drop = trailing is not None and pa.types.is_null(self._reader.schema.field(trailing).type)
+        return TypePlan(columns, drop)
+
+    def _read_next(self) -> pa.RecordBatch | None:
+        try:
+            return self._reader.read_next_batch()
+        except StopIteration:
+            return None
+        except pa.ArrowInvalid as error:
+            raise self._translate(error) from None
+
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch = self._reader.read_next_batch()
-            except StopIteration:
-                return
-            except pa.ArrowInvalid as error:
-                raise self._translate(error) from None
-            yield normalize_batch(batch, self.schema)
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield self._normalized(first)
+        while (batch := self._read_next()) is not None:
+            yield self._normalized(batch)
+
+    def raw_batches(self) -> Iterator[pa.RecordBatch]:
+        """The batches as read, every source column (for type inference)."""
+        while (batch := self._read_next()) is not None:
+            yield batch
+
+    def _normalized(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        columns = []
+        for index, item in enumerate(self.schema):
+            column = batch.column(index)
+            pattern = self.plan.columns[index].date_pattern
+            if pattern is not None:
+                try:
+                    column = dates.parse(column, pattern)
+                except (dates.InvalidDateError, pa.ArrowInvalid):
+                    raise TypeConflictError(index, self.source_names) from None
+            elif column.type != item.type:
+                column = _cast(column, item.type, index, self.source_names)
+            columns.append(column)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def __exit__(self, *exc_info: object) -> None:
         self._reader.close()
 
     def _translate(self, error: pa.ArrowInvalid) -> Exception:
-        return translate_arrow_error(
-            error, self.source_names, self._fmt, self._limits, self._source.recent
-        )
+        translated = translate_arrow_error(error, self._fmt, self._limits, self._source.recent)
+        if isinstance(translated, TypeConflictError):
+            translated.source_names = getattr(self, "source_names", [])
+        return translated
+
+
+def _target_type(column: ColumnPlan) -> pa.DataType:
+    if column.date_pattern is not None:
+        return column.date_pattern.arrow_type
+    return normalized_type(column.read_type)
+
+
+def _cast(column: pa.Array, target: pa.DataType, index: int, names: list[str]) -> pa.Array:
+    try:
+        if pa.types.is_string(column.type) and not pa.types.is_string(target):
+            column = pc.utf8_trim_whitespace(column)
+        return pc.cast(column, target, safe=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise TypeConflictError(index, names) from None
 
 
 _CONFLICT = re.compile(r"In CSV column #(\d+): CSV conversion error to ([^:]+): invalid value")
@@ -175,15 +299,11 @@ _RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)(?:: )?(.*)", re.DOTALL)
 
 
 def translate_arrow_error(
-    error: pa.ArrowInvalid,
-    source_names: list[str],
-    fmt: CsvFormat,
-    limits: Limits,
-    recent: Callable[[], bytes],
+    error: pa.ArrowInvalid, fmt: CsvFormat, limits: Limits, recent: Callable[[], bytes]
 ) -> Exception:
     text = str(error)
     if "Empty CSV file" in text:
-        return invalid_argument(reasons.EMPTY_FILE, "the file holds no CSV text")
+        return invalid_argument(reasons.EMPTY_FILE, "the file holds no text")
     if ragged := _RAGGED.search(text):
         expected, got, row = ragged.groups()
         excerpt = row[:ERROR_EXCERPT_CHARS]
@@ -196,13 +316,12 @@ def translate_arrow_error(
     if "straddl" in text:
         return _too_large(recent(), fmt, limits)
     if conflict := _CONFLICT.search(text):
-        index = int(conflict.group(1))
         if conflict.group(2).strip() == "string" and "UTF8" in text:
             return NotUtf8Error()
-        return TypeConflictError(source_names[index], source_names)
+        return TypeConflictError(int(conflict.group(1)))
     if "UTF8" in text or "UTF-8" in text:
         return NotUtf8Error()
-    return invalid_argument(reasons.CSV_UNPARSABLE, f"the CSV cannot be parsed: {text[:200]}")
+    return invalid_argument(reasons.CSV_UNPARSABLE, f"the text cannot be parsed: {text[:200]}")
 
 
 def _too_large(recent: bytes, fmt: CsvFormat, limits: Limits) -> ServiceError:
@@ -232,36 +351,6 @@ def _column_names(reader: pacsv.CSVStreamingReader) -> list[str]:
         raise NotUtf8Error() from None
 
 
-def validate_column_names(source_names: list[str], has_header: bool, limits: Limits) -> list[str]:
-    if len(source_names) > limits.max_columns:
-        raise resource_exhausted(
-            reasons.TOO_MANY_COLUMNS,
-            f"the file has {len(source_names)} columns; at most {limits.max_columns} are accepted",
-            columns=str(len(source_names)),
-            limit=str(limits.max_columns),
-        )
-    if not has_header:
-        return [f"column_{index}" for index in range(1, len(source_names) + 1)]
-    for index, name in enumerate(source_names, start=1):
-        if not name.strip():
-            raise invalid_argument(
-                reasons.BLANK_COLUMN_NAME, f"column {index} has no name", column_index=str(index)
-            )
-        if len(name) > limits.max_column_name_chars:
-            raise invalid_argument(
-                reasons.COLUMN_NAME_TOO_LONG,
-                f"column {index}'s name is longer than {limits.max_column_name_chars} characters",
-                column_index=str(index),
-            )
-    repeated = sorted(name for name, count in Counter(source_names).items() if count > 1)
-    if repeated:
-        shown = ", ".join(repr(name[:ERROR_EXCERPT_CHARS]) for name in repeated[:5])
-        raise invalid_argument(
-            reasons.DUPLICATE_COLUMN_NAMES, f"column names must be unique; repeated: {shown}"
-        )
-    return source_names
-
-
 def normalized_type(arrow_type: pa.DataType) -> pa.DataType:
     """The contract's Arrow type for what the CSV reader produced."""
     if pa.types.is_timestamp(arrow_type):
@@ -273,15 +362,7 @@ def normalized_type(arrow_type: pa.DataType) -> pa.DataType:
     return arrow_type
 
 
-def normalize_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    columns = [
-        column if column.type == item.type else pc.cast(column, item.type, safe=False)
-        for column, item in zip(batch.columns, schema, strict=True)
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def check_field_sizes(batch: pa.RecordBatch, limit: int) -> None:
+def check_field_sizes(batch: pa.RecordBatch | pa.Table, limit: int) -> None:
     for item, column in zip(batch.schema, batch.columns, strict=True):
         if not pa.types.is_string(item.type) or column.null_count == len(column):
             continue
@@ -298,7 +379,7 @@ def check_field_sizes(batch: pa.RecordBatch, limit: int) -> None:
 # -- the conversion pass ----------------------------------------------------------------
 
 
-class _RowGroups:
+class RowGroups:
     """Collects record batches into row groups of about `rows` rows (or GROUP_MAX_BYTES)."""
 
     def __init__(self, rows: int) -> None:
@@ -323,46 +404,76 @@ class _RowGroups:
         return self.take(schema) if self._batches else None
 
 
+class ParquetSink:
+    """Profiles and writes groups of rows, each on a stage of its own."""
+
+    def __init__(self, schema: pa.Schema, options: ProfileOptions, sink: BlobWriter | None) -> None:
+        self.profiler = TableProfiler(schema, options.exact_distinct_limit, options.top_values)
+        self.writer_sink = sink
+        self._writer = (
+            pq.ParquetWriter(
+                sink,
+                schema,
+                compression=_compression(schema),
+                use_dictionary=[item.name for item in schema if pa.types.is_string(item.type)],
+            )
+            if sink is not None
+            else None
+        )
+
+    def write_all(self, groups: Iterator[pa.Table]) -> None:
+        writer = self._writer
+
+        def write_group(table: pa.Table) -> None:
+            assert writer is not None
+            writer.write_table(table, row_group_size=table.num_rows)
+
+        try:
+            with Stage(self.profiler.update, "profile") as profiling:
+                if writer is None:
+                    for group in groups:
+                        profiling.submit(group)
+                    return
+                with Stage(write_group, "parquet") as writing:
+                    for group in groups:
+                        profiling.submit(group)
+                        writing.submit(group)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def result(self, repairs: list[dataset_pb2.HeaderRepair]) -> Conversion:
+        if self.profiler.rows == 0:
+            raise invalid_argument(
+                reasons.HEADER_ONLY, "the file has column names but no data rows"
+            )
+        return Conversion(self.profiler.result(), self.profiler.rows, list(repairs))
+
+
 def convert(
     source: RecordingReader,
-    fmt: CsvFormat,
-    limits: Limits,
-    options: ProfileOptions,
+    job: ConversionJob,
     sink: BlobWriter,
-    cancelled: threading.Event,
-    column_types: Mapping[str, pa.DataType] | None = None,
+    plan: TypePlan | None = None,
+    source_names: list[str] | None = None,
 ) -> Conversion:
-    """One pass: CSV from `source` → Parquet into `sink` (not committed) + profile.
+    """One pass: text from `source` → Parquet into `sink` (not committed) + profile.
 
     This thread parses; the profile and the Parquet writer are stages of
     their own that take each group of rows as it is complete.
     """
-    with CsvBatches(source, fmt, limits, column_types) as batches:
-        schema = batches.schema
-        profiler = TableProfiler(schema, options.exact_distinct_limit, options.top_values)
-        writer = pq.ParquetWriter(
-            sink,
-            schema,
-            compression=_compression(schema),
-            use_dictionary=[item.name for item in schema if pa.types.is_string(item.type)],
-        )
+    with CsvBatches(source, job.fmt, job.limits, plan, source_names) as batches:
+        output = ParquetSink(batches.schema, job.options, sink)
+        output.profiler.set_date_formats(_date_formats(batches))
+        output.write_all(_groups(batches, job))
+        return output.result(batches.header.repairs)
 
-        def write_group(table: pa.Table) -> None:
-            writer.write_table(table, row_group_size=table.num_rows)
 
-        try:
-            with (
-                Stage(profiler.update, "profile") as profiling,
-                Stage(write_group, "parquet") as writing,
-            ):
-                for group in _groups(batches, options.row_group_rows, limits, cancelled):
-                    profiling.submit(group)
-                    writing.submit(group)
-        finally:
-            writer.close()
-    if profiler.rows == 0:
-        raise invalid_argument(reasons.HEADER_ONLY, "the file has a header but no data rows")
-    return Conversion(columns=profiler.result(), row_count=profiler.rows)
+def _date_formats(batches: CsvBatches) -> list[str]:
+    return [
+        dates.iso_or_pattern(column.date_pattern)
+        for column, _ in zip(batches.plan.columns, batches.schema, strict=False)
+    ]
 
 
 def _compression(schema: pa.Schema) -> dict[str, str]:
@@ -370,172 +481,30 @@ def _compression(schema: pa.Schema) -> dict[str, str]:
     return {item.name: "none" if pa.types.is_floating(item.type) else "snappy" for item in schema}
 
 
-def _groups(
-    batches: CsvBatches, rows: int, limits: Limits, cancelled: threading.Event
-) -> Iterator[pa.Table]:
-    """The CSV's rows as tables of about `rows` rows (a Parquet row group each)."""
-    groups = _RowGroups(rows)
+def _groups(batches: CsvBatches, job: ConversionJob) -> Iterator[pa.Table]:
+    """The rows as tables of about `row_group_rows` rows (a Parquet row group each)."""
+    groups = RowGroups(job.options.row_group_rows)
     for batch in batches:
-        if cancelled.is_set():
-            raise IngestCancelledError
-        check_field_sizes(batch, limits.max_field_bytes)
+        job.check_cancelled()
+        check_field_sizes(batch, job.limits.max_field_bytes)
         if groups.add(batch):
             yield groups.take(batches.schema)
     if (last := groups.take_rest(batches.schema)) is not None:
         yield last
 
 
-# -- type inference from every value (the fallback) -----------------------------------
-
-_WHITESPACE = r"\s*"
-_INTEGER = re.compile(rf"^{_WHITESPACE}[+-]?\d+{_WHITESPACE}$").pattern
-_FLOAT = re.compile(
-    rf"^{_WHITESPACE}[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|(?i:inf|infinity|nan))"
-    rf"{_WHITESPACE}$"
-).pattern
-_DATE = r"^\d{4}-\d{2}-\d{2}$"
-_TIME = r"([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?)?"
-_NAIVE_TIMESTAMP = rf"^\d{{4}}-\d{{2}}-\d{{2}}{_TIME}$"
-_ZONED_TIMESTAMP = rf"^\d{{4}}-\d{{2}}-\d{{2}}{_TIME}(Z|[+-]\d{{2}}(:?\d{{2}})?)$"
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """A candidate type, in the order pyarrow's own inference tries them."""
-
-    arrow_type: pa.DataType
-    pattern: str | None
-    trim: bool = False
-
-
-_KINDS = [
-    _Kind(pa.int64(), _INTEGER, trim=True),
-    _Kind(pa.bool_(), None),
-    _Kind(pa.date32(), _DATE),
-    _Kind(pa.timestamp("us"), _NAIVE_TIMESTAMP),
-    _Kind(pa.timestamp("us", tz="UTC"), _ZONED_TIMESTAMP),
-    _Kind(pa.float64(), _FLOAT, trim=True),
-]
-_BOOLEAN_TEXT = pa.array(TRUE_VALUES + FALSE_VALUES)
-
-
-def _accepts(kind: _Kind, values: pa.Array) -> bool:
-    """Whether every (non-null) value converts to the kind's type."""
-    if kind.pattern is None:
-        return bool(pc.all(pc.is_in(values, value_set=_BOOLEAN_TEXT)).as_py())
-    if not pc.all(pc.match_substring_regex(values, kind.pattern)).as_py():
-        return False
-    try:
-        pc.cast(pc.utf8_trim_whitespace(values) if kind.trim else values, kind.arrow_type)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return False
-    return True
-
-
-class _Candidates:
-    """The kinds a column's values, seen so far, all convert to."""
-
-    def __init__(self) -> None:
-        self.kinds = list(_KINDS)
-        self.seen_values = False
-
-    def update(self, column: pa.Array) -> None:
-        values = pc.drop_null(column)
-        if len(values) == 0:
-            return
-        self.seen_values = True
-        self.kinds = [kind for kind in self.kinds if _accepts(kind, values)]
-
-    def arrow_type(self) -> pa.DataType:
-        if not self.seen_values:
-            return pa.null()
-        return self.kinds[0].arrow_type if self.kinds else pa.string()
-
-
-def infer_types(
-    source: RecordingReader,
-    fmt: CsvFormat,
-    limits: Limits,
-    source_names: Sequence[str],
-    cancelled: threading.Event,
-) -> dict[str, pa.DataType]:
-    """Every column's type, from all its values (read as text)."""
-    as_text = {name: pa.string() for name in source_names}
-    with CsvBatches(source, fmt, limits, as_text) as batches:
-        candidates = [_Candidates() for _ in source_names]
-        for batch in batches:
-            if cancelled.is_set():
-                raise IngestCancelledError
-            check_field_sizes(batch, limits.max_field_bytes)
-            for candidate, column in zip(candidates, batch.columns, strict=True):
-                candidate.update(column)
-    return {
-        name: candidate.arrow_type()
-        for name, candidate in zip(source_names, candidates, strict=True)
-    }
-
-
 # -- putting the passes together ------------------------------------------------------
 
-OpenSource = Callable[[], AbstractContextManager[RecordingReader]]
-OpenSink = Callable[[], BlobWriter]
 
-
-def _convert_into_new_sink(
-    open_source: OpenSource,
-    open_sink: OpenSink,
-    fmt: CsvFormat,
-    limits: Limits,
-    options: ProfileOptions,
-    cancelled: threading.Event,
-    column_types: Mapping[str, pa.DataType] | None,
+def convert_into_new_sink(
+    job: ConversionJob, plan: TypePlan | None, source_names: list[str] | None = None
 ) -> Conversion:
-    sink = open_sink()
+    sink = job.open_sink()
     try:
-        with open_source() as source:
-            result = convert(source, fmt, limits, options, sink, cancelled, column_types)
+        with job.open_source() as source:
+            result = convert(source, job, sink, plan, source_names)
         sink.commit()
     except BaseException:
         sink.abort()
         raise
     return result
-
-
-def convert_with_inferred_types(
-    open_source: OpenSource,
-    open_sink: OpenSink,
-    fmt: CsvFormat,
-    limits: Limits,
-    options: ProfileOptions,
-    cancelled: threading.Event,
-    source_names: list[str],
-) -> Conversion:
-    """Infer types from every value, then convert; a column that still conflicts becomes text."""
-    with open_source() as source:
-        types = infer_types(source, fmt, limits, source_names, cancelled)
-    for _ in range(len(types) + 1):
-        try:
-            return _convert_into_new_sink(
-                open_source, open_sink, fmt, limits, options, cancelled, types
-            )
-        except TypeConflictError as conflict:
-            types[conflict.column] = pa.string()
-    raise AssertionError("every column is text, yet a type conflict remains")
-
-
-def convert_file(
-    open_source: OpenSource,
-    open_sink: OpenSink,
-    fmt: CsvFormat,
-    limits: Limits,
-    options: ProfileOptions,
-    cancelled: threading.Event,
-) -> Conversion:
-    """The fast path (types from the first block), then the fallback when a type conflicts."""
-    try:
-        return _convert_into_new_sink(open_source, open_sink, fmt, limits, options, cancelled, None)
-    except TypeConflictError as conflict:
-        names = conflict.source_names
-    return convert_with_inferred_types(
-        open_source, open_sink, fmt, limits, options, cancelled, names
-    )

@@ -1,19 +1,25 @@
 """One upload, from the first byte to a typed Parquet copy, in bounded memory.
 
-    event loop ──chunks──▶ writer thread ──▶ original CSV blob (S3 multipart as it fills)
-                               │  sha256, size, NUL / UTF-8 checks
+    event loop ──chunks──▶ writer thread ──▶ original blob (S3 multipart as it fills)
+                               │  sha256, size
                                └──feed──▶ conversion thread ──▶ Parquet blob + profile
 
-The conversion's first pass runs while the upload is still arriving, so a
-file that converts in one pass is READY soon after its last byte. Both hand-
-offs are bounded pipes: a slow stage slows the client down instead of
-buffering. When the first pass cannot stand (a type changes late in the file,
-or the text turns out not to be UTF-8), the conversion is redone from the
-stored original once the upload is complete.
+What the file is comes from its first bytes (`content.sniff`):
 
-Nothing is left behind on failure or cancellation: `discard()` stops both
-threads and removes everything under the dataset's blob prefix (a multipart
-upload in flight is aborted).
+- delimited text (plain, gzip, zstd or bzip2; UTF-8, UTF-16 or windows-1252)
+  is decoded and converted while the upload is still arriving, so a file
+  that converts in one pass is READY soon after its last byte. When that
+  first pass cannot stand (a type changes late in the file, or the text
+  turns out not to be UTF-8), the conversion is redone from the stored
+  original once the upload is complete;
+- Parquet and XLSX are read from their end and from an index: the conversion
+  thread spools them to a local file, then validates and converts them once
+  the last byte is there.
+
+Both hand-offs are bounded pipes: a slow stage slows the client down instead
+of buffering. Nothing is left behind on failure or cancellation: `discard()`
+stops the threads and removes everything under the dataset's blob prefix (a
+multipart upload in flight is aborted) and the local spool.
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from runtime.errors import resource_exhausted
+from modelyard.dataset.v1 import dataset_pb2
+from runtime.errors import invalid_argument, resource_exhausted
 from services.dataset import reasons
 from services.dataset.blobstore import (
     BlobStore,
@@ -36,9 +46,19 @@ from services.dataset.blobstore import (
     parquet_key,
 )
 from services.dataset.cache import ParquetCache
-from services.dataset.content import SNIFF_BYTES, UTF8, ContentInspector, check_signature
+from services.dataset.content import (
+    SNIFF_BYTES,
+    UTF8,
+    WINDOWS_1252,
+    DecodedText,
+    Format,
+    Sniffed,
+    describe,
+    sniff,
+)
 from services.dataset.convert import (
     Conversion,
+    ConversionJob,
     CsvFormat,
     IngestCancelledError,
     Limits,
@@ -46,22 +66,38 @@ from services.dataset.convert import (
     ProfileOptions,
     TypeConflictError,
     convert,
-    convert_file,
-    convert_with_inferred_types,
 )
+from services.dataset.headers import SNIFF_TEXT_BYTES, detect_delimiter
+from services.dataset.inference import convert_file, convert_with_inferred_types
+from services.dataset.parquet_input import convert_parquet
 from services.dataset.pipe import (
     Pipe,
     PipeAbortedError,
     RecordingReader,
     pipe_reader,
-    stream_reader,
 )
 from services.dataset.threads import start_thread
+from services.dataset.xlsx import SheetText
 
 logger = logging.getLogger("modelyard.dataset.ingest")
 
 HANDOFF_BYTES = 1024 * 1024
 PIPE_CHUNKS = 4
+TEXT_READ_BYTES = 1024 * 1024
+SPOOL_COPY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What the upload's header and the service's settings say about one ingest."""
+
+    fmt: CsvFormat
+    delimiter_given: bool
+    sheet: str
+    limits: Limits
+    profile: ProfileOptions
+    max_upload_bytes: int
+    spool_dir: Path
 
 
 @dataclass(frozen=True)
@@ -69,7 +105,8 @@ class IngestResult:
     conversion: Conversion
     size_bytes: int
     sha256: str
-    encoding: str
+    source_format: dataset_pb2.SourceFormat
+    delimiter: str
 
 
 FirstPass = Conversion | TypeConflictError | NotUtf8Error | None
@@ -77,32 +114,29 @@ FirstPass = Conversion | TypeConflictError | NotUtf8Error | None
 
 class Ingest:
     def __init__(
-        self,
-        store: BlobStore,
-        cache: ParquetCache | None,
-        dataset_id: str,
-        fmt: CsvFormat,
-        limits: Limits,
-        options: ProfileOptions,
-        max_upload_bytes: int,
+        self, store: BlobStore, cache: ParquetCache | None, dataset_id: str, options: IngestOptions
     ) -> None:
         self._store = store
         self._cache = cache
         self._dataset_id = dataset_id
-        self._fmt = fmt
-        self._limits = limits
         self._options = options
-        self._max_upload_bytes = max_upload_bytes
+        self._fmt = options.fmt
         self._chunks = Pipe(PIPE_CHUNKS)  # event loop → writer thread
         self._feed = Pipe(PIPE_CHUNKS)  # writer thread → first conversion pass
         self._cancelled = threading.Event()
         self._digest = hashlib.sha256()
-        self._inspector = ContentInspector()
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._threads: list[asyncio.Future[None]] = []
         self._redo: asyncio.Future[Conversion] | None = None
         self._first_pass: FirstPass = None
+        self._sniffed = Sniffed(Format.DELIMITED_TEXT)
+        self._text_encoding = "UTF-8"
+        self._sheet = ""
+        self._kept_as_is = False
+        self._spool = Path(
+            tempfile.mkdtemp(prefix=f"ingest-{dataset_id[:8]}-", dir=options.spool_dir)
+        )
         self.size_bytes = 0
 
     # -- receiving (event loop) -------------------------------------------------------
@@ -119,7 +153,7 @@ class Ingest:
             self.raise_if_failed()
             self._count(len(chunk))
             if not sniffed and len(pending) + len(chunk) >= SNIFF_BYTES:
-                check_signature(bytes(pending) + chunk[:SNIFF_BYTES])
+                self._identify(bytes(pending) + chunk[:SNIFF_BYTES])
                 sniffed = True
             if not pending and len(chunk) >= HANDOFF_BYTES:
                 await self._hand_off(chunk)  # already big enough: no copy
@@ -129,18 +163,29 @@ class Ingest:
                 await self._hand_off(bytes(pending))
                 pending.clear()
         if not sniffed:
-            check_signature(bytes(pending))
+            self._identify(bytes(pending))
         if pending:
             await self._hand_off(bytes(pending))
         self._chunks.finish()
 
+    def _identify(self, head: bytes) -> None:
+        """What the file is, from its first bytes, before any of them is handed on."""
+        self._sniffed = sniff(head)
+        if self._options.sheet and self._sniffed.format != Format.XLSX:
+            raise invalid_argument(
+                reasons.SHEET_NOT_FOUND,
+                "a sheet was named, but the file is not an XLSX workbook",
+                sheet=self._options.sheet[:100],
+            )
+
     def _count(self, size: int) -> None:
         self.size_bytes += size
-        if self.size_bytes > self._max_upload_bytes:
+        limit = self._options.max_upload_bytes
+        if self.size_bytes > limit:
             raise resource_exhausted(
                 reasons.UPLOAD_TOO_LARGE,
-                f"the upload is larger than the limit of {self._max_upload_bytes} bytes",
-                limit_bytes=str(self._max_upload_bytes),
+                f"the upload is larger than the limit of {limit} bytes",
+                limit_bytes=str(limit),
             )
 
     async def _hand_off(self, data: bytes) -> None:
@@ -170,13 +215,11 @@ class Ingest:
         writer = self._store.open_writer(original_key(self._dataset_id))
         try:
             while (data := self._chunks.get()) is not None:
-                self._inspector.update(data)
                 self._feed.put(data)  # first, so that the conversion never waits for S3
                 self._digest.update(data)
                 writer.write(data)
-            self._inspector.finish()
-            # The verdict on the encoding is final: the first pass may end now, and
-            # finish its Parquet file while the original's upload completes.
+            # The first pass may end now, and finish its Parquet file while the
+            # original's upload completes.
             self._feed.finish()
             writer.commit()
         except BaseException as error:
@@ -185,27 +228,74 @@ class Ingest:
                 self._fail(error)
 
     def _convert_first_pass(self) -> None:
-        sink = self._open_parquet()
-        source = pipe_reader(self._feed, keep_bytes=2 * self._limits.max_row_bytes)
         try:
-            conversion = convert(
-                source, self._fmt, self._limits, self._options, sink, self._cancelled
-            )
-            if not self._inspector.is_utf8:
-                raise NotUtf8Error
-            sink.commit()
-            self._first_pass = conversion
+            self._first_pass = self._first_pass_of_format()
         except (TypeConflictError, NotUtf8Error) as redo:
-            sink.abort()
-            self._feed.close_reader()  # the rest of the upload still goes to the blob store
             self._first_pass = redo
         except BaseException as error:
-            sink.abort()
-            self._feed.close_reader()
             if not self._cancelled.is_set() and not isinstance(
                 error, PipeAbortedError | IngestCancelledError
             ):
                 self._fail(error)
+        finally:
+            self._feed.close_reader()  # the rest of the upload still goes to the blob store
+
+    def _first_pass_of_format(self) -> Conversion:
+        raw = pipe_reader(self._feed, keep_bytes=0)
+        raw.peek_chunk()  # the first bytes: after them, the format is known
+        if self._sniffed.format == Format.PARQUET:
+            return self._convert_parquet(self._spooled(raw, "upload.parquet"))
+        if self._sniffed.format == Format.XLSX:
+            return self._convert_xlsx(self._spooled(raw, "upload.xlsx"))
+        return self._convert_text_as_it_arrives(raw)
+
+    def _convert_text_as_it_arrives(self, raw: RecordingReader) -> Conversion:
+        text = DecodedText(raw, self._sniffed.compression, self._options.max_upload_bytes)
+        if not self._options.delimiter_given:
+            head = text.peek(SNIFF_TEXT_BYTES)
+            self._fmt = replace(self._fmt, delimiter=detect_delimiter(head, UTF8))
+        self._text_encoding = text.text_encoding
+        source = RecordingReader(
+            lambda: text.read(TEXT_READ_BYTES), keep_bytes=2 * self._options.limits.max_row_bytes
+        )
+        sink = self._open_parquet()
+        try:
+            conversion = convert(source, self._job(self._fmt), sink)
+            if text.encoding != UTF8:
+                raise NotUtf8Error
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        return conversion
+
+    def _spooled(self, raw: RecordingReader, name: str) -> Path:
+        """The whole upload as a local file (formats read from their end)."""
+        path = self._spool / name
+        with path.open("wb") as out:
+            while data := raw.read(SPOOL_COPY_BYTES):
+                out.write(data)
+        return path
+
+    def _convert_parquet(self, path: Path) -> Conversion:
+        result = convert_parquet(path, self._job(self._fmt))
+        self._kept_as_is = result.kept_as_is
+        if result.kept_as_is and self._cache is not None:
+            self._cache.adopt(path, self._dataset_id)
+        return result.conversion
+
+    def _convert_xlsx(self, path: Path) -> Conversion:
+        limits = self._options.limits
+        sheet = SheetText(
+            path, self._options.sheet, limits.max_columns, self._options.max_upload_bytes
+        )
+        self._sheet = sheet.sheet
+        text_path = self._spool / "sheet.csv"
+        with text_path.open("wb") as out:
+            sheet.write_csv(out, self._cancelled)
+        path.unlink(missing_ok=True)
+        self._fmt = replace(self._fmt, delimiter=",", encoding=UTF8)
+        return convert_file(self._job(self._fmt, open_source=self._open_local(text_path)))
 
     # -- after the last byte --------------------------------------------------------------
 
@@ -227,42 +317,66 @@ class Ingest:
                 f"ingest-redo-{self._dataset_id[:8]}",
             )
             conversion = await asyncio.shield(self._redo)
+        if self._kept_as_is:
+            await asyncio.to_thread(
+                self._store.copy, original_key(self._dataset_id), parquet_key(self._dataset_id)
+            )
+        await asyncio.to_thread(shutil.rmtree, self._spool, True)
+        encoding = self._text_encoding if self._fmt.encoding == UTF8 else "windows-1252"
         return IngestResult(
-            conversion, self.size_bytes, self._digest.hexdigest(), self._inspector.encoding
+            conversion,
+            self.size_bytes,
+            self._digest.hexdigest(),
+            describe(self._sniffed, encoding, self._sheet),
+            self._fmt.delimiter if self._sniffed.format != Format.PARQUET else "",
         )
 
     def _convert_from_original(self, first_pass: FirstPass) -> Conversion:
-        fmt = replace(self._fmt, encoding=self._inspector.encoding)
         logger.info(
-            "converting again from the stored original",
-            extra={"why": type(first_pass).__name__, "encoding": fmt.encoding},
+            "converting again from the stored original", extra={"why": type(first_pass).__name__}
         )
-        if isinstance(first_pass, TypeConflictError) and fmt.encoding == UTF8:
-            return convert_with_inferred_types(
-                self._open_original,
-                self._open_parquet,
-                fmt,
-                self._limits,
-                self._options,
-                self._cancelled,
-                first_pass.source_names,
-            )
-        return convert_file(
-            self._open_original,
-            self._open_parquet,
-            fmt,
-            self._limits,
-            self._options,
-            self._cancelled,
+        if isinstance(first_pass, TypeConflictError) and self._fmt.encoding == UTF8:
+            try:
+                return convert_with_inferred_types(self._job(self._fmt), first_pass.source_names)
+            except NotUtf8Error:
+                pass
+        self._fmt = replace(self._fmt, encoding=WINDOWS_1252)
+        return convert_file(self._job(self._fmt))
+
+    def _job(self, fmt: CsvFormat, open_source: object = None) -> ConversionJob:
+        return ConversionJob(
+            open_source=open_source or (lambda: self._open_original_text(fmt)),  # type: ignore[arg-type]
+            open_sink=self._open_parquet,
+            fmt=fmt,
+            limits=self._options.limits,
+            options=self._options.profile,
+            cancelled=self._cancelled,
         )
 
     @contextlib.contextmanager
-    def _open_original(self) -> Iterator[RecordingReader]:
+    def _open_original_text(self, fmt: CsvFormat) -> Iterator[RecordingReader]:
         stream = self._store.open_reader(original_key(self._dataset_id))
         try:
-            yield stream_reader(stream, keep_bytes=2 * self._limits.max_row_bytes)
+            text = DecodedText(stream, self._sniffed.compression, self._options.max_upload_bytes)
+            yield RecordingReader(
+                lambda: text.read(TEXT_READ_BYTES),
+                keep_bytes=2 * self._options.limits.max_row_bytes,
+            )
+            if fmt.encoding == UTF8 and text.finished and text.encoding != UTF8:
+                raise NotUtf8Error
         finally:
             stream.close()
+
+    def _open_local(self, path: Path) -> object:
+        @contextlib.contextmanager
+        def open_source() -> Iterator[RecordingReader]:
+            with path.open("rb") as handle:
+                yield RecordingReader(
+                    lambda: handle.read(TEXT_READ_BYTES),
+                    keep_bytes=2 * self._options.limits.max_row_bytes,
+                )
+
+        return open_source
 
     def _open_parquet(self) -> BlobWriter:
         writer = self._store.open_writer(parquet_key(self._dataset_id))
@@ -282,5 +396,6 @@ class Ingest:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(thread)
         await asyncio.to_thread(self._store.delete_prefix, dataset_prefix(self._dataset_id))
+        await asyncio.to_thread(shutil.rmtree, self._spool, True)
         if self._cache is not None:
             await asyncio.to_thread(self._cache.discard, self._dataset_id)

@@ -27,8 +27,13 @@ class DatasetRecord(Base):
     row_count: Mapped[int] = mapped_column(BigInteger, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
-    # modelyard.dataset.v1.Dataset holding only `columns`, serialized.
+    # modelyard.dataset.v1.Dataset holding `columns`, `header_repairs` and `source_format`,
+    # serialized.
     columns: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The version of the named dataset (display_name), given when it becomes READY; 0 before.
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Set by the one DeleteDataset call that removes the dataset: it is gone for every reader.
+    deleting: Mapped[bool] = mapped_column(default=False)
     error_code: Mapped[int | None] = mapped_column(Integer)
     error_reason: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -41,4 +46,14 @@ class DatasetRecord(Base):
     __table_args__ = (
         Index("ix_datasets_create_time_dataset_id", "create_time", "dataset_id"),
         Index("ix_datasets_state_lease_expire_time", "state", "lease_expire_time"),
+        Index("ix_datasets_display_name_version", "display_name", "version"),
     )
+
+
+class DatasetNameRecord(Base):
+    """A named dataset: the last version number given under its display name (never reused)."""
+
+    __tablename__ = "dataset_names"
+
+    display_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_version: Mapped[int] = mapped_column(BigInteger)

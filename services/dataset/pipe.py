@@ -124,6 +124,11 @@ class RecordingReader(io.RawIOBase):
         self._remember(data)
         return data
 
+    def peek_chunk(self) -> bytes:
+        """The bytes the next read starts with (at most one chunk), without consuming them."""
+        self._fill()
+        return self._chunk[self._offset :]
+
     def readall(self) -> bytes:
         return self.read(-1)
 

@@ -12,7 +12,10 @@ compute kernels (no per-row Python):
   limit; above it the counts of the TOP_CANDIDATES most frequent values are
   carried from group to group, so the counts shown may fall short;
 - ID-like: a STRING or INTEGER column with at least ID_LIKE_MIN_ROWS non-null
-  values of which at least ID_LIKE_DISTINCT_RATIO are distinct.
+  values of which at least ID_LIKE_DISTINCT_RATIO are distinct;
+- row number: the first column, when it is INTEGER with no missing value and
+  equal to 1, 2, ..., n or 0, 1, ..., n-1 in file order, n >= ROW_NUMBER_MIN_ROWS
+  (what R's write.csv and pandas' to_csv add in front of the data).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ DataType = dataset_pb2.Column.DataType
 
 ID_LIKE_MIN_ROWS = 20
 ID_LIKE_DISTINCT_RATIO = 0.95
+ROW_NUMBER_MIN_ROWS = 2
 # Candidates for top values carried on once a column has too many distinct values.
 TOP_CANDIDATES = 1000
 
@@ -366,6 +370,39 @@ class NumericStats:
         )
 
 
+# -- row numbers ------------------------------------------------------------------------
+
+
+class RowNumbers:
+    """Whether an integer column, seen group by group, is its rows' numbers (from 0 or 1)."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.possible = True
+        self.rows = 0
+
+    def update(self, column: pa.ChunkedArray) -> None:
+        if not self.possible:
+            return
+        if column.null_count:
+            self.possible = False
+            return
+        values = column.to_numpy()
+        if self.start is None and len(values):
+            self.start = int(values[0])
+            if self.start not in (0, 1):
+                self.possible = False
+                return
+        first = (self.start or 0) + self.rows
+        expected = np.arange(first, first + len(values), dtype=np.int64)
+        self.possible = bool(np.array_equal(values, expected))
+        self.rows += len(values)
+
+    @property
+    def found(self) -> bool:
+        return self.possible and self.rows >= ROW_NUMBER_MIN_ROWS
+
+
 # -- columns ----------------------------------------------------------------------------
 
 
@@ -382,12 +419,16 @@ class ColumnProfiler:
     distinct: DistinctCounter | None = None
     earliest: object = None
     latest: object = None
+    date_format: str = ""
+    row_numbers: RowNumbers | None = None
     data_type: dataset_pb2.Column.DataType = field(init=False)
 
     def __post_init__(self) -> None:
         self.data_type = data_type_of(self.arrow_type)
         if self.data_type in (DataType.INTEGER, DataType.FLOAT):
             self.numbers = NumericStats()
+        if self.data_type == DataType.INTEGER:
+            self.row_numbers = RowNumbers()
         if self.data_type in (DataType.STRING, DataType.BOOLEAN):
             keep = max(TOP_CANDIDATES, 10 * self.top_values)
             self.categories = ValueCounts(self.exact_distinct_limit, keep)
@@ -404,6 +445,8 @@ class ColumnProfiler:
         self.nulls += column.null_count
         if self.numbers is not None:
             self.numbers.update(column)
+        if self.row_numbers is not None:
+            self.row_numbers.update(column)
         if self.categories is not None:
             self.categories.update(column)
         if self.distinct is not None:
@@ -430,8 +473,14 @@ class ColumnProfiler:
         if self.earliest is not None and self.latest is not None:
             profile.min_value = self.earliest.isoformat()  # type: ignore[attr-defined]
             profile.max_value = self.latest.isoformat()  # type: ignore[attr-defined]
+        if self.data_type in (DataType.DATE, DataType.TIMESTAMP):
+            profile.date_format = self.date_format
         return dataset_pb2.Column(
-            name=self.name, data_type=self.data_type, id_like=self._id_like(), profile=profile
+            name=self.name,
+            data_type=self.data_type,
+            id_like=self._id_like(),
+            profile=profile,
+            row_number=self.row_numbers is not None and self.row_numbers.found,
         )
 
     def _id_like(self) -> bool:
@@ -451,6 +500,13 @@ class TableProfiler:
             ColumnProfiler(item.name, item.type, exact_distinct_limit, top_values)
             for item in schema
         ]
+        for later in self.columns[1:]:
+            later.row_numbers = None  # only the first column can hold row numbers
+
+    def set_date_formats(self, formats: list[str]) -> None:
+        """How each column's dates were written (used for DATE and TIMESTAMP columns)."""
+        for profiler, date_format in zip(self.columns, formats, strict=False):
+            profiler.date_format = date_format
 
     def update(self, table: pa.Table) -> None:
         self.rows += table.num_rows

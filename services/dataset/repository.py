@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.dataset.v1 import dataset_pb2
 from runtime.pagination import Page
-from services.dataset.models import DatasetRecord
+from services.dataset.models import DatasetNameRecord, DatasetRecord
 
 State = dataset_pb2.Dataset.State
 UPLOADING = State.Name(State.UPLOADING)
@@ -36,6 +36,19 @@ class RequestIdTakenError(Exception):
     """Another upload with the same request_id was recorded first."""
 
 
+class _NotProcessingError(Exception):
+    """The dataset is no longer PROCESSING: the transaction that would make it READY is undone."""
+
+
+@dataclass(frozen=True)
+class ReadyFields:
+    """What a dataset gets when it becomes READY."""
+
+    details: bytes
+    row_count: int
+    delimiter: str
+
+
 @dataclass(frozen=True)
 class ListFilters:
     display_name_contains: str = ""
@@ -51,8 +64,43 @@ class DatasetRepository:
         self._lease = lease
 
     async def get(self, dataset_id: str) -> DatasetRecord | None:
+        """The dataset, unless it is gone (or being deleted)."""
         async with self._sessions() as session:
-            return await session.get(DatasetRecord, dataset_id)
+            record = await session.get(DatasetRecord, dataset_id)
+            return None if record is None or record.deleting else record
+
+    async def latest_version(self, display_name: str) -> DatasetRecord | None:
+        """The READY dataset of the highest version under `display_name`."""
+        async with self._sessions() as session:
+            result = await session.execute(
+                self._versions(display_name).order_by(DatasetRecord.version.desc()).limit(1)
+            )
+            return result.scalar_one_or_none()
+
+    async def version(self, display_name: str, version: int) -> DatasetRecord | None:
+        async with self._sessions() as session:
+            result = await session.execute(
+                self._versions(display_name).where(DatasetRecord.version == version)
+            )
+            return result.scalar_one_or_none()
+
+    async def list_versions(self, display_name: str, page: Page) -> list[DatasetRecord]:
+        """One page of a name's READY versions, newest version first (one row more tells
+        there is a next page)."""
+        query = self._versions(display_name)
+        if page.after is not None:
+            query = query.where(DatasetRecord.version < int(page.after[0]))
+        query = query.order_by(DatasetRecord.version.desc()).limit(page.size + 1)
+        async with self._sessions() as session:
+            return list((await session.execute(query)).scalars())
+
+    @staticmethod
+    def _versions(display_name: str) -> Any:
+        return select(DatasetRecord).where(
+            DatasetRecord.display_name == display_name,
+            DatasetRecord.state == READY,
+            DatasetRecord.deleting.is_(False),
+        )
 
     async def get_by_request_id(self, request_id: str) -> DatasetRecord | None:
         async with self._sessions() as session:
@@ -85,16 +133,71 @@ class DatasetRepository:
             dataset_id, IN_PROGRESS, state=PROCESSING, size_bytes=size_bytes, sha256=sha256
         )
 
-    async def mark_ready(self, dataset_id: str, columns: bytes, row_count: int) -> bool:
-        """READY unless the dataset stopped being PROCESSING meanwhile (the janitor failed it)."""
-        return await self._update(
-            dataset_id,
-            (PROCESSING,),
-            state=READY,
-            columns=columns,
-            row_count=row_count,
-            lease_expire_time=None,
+    async def mark_ready(self, dataset_id: str, display_name: str, fields: ReadyFields) -> bool:
+        """READY, as the next version of its name, unless the dataset stopped being
+        PROCESSING meanwhile (the janitor failed it). One transaction: the version
+        counter only moves when the dataset does become READY."""
+        for _ in range(3):  # a first version of a new name may race another: retry it
+            try:
+                async with self._sessions.begin() as session:
+                    version = await self._next_version(session, display_name)
+                    result = await session.execute(
+                        update(DatasetRecord)
+                        .where(
+                            DatasetRecord.dataset_id == dataset_id,
+                            DatasetRecord.state == PROCESSING,
+                        )
+                        .values(
+                            update_time=utc_now(),
+                            state=READY,
+                            columns=fields.details,
+                            row_count=fields.row_count,
+                            delimiter=fields.delimiter,
+                            version=version,
+                            lease_expire_time=None,
+                        )
+                    )
+                    if not result.rowcount:  # type: ignore[attr-defined]
+                        raise _NotProcessingError
+                return True
+            except _NotProcessingError:
+                return False
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not give {display_name!r} its next version")
+
+    @staticmethod
+    async def _next_version(session: AsyncSession, display_name: str) -> int:
+        result = await session.execute(
+            update(DatasetNameRecord)
+            .where(DatasetNameRecord.display_name == display_name)
+            .values(last_version=DatasetNameRecord.last_version + 1)
+            .returning(DatasetNameRecord.last_version)
         )
+        version = result.scalar_one_or_none()
+        if version is not None:
+            return int(version)
+        session.add(DatasetNameRecord(display_name=display_name, last_version=1))
+        await session.flush()
+        return 1
+
+    async def claim_delete(self, dataset_id: str, states: Sequence[str]) -> bool:
+        """Mark the dataset as being deleted; False when another caller did first."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(DatasetRecord)
+                .where(
+                    DatasetRecord.dataset_id == dataset_id,
+                    DatasetRecord.state.in_(states),
+                    DatasetRecord.deleting.is_(False),
+                )
+                .values(deleting=True)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release_delete(self, dataset_id: str) -> None:
+        """The delete could not finish: the dataset is back for everyone."""
+        await self._update(dataset_id, (READY, FAILED), deleting=False)
 
     async def mark_failed(self, dataset_id: str, code: int, reason: str, message: str) -> bool:
         return await self._update(
@@ -125,7 +228,7 @@ class DatasetRepository:
 
     async def list_page(self, page: Page, filters: ListFilters) -> list[DatasetRecord]:
         """One page, newest first; one row more than the page size tells there is a next page."""
-        query = select(DatasetRecord)
+        query = select(DatasetRecord).where(DatasetRecord.deleting.is_(False))
         if filters.display_name_contains:
             query = query.where(
                 func.lower(DatasetRecord.display_name).contains(

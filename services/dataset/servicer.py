@@ -1,15 +1,18 @@
-"""DatasetService over gRPC: validation, dataset states, and hand-off to ingest and reading."""
+"""DatasetService over gRPC: dataset states, versions, and hand-off to ingest and reading.
+
+Checks of the requests are in `validation.py`, the mapping of rows to messages
+in `messages.py`, the pace an upload's client must keep in `upload_stream.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import re
 import time
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,10 +22,8 @@ from google.protobuf import empty_pb2
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from runtime.errors import (
     ServiceError,
-    code_from_number,
     failed_precondition,
     invalid_argument,
-    make_status,
     not_found,
     unavailable,
 )
@@ -38,122 +39,44 @@ from services.dataset.blobstore import (
 )
 from services.dataset.cache import ParquetCache
 from services.dataset.convert import CsvFormat, IngestCancelledError, Limits, ProfileOptions
-from services.dataset.ingest import Ingest, IngestResult
+from services.dataset.ingest import Ingest, IngestOptions, IngestResult
+from services.dataset.messages import limited, stored_details, to_message
 from services.dataset.models import DatasetRecord
 from services.dataset.pipe import PipeAbortedError
 from services.dataset.reading import ArrowStream, read_chunks
 from services.dataset.repository import (
+    FAILED,
     IN_PROGRESS,
     READY,
     DatasetRepository,
     ListFilters,
+    ReadyFields,
     RequestIdTakenError,
     as_utc,
 )
 from services.dataset.settings import DatasetSettings
 from services.dataset.threads import iterate_in_thread
+from services.dataset.upload_stream import Pace, UploadMessages
+from services.dataset.validation import (
+    validate_batch_rows,
+    validate_dataset_id,
+    validate_delimiter,
+    validate_display_name,
+    validate_projection,
+    validate_reference,
+    validate_request_id,
+    validate_sheet,
+)
 
 logger = logging.getLogger("modelyard.dataset")
 
 T = TypeVar("T")
 State = dataset_pb2.Dataset.State
+Header = dataset_service_pb2.UploadDatasetHeader
 
-MAX_DISPLAY_NAME_CHARS = 200
-MAX_REQUEST_ID_CHARS = 200
 DEFAULT_BATCH_ROWS = 65_536
-MAX_BATCH_ROWS = 1_048_576
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
-MAX_ERROR_MESSAGE_CHARS = 1000
-DRAIN_MAX_BYTES = 256 * 1024 * 1024
-DRAIN_MAX_SECONDS = 15.0
-
-
-# -- validation ---------------------------------------------------------------------------
-
-
-def _has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(char) == "Cc" for char in text)
-
-
-def validate_display_name(name: str) -> str:
-    if not name.strip() or len(name) > MAX_DISPLAY_NAME_CHARS or _has_control_characters(name):
-        raise invalid_argument(
-            reasons.DISPLAY_NAME_INVALID,
-            f"display_name must be 1 to {MAX_DISPLAY_NAME_CHARS} characters, "
-            "not blank, without control characters",
-        )
-    return name
-
-
-def validate_delimiter(delimiter: str) -> str:
-    if delimiter in ("", ","):
-        return ","
-    if delimiter in ("\\t", "tab"):
-        return "\t"
-    if len(delimiter) != 1 or not delimiter.isascii() or delimiter in '"\r\n':
-        raise invalid_argument(
-            reasons.DELIMITER_INVALID,
-            "delimiter must be one ASCII character other than a quote or a line break; "
-            'use "\\t" for tab',
-        )
-    return delimiter
-
-
-def validate_request_id(request_id: str) -> str | None:
-    if not request_id:
-        return None
-    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
-        raise invalid_argument(
-            reasons.REQUEST_ID_INVALID,
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters",
-        )
-    return request_id
-
-
-def validate_dataset_id(dataset_id: str) -> str:
-    if not dataset_id:
-        raise invalid_argument(reasons.DATASET_ID_INVALID, "dataset_id is required")
-    return dataset_id
-
-
-def _limited(message: str) -> str:
-    return (
-        message
-        if len(message) <= MAX_ERROR_MESSAGE_CHARS
-        else message[:MAX_ERROR_MESSAGE_CHARS] + "…"
-    )
-
-
-# -- records → messages -------------------------------------------------------------------
-
-
-def to_message(record: DatasetRecord) -> dataset_pb2.Dataset:
-    dataset = dataset_pb2.Dataset(
-        dataset_id=record.dataset_id,
-        display_name=record.display_name,
-        state=cast(dataset_pb2.Dataset.State, State.Value(record.state)),
-        csv_options=dataset_pb2.CsvOptions(
-            delimiter=record.delimiter, has_header=record.has_header
-        ),
-        row_count=record.row_count,
-        size_bytes=record.size_bytes,
-        sha256=record.sha256,
-        request_id=record.request_id or "",
-    )
-    if record.columns:
-        dataset.columns.extend(dataset_pb2.Dataset.FromString(record.columns).columns)
-    if record.error_reason:
-        dataset.error.CopyFrom(
-            make_status(
-                code_from_number(record.error_code or grpc.StatusCode.UNKNOWN.value[0]),
-                record.error_reason,
-                record.error_message or "",
-                {"dataset_id": record.dataset_id},
-            )
-        )
-    dataset.create_time.FromDatetime(as_utc(record.create_time))
-    dataset.update_time.FromDatetime(as_utc(record.update_time))
-    return dataset
+_NAME_AT_VERSION = re.compile(r"^(?P<name>.+)@(?P<version>[1-9][0-9]{0,17})$")
 
 
 def _upload_aborted() -> ServiceError:
@@ -180,23 +103,6 @@ def _as_service_error(error: Exception) -> ServiceError:
         return _blob_store_error(error)
     logger.error("ingest failed", exc_info=error)
     return ServiceError(grpc.StatusCode.INTERNAL, reasons.INTERNAL, "internal error during ingest")
-
-
-async def _drain(messages: AsyncIterator[Any]) -> None:
-    """Read what the client is still sending before answering an upload early.
-
-    grpc's asyncio client reports INTERNAL ("Internal error from Core") instead
-    of the server's status when its next write fails because the server has
-    already answered (grpc/grpc#36066). Reading the rest of the stream, up to a
-    bound, lets the client finish sending and see the real status and reason.
-    """
-    drained = 0
-    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, grpc.RpcError):
-        async with asyncio.timeout(DRAIN_MAX_SECONDS):
-            async for message in messages:
-                drained += len(message.chunk)
-                if drained > DRAIN_MAX_BYTES:
-                    break
 
 
 # -- the servicer ---------------------------------------------------------------------------
@@ -226,6 +132,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             top_values=settings.top_values,
             row_group_rows=settings.row_group_rows,
         )
+        self._pace = Pace(settings.upload_idle_seconds, settings.upload_min_bytes_per_second)
+        self._spool_dir = settings.state_dir.resolve() / "ingest-spool"
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
         # Uploads this process is working on (the janitor renews their leases), and
         # clean-ups still running after their call ended (awaited at shutdown).
         self.active_uploads: set[str] = set()
@@ -243,20 +152,27 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         request_iterator: AsyncIterator[dataset_service_pb2.UploadDatasetRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> dataset_pb2.Dataset:
-        messages = aiter(request_iterator)
+        messages = UploadMessages(aiter(request_iterator))
         try:
             return await self._upload(messages)
         finally:
-            await _drain(messages)
+            await messages.drain()
 
-    async def _upload(
-        self, messages: AsyncIterator[dataset_service_pb2.UploadDatasetRequest]
-    ) -> dataset_pb2.Dataset:
+    async def _upload(self, messages: UploadMessages) -> dataset_pb2.Dataset:
         header = await self._read_header(messages)
-        display_name = validate_display_name(header.display_name)
-        fmt = CsvFormat(
-            delimiter=validate_delimiter(header.delimiter),
-            has_header=header.has_header if header.HasField("has_header") else True,
+        display_name = await self._display_name(header)
+        delimiter = validate_delimiter(header.delimiter)
+        options = IngestOptions(
+            fmt=CsvFormat(
+                delimiter=delimiter or ",",
+                has_header=header.has_header if header.HasField("has_header") else True,
+            ),
+            delimiter_given=bool(delimiter),
+            sheet=validate_sheet(header.sheet),
+            limits=self._limits,
+            profile=self._profile_options,
+            max_upload_bytes=self._settings.max_upload_bytes,
+            spool_dir=self._spool_dir,
         )
         request_id = validate_request_id(header.request_id)
         if request_id and (earlier := await self._replay(request_id)) is not None:
@@ -266,8 +182,8 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                 dataset_id=uuid.uuid4().hex,
                 display_name=display_name,
                 request_id=request_id,
-                delimiter=fmt.delimiter,
-                has_header=fmt.has_header,
+                delimiter=delimiter,
+                has_header=options.fmt.has_header,
                 row_count=0,
                 size_bytes=0,
                 sha256="",
@@ -280,23 +196,33 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                     return earlier
                 raise self._upload_in_progress(request_id) from None
             with log_context(dataset_id=record.dataset_id):
-                return await self._ingest(record.dataset_id, fmt, self._chunks(messages))
+                return await self._ingest(record, options, self._chunks(messages))
 
-    async def _read_header(
-        self, messages: AsyncIterator[dataset_service_pb2.UploadDatasetRequest]
-    ) -> dataset_service_pb2.UploadDatasetHeader:
-        first = await anext(messages, None)
+    async def _display_name(self, header: Header) -> str:
+        """The upload's display name: given, or that of the dataset it is a new version of."""
+        if not header.new_version_of:
+            return validate_display_name(header.display_name)
+        earlier = await self._lookup(header.new_version_of)
+        if header.display_name and header.display_name != earlier.display_name:
+            raise invalid_argument(
+                reasons.DISPLAY_NAME_MISMATCH,
+                f"display_name {header.display_name[:200]!r} differs from the name of the "
+                f"dataset this is a new version of ({earlier.display_name!r}); leave it empty",
+            )
+        return earlier.display_name
+
+    async def _read_header(self, messages: UploadMessages) -> Header:
+        first = await messages.next()
         if first is None or first.WhichOneof("payload") != "header":
             raise invalid_argument(
                 reasons.HEADER_MISSING,
-                "the first message of an upload must be its header (display_name, CSV options)",
+                "the first message of an upload must be its header (display_name, options)",
             )
-        return first.header
+        header: Header = first.header
+        return header
 
-    async def _chunks(
-        self, messages: AsyncIterator[dataset_service_pb2.UploadDatasetRequest]
-    ) -> AsyncIterator[bytes]:
-        async for message in messages:
+    async def _chunks(self, messages: UploadMessages) -> AsyncIterator[bytes]:
+        async for message in messages.paced(self._pace):
             if message.WhichOneof("payload") == "header":
                 raise invalid_argument(
                     reasons.HEADER_REPEATED,
@@ -327,18 +253,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         )
 
     async def _ingest(
-        self, dataset_id: str, fmt: CsvFormat, chunks: AsyncIterator[bytes]
+        self, record: DatasetRecord, options: IngestOptions, chunks: AsyncIterator[bytes]
     ) -> dataset_pb2.Dataset:
-        settings = self._settings
-        ingest = Ingest(
-            self._store,
-            self._cache,
-            dataset_id,
-            fmt,
-            self._limits,
-            self._profile_options,
-            settings.max_upload_bytes,
-        )
+        dataset_id = record.dataset_id
+        ingest = Ingest(self._store, self._cache, dataset_id, options)
         started = time.perf_counter()
         self.active_uploads.add(dataset_id)
         try:
@@ -348,7 +266,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             stored = time.perf_counter()
             await self._repository.mark_processing(dataset_id, size_bytes, sha256)
             result = await ingest.wait_converted()
-            await self._mark_ready(dataset_id, result)
+            await self._mark_ready(record, result)
         except asyncio.CancelledError:
             self._give_up(ingest, dataset_id, _upload_aborted())
             raise
@@ -358,7 +276,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             raise ServiceError(
                 failure.code,
                 failure.reason,
-                _limited(failure.message),
+                limited(failure.message),
                 {**failure.metadata, "dataset_id": dataset_id},
             ) from None
         finally:
@@ -366,26 +284,37 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         metrics.INGESTED_BYTES.inc(result.size_bytes)
         metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
         metrics.UPLOADS.labels("READY").inc()
+        source = result.source_format
         logger.info(
             "dataset ready",
             extra={
                 "rows": result.conversion.row_count,
                 "columns": len(result.conversion.columns),
                 "size_bytes": result.size_bytes,
-                "encoding": result.encoding,
+                "format": dataset_pb2.SourceFormat.Format.Name(source.format),
+                "compression": dataset_pb2.SourceFormat.Compression.Name(source.compression),
+                "encoding": source.encoding,
+                "header_repairs": len(result.conversion.header_repairs),
                 "seconds": round(time.perf_counter() - started, 3),
                 "receive_seconds": round(received - started, 3),
                 "store_seconds": round(stored - received, 3),
                 "convert_seconds": round(time.perf_counter() - stored, 3),
             },
         )
-        record = await self._repository.get(dataset_id)
-        assert record is not None
-        return to_message(record)
+        ready = await self._repository.get(dataset_id)
+        assert ready is not None
+        return to_message(ready)
 
-    async def _mark_ready(self, dataset_id: str, result: IngestResult) -> None:
-        columns = dataset_pb2.Dataset(columns=result.conversion.columns).SerializeToString()
-        if not await self._repository.mark_ready(dataset_id, columns, result.conversion.row_count):
+    async def _mark_ready(self, record: DatasetRecord, result: IngestResult) -> None:
+        conversion = result.conversion
+        fields = ReadyFields(
+            details=stored_details(
+                conversion.columns, conversion.header_repairs, result.source_format
+            ),
+            row_count=conversion.row_count,
+            delimiter=result.delimiter,
+        )
+        if not await self._repository.mark_ready(record.dataset_id, record.display_name, fields):
             raise unavailable(
                 reasons.INGEST_INTERRUPTED,
                 "the upload took too long to renew its lease and was given up; upload again",
@@ -402,7 +331,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             except Exception:
                 logger.exception("could not remove the files of a failed upload")
             await self._repository.mark_failed(
-                dataset_id, failure.code.value[0], failure.reason, _limited(failure.message)
+                dataset_id, failure.code.value[0], failure.reason, limited(failure.message)
             )
             metrics.UPLOADS.labels(failure.reason).inc()
             logger.info(
@@ -424,9 +353,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     async def _record(self, dataset_id: str) -> DatasetRecord:
         record = await self._repository.get(validate_dataset_id(dataset_id))
         if record is None:
-            raise not_found(
-                reasons.DATASET_NOT_FOUND, f"no dataset {dataset_id!r}", dataset_id=dataset_id
-            )
+            raise _not_found(dataset_id)
         return record
 
     async def _ready_record(self, dataset_id: str) -> DatasetRecord:
@@ -440,12 +367,33 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             )
         return record
 
+    async def _lookup(self, reference: str) -> DatasetRecord:
+        """A READY dataset by id, by display name (latest version), or by name@version."""
+        validate_reference(reference)
+        record = await self._repository.get(reference) if len(reference) <= 32 else None
+        if record is not None and record.state == READY:
+            return record
+        if (record := await self._repository.latest_version(reference)) is not None:
+            return record
+        if match := _NAME_AT_VERSION.match(reference):
+            name, version = match["name"], int(match["version"])
+            if (record := await self._repository.version(name, version)) is not None:
+                return record
+        raise _not_found(reference)
+
     async def GetDataset(
         self,
         request: dataset_service_pb2.GetDatasetRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> dataset_pb2.Dataset:
         return to_message(await self._record(request.dataset_id))
+
+    async def LookupDataset(
+        self,
+        request: dataset_service_pb2.LookupDatasetRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dataset_pb2.Dataset:
+        return to_message(await self._lookup(request.reference))
 
     async def ListDatasets(
         self,
@@ -468,6 +416,24 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             )
         return response
 
+    async def ListDatasetVersions(
+        self,
+        request: dataset_service_pb2.ListDatasetVersionsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dataset_service_pb2.ListDatasetVersionsResponse:
+        display_name = validate_display_name(request.display_name)
+        scope = {"display_name": display_name}
+        page = parse_page(request.page_size, request.page_token, scope)
+        records = await self._repository.list_versions(display_name, page)
+        response = dataset_service_pb2.ListDatasetVersionsResponse(
+            datasets=[to_message(record) for record in records[: page.size]]
+        )
+        if len(records) > page.size:
+            response.next_page_token = next_page_token(
+                (str(records[page.size - 1].version), ""), scope
+            )
+        return response
+
     async def DeleteDataset(
         self,
         request: dataset_service_pb2.DeleteDatasetRequest,
@@ -481,11 +447,15 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                 "READY or FAILED",
                 dataset_id=record.dataset_id,
             )
+        # One caller wins the delete; for every other one the dataset is already gone.
+        if not await self._repository.claim_delete(record.dataset_id, (READY, FAILED)):
+            raise _not_found(record.dataset_id)
         try:
             await asyncio.to_thread(self._store.delete_prefix, dataset_prefix(record.dataset_id))
             if self._cache is not None:
                 await asyncio.to_thread(self._cache.discard, record.dataset_id)
         except (BotoCoreError, ClientError, OSError) as error:
+            await self._repository.release_delete(record.dataset_id)
             raise _blob_store_error(error) from error
         await self._repository.delete(record.dataset_id)
         logger.info("dataset deleted", extra={"dataset_id": record.dataset_id})
@@ -499,9 +469,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         record = await self._ready_record(request.dataset_id)
+        content_type = _content_type(to_message(record).source_format)
         chunks = read_chunks(self._store, original_key(record.dataset_id), DOWNLOAD_CHUNK_BYTES)
         async for chunk in self._blob_stream(iterate_in_thread(chunks, "download")):
-            yield httpbody_pb2.HttpBody(content_type="text/csv", data=chunk)
+            yield httpbody_pb2.HttpBody(content_type=content_type, data=chunk)
 
     async def ReadDataset(  # type: ignore[override]  # yields pre-serialized responses
         self,
@@ -510,18 +481,16 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Yields serialized ReadDatasetResponses (registered with a pass-through serializer)."""
         record = await self._ready_record(request.dataset_id)
-        columns = self._projection(record, list(request.columns))
-        if request.batch_rows < 0 or request.batch_rows > MAX_BATCH_ROWS:
-            raise invalid_argument(
-                reasons.BATCH_ROWS_INVALID, f"batch_rows must be between 0 and {MAX_BATCH_ROWS}"
-            )
+        names = [column.name for column in to_message(record).columns]
+        columns = validate_projection(names, list(request.columns), record.dataset_id)
+        batch_rows = validate_batch_rows(request.batch_rows)
         started = time.perf_counter()
         try:
             stream = await asyncio.to_thread(
                 ArrowStream,
                 await asyncio.to_thread(self._open_parquet, record.dataset_id),
                 columns,
-                request.batch_rows or DEFAULT_BATCH_ROWS,
+                batch_rows or DEFAULT_BATCH_ROWS,
                 self._settings.read_message_bytes,
             )
         except (BotoCoreError, ClientError, OSError, BlobNotFoundError) as error:
@@ -552,24 +521,35 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return self._store.open_random_access(key)
 
     @staticmethod
-    def _projection(record: DatasetRecord, requested: list[str]) -> list[str]:
-        names = [column.name for column in to_message(record).columns]
-        known = set(names)
-        for name in requested:
-            if name not in known:
-                raise invalid_argument(
-                    reasons.COLUMN_NOT_FOUND,
-                    f"dataset {record.dataset_id!r} has no column {name!r}",
-                    column=name,
-                )
-        if len(set(requested)) != len(requested):
-            raise invalid_argument(reasons.COLUMN_REPEATED, "a column is requested twice")
-        return requested or names
-
-    @staticmethod
     async def _blob_stream(items: AsyncIterator[T]) -> AsyncIterator[T]:
         try:
             async for item in items:
                 yield item
         except (BotoCoreError, ClientError, OSError, BlobNotFoundError) as error:
             raise _blob_store_error(error) from error
+
+
+def _not_found(reference: str) -> ServiceError:
+    return not_found(
+        reasons.DATASET_NOT_FOUND, f"no dataset {reference[:200]!r}", dataset_id=reference[:200]
+    )
+
+
+_CONTENT_TYPES = {
+    dataset_pb2.SourceFormat.Format.PARQUET: "application/vnd.apache.parquet",
+    dataset_pb2.SourceFormat.Format.XLSX: (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    ),
+}
+_COMPRESSED_TYPES = {
+    dataset_pb2.SourceFormat.Compression.GZIP: "application/gzip",
+    dataset_pb2.SourceFormat.Compression.ZSTD: "application/zstd",
+    dataset_pb2.SourceFormat.Compression.BZIP2: "application/x-bzip2",
+}
+
+
+def _content_type(source: dataset_pb2.SourceFormat) -> str:
+    """The media type of the original file, as uploaded."""
+    if source.format in _CONTENT_TYPES:
+        return _CONTENT_TYPES[source.format]
+    return _COMPRESSED_TYPES.get(source.compression, "text/csv")

@@ -91,6 +91,22 @@ class DatasetSettings(CommonSettings):
     max_concurrent_uploads: int = Field(
         default=2, ge=1, description="Uploads processed at once; more wait their turn."
     )
+    upload_idle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "An upload holding a slot whose client sends nothing for this long is refused "
+            "(UPLOAD_TOO_SLOW); also the grace period before the minimum rate applies."
+        ),
+    )
+    upload_min_bytes_per_second: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description=(
+            "Slowest client accepted while holding an upload slot, averaged over the time spent "
+            "waiting for the client (the service's own back-pressure does not count); 0: any."
+        ),
+    )
     read_message_bytes: int = Field(
         default=8 * MiB,
         ge=1 * MiB,

@@ -9,7 +9,6 @@ corpus is intact: same state, same rows, same bytes.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import io
 import random
 import zipfile
@@ -91,8 +90,16 @@ def very_long_row(tmp: Path) -> bytes:
     return f"{names}\n{values}\n".encode()
 
 
-def gzip_named_csv(_tmp: Path) -> bytes:
-    return gzip.compress(b"a,b\n1,2\n" * 100)
+def zip_of_a_csv(_tmp: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data.csv", "a,b\n1,2\n")
+    return buffer.getvalue()
+
+
+def trailing_column_filled_late(_tmp: Path) -> bytes:
+    rows = b"".join(b"%d,\n" % index for index in range(100_000))
+    return b"a,\n" + rows + b"7,late note\n"
 
 
 def xlsx_workbook(_tmp: Path) -> bytes:
@@ -117,6 +124,21 @@ def html_error_page(_tmp: Path) -> bytes:
 def types_are(expected: dict[str, str]) -> Check:
     def check(dataset: dataset_pb2.Dataset) -> None:
         assert type_names(dataset) == expected
+
+    return check
+
+
+def repaired(expected: list[tuple[int, str, str, str]]) -> Check:
+    def check(dataset: dataset_pb2.Dataset) -> None:
+        assert [
+            (
+                item.column_index,
+                item.original_name,
+                item.new_name,
+                dataset_pb2.HeaderRepair.Reason.Name(item.reason),
+            )
+            for item in dataset.header_repairs
+        ] == expected
 
     return check
 
@@ -153,14 +175,14 @@ CASES = [
     Case("ragged: a long row", text(b"a,b\n1,2\n3,4,5\n"), "RAGGED_ROWS"),
     Case("binary garbage", lambda _tmp: random.Random(7).randbytes(300_000), "BINARY_CONTENT"),
     Case("a NUL byte in text", text(b"a,b\n1,x\x00y\n"), "BINARY_CONTENT"),
-    Case("gzip file named .csv", gzip_named_csv, "COMPRESSED_CONTENT"),
-    Case("xlsx workbook", xlsx_workbook, "COMPRESSED_CONTENT"),
+    Case("a zip that is not a workbook", zip_of_a_csv, "COMPRESSED_CONTENT"),
+    Case("a zip with a workbook's name but no workbook", xlsx_workbook, "COMPRESSED_CONTENT"),
     Case(
         "old Excel .xls",
         text(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 512),
         "BINARY_CONTENT",
     ),
-    Case("UTF-16 text", text("name,age\nZoë,31\n".encode("utf-16")), "ENCODING_UNSUPPORTED"),
+    Case("UTF-32 text", text("name,age\nZoë,31\n".encode("utf-32")), "ENCODING_UNSUPPORTED"),
     Case(
         "Latin-1 text",
         text("city,population\nZürich,421878\nMálaga,578460\nCafé,1\n".encode("latin-1")),
@@ -183,10 +205,40 @@ CASES = [
         text(b"\xef\xbb\xbfid,name\n1,a\n2,b\n"),
         check=types_are({"id": "INTEGER", "name": "STRING"}),
     ),
-    Case("duplicate column names", text(b"a,b,a\n1,2,3\n"), "DUPLICATE_COLUMN_NAMES"),
-    Case("blank column name", text(b"a,,c\n1,2,3\n"), "BLANK_COLUMN_NAME"),
-    Case("whitespace column name", text(b"a, ,c\n1,2,3\n"), "BLANK_COLUMN_NAME"),
-    Case("trailing delimiter on every line", text(b"a,b,\n1,2,\n"), "BLANK_COLUMN_NAME"),
+    Case(
+        "duplicate column names",
+        text(b"a,b,a\n1,2,3\n"),
+        check=checks(
+            types_are({"a": "INTEGER", "b": "INTEGER", "a_2": "INTEGER"}),
+            repaired([(3, "a", "a_2", "DUPLICATE_NAME")]),
+        ),
+    ),
+    Case(
+        "blank column name",
+        text(b"a,,c\n1,2,3\n"),
+        check=repaired([(2, "", "unnamed_1", "BLANK_NAME")]),
+    ),
+    Case(
+        "whitespace column name",
+        text(b"a, ,c\n1,2,3\n"),
+        check=repaired([(2, " ", "unnamed_1", "BLANK_NAME")]),
+    ),
+    Case(
+        "trailing delimiter on every line",
+        text(b"a,b,\n1,2,\n3,4,\n"),
+        check=checks(
+            types_are({"a": "INTEGER", "b": "INTEGER"}),
+            repaired([(3, "", "", "EMPTY_TRAILING_COLUMN")]),
+        ),
+    ),
+    Case(
+        "trailing delimiter, and a value in the last column far down",
+        trailing_column_filled_late,
+        check=checks(
+            types_are({"a": "INTEGER", "unnamed_1": "STRING"}),
+            repaired([(2, "", "unnamed_1", "BLANK_NAME")]),
+        ),
+    ),
     Case("column name of 600 characters", text(b"x" * 600 + b",b\n1,2\n"), "COLUMN_NAME_TOO_LONG"),
     Case("10,000 columns", ten_thousand_columns, "TOO_MANY_COLUMNS", EXHAUSTED),
     Case("one 100 MB field", one_huge_field, "FIELD_TOO_LARGE", EXHAUSTED),
@@ -245,9 +297,14 @@ CASES = [
         check=types_are({"big": "FLOAT"}),
     ),
     Case(
-        "semicolons uploaded with the default delimiter",
+        "semicolons, delimiter not given",
         text(b"a;b;c\n1;2;3\n"),
-        check=types_are({"a;b;c": "STRING"}),
+        check=types_are({"a": "INTEGER", "b": "INTEGER", "c": "INTEGER"}),
+    ),
+    Case(
+        "one column with commas inside quotes, delimiter not given",
+        text(b'label\n"a, b"\n"c, d"\n'),
+        check=types_are({"label": "STRING"}),
     ),
     Case(
         "no trailing newline",

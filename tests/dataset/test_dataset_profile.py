@@ -9,7 +9,14 @@ import pyarrow as pa
 import pytest
 
 from runtime.errors import ServiceError
-from services.dataset.content import WINDOWS_1252, ContentInspector, check_signature
+from services.dataset.content import (
+    WINDOWS_1252,
+    Compression,
+    ContentInspector,
+    Format,
+    Sniffed,
+    sniff,
+)
 from services.dataset.profile import (
     ColumnProfiler,
     DistinctCounter,
@@ -117,16 +124,32 @@ def test_text_that_is_not_utf8_is_read_as_windows_1252() -> None:
 @pytest.mark.parametrize(
     ("head", "reason"),
     [
-        (b"\x1f\x8b\x08\x00", "COMPRESSED_CONTENT"),
-        (b"PK\x03\x04", "COMPRESSED_CONTENT"),
-        (b"\xff\xfea\x00", "ENCODING_UNSUPPORTED"),
-        (b"PAR1\x15\x00", "BINARY_CONTENT"),
+        (b"\xfd7zXZ\x00\x00", "COMPRESSED_CONTENT"),
+        (b"7z\xbc\xaf\x27\x1c", "COMPRESSED_CONTENT"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1", "BINARY_CONTENT"),
+        (b"\xff\xfe\x00\x00a\x00\x00\x00", "ENCODING_UNSUPPORTED"),
     ],
 )
-def test_signatures_of_files_that_are_not_csv(head: bytes, reason: str) -> None:
+def test_signatures_of_files_that_are_not_tables(head: bytes, reason: str) -> None:
     with pytest.raises(ServiceError) as raised:
-        check_signature(head)
+        sniff(head)
     assert raised.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("head", "sniffed"),
+    [
+        (b"\x1f\x8b\x08\x00", Sniffed(Format.DELIMITED_TEXT, Compression.GZIP)),
+        (b"\x28\xb5\x2f\xfd\x04", Sniffed(Format.DELIMITED_TEXT, Compression.ZSTD)),
+        (b"BZh91AY", Sniffed(Format.DELIMITED_TEXT, Compression.BZIP2)),
+        (b"PAR1\x15\x00", Sniffed(Format.PARQUET)),
+        (b"PK\x03\x04\x14\x00", Sniffed(Format.XLSX)),
+        (b"\xff\xfea\x00", Sniffed(Format.DELIMITED_TEXT)),  # UTF-16: decoded later
+        (b"a,b\n1,2", Sniffed(Format.DELIMITED_TEXT)),
+    ],
+)
+def test_formats_are_told_by_their_first_bytes(head: bytes, sniffed: Sniffed) -> None:
+    assert sniff(head) == sniffed
 
 
 def test_nul_bytes_mean_binary_content() -> None:

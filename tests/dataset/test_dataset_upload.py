@@ -267,8 +267,8 @@ async def test_repeated_request_id_returns_the_first_dataset(service: RunningSer
 
 async def test_request_id_of_a_failed_upload_can_be_retried(service: RunningService) -> None:
     request_id = f"retry-{id(service)}"
-    failure = await service.client.upload_failure(b"a,a\n1,2\n", request_id=request_id)
-    assert failure.reason == "DUPLICATE_COLUMN_NAMES"
+    failure = await service.client.upload_failure(b"a,b\n1,2\n3\n", request_id=request_id)
+    assert failure.reason == "RAGGED_ROWS"
 
     retried = await service.client.upload(b"a,b\n1,2\n", request_id=request_id)
     assert retried.state == State.READY

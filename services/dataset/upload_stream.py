@@ -1,0 +1,110 @@
+"""The messages of an upload stream, read with a pace the client must keep.
+
+An upload holds one of a few slots while its bytes arrive. A client that
+sends nothing for `idle_seconds`, or on average less than `min_bytes_per_second`
+once that long has passed, is refused (`UPLOAD_TOO_SLOW`): two trickling
+clients must not hold every slot. Only the time spent waiting for the client
+counts; time the service itself makes the client wait (a slow stage slowing
+the stream down) does not.
+
+A read is never cancelled half-way (that would close the stream): one read
+runs at a time, and a read that timed out is taken up again by `drain`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from runtime.errors import ServiceError
+from services.dataset import reasons
+
+# When the service answers early, it still reads (and drops) what the client sends,
+# up to these bounds: grpc's asyncio client reports INTERNAL ("Internal error from
+# Core") instead of the server's status when its next write fails because the
+# server has already answered (grpc/grpc#36066).
+DRAIN_MAX_BYTES = 256 * 1024 * 1024
+DRAIN_MAX_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Pace:
+    idle_seconds: float
+    min_bytes_per_second: int
+
+
+def too_slow(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, reasons.UPLOAD_TOO_SLOW, message)
+
+
+class UploadMessages:
+    """The request stream of one upload, read one message at a time."""
+
+    def __init__(self, messages: AsyncIterator[Any]) -> None:
+        self._messages = messages
+        self._pending: asyncio.Future[Any] | None = None
+        self._ended = False
+        self.waited_seconds = 0.0
+        self.received_bytes = 0
+
+    async def next(self, wait_seconds: float | None = None) -> Any | None:
+        """The next message, None at the end; TimeoutError after `wait_seconds`."""
+        if self._ended:
+            return None
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._messages))
+        started = time.monotonic()
+        done, _ = await asyncio.wait({self._pending}, timeout=wait_seconds)
+        self.waited_seconds += time.monotonic() - started
+        if not done:
+            raise TimeoutError
+        future, self._pending = self._pending, None
+        try:
+            message = future.result()
+        except StopAsyncIteration:
+            self._ended = True
+            return None
+        self.received_bytes += len(getattr(message, "chunk", b""))
+        return message
+
+    async def paced(self, pace: Pace) -> AsyncIterator[Any]:
+        """The remaining messages, refused when the client is too slow."""
+        while True:
+            try:
+                message = await self.next(wait_seconds=pace.idle_seconds)
+            except TimeoutError:
+                raise too_slow(
+                    f"the client sent nothing for {pace.idle_seconds:g} s while holding an "
+                    "upload slot"
+                ) from None
+            if message is None:
+                return
+            waited = self.waited_seconds
+            if (
+                pace.min_bytes_per_second
+                and waited > pace.idle_seconds
+                and self.received_bytes < pace.min_bytes_per_second * waited
+            ):
+                raise too_slow(
+                    f"the client sent {self.received_bytes} bytes in {waited:.0f} s, slower "
+                    f"than the {pace.min_bytes_per_second} bytes a second an upload must keep"
+                )
+            yield message
+
+    async def drain(self) -> None:
+        """Read what the client is still sending (bounded) before the call is answered."""
+        drained = 0
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, grpc.RpcError):
+            async with asyncio.timeout(DRAIN_MAX_SECONDS):
+                while (message := await self.next()) is not None:
+                    drained += len(getattr(message, "chunk", b""))
+                    if drained > DRAIN_MAX_BYTES:
+                        break
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()

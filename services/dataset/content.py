@@ -116,21 +116,54 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-class _ArrowReadable:
-    """A pyarrow input stream seen as a Python reader of bytes."""
+class _Watched(io.RawIOBase):
+    """A reader that remembers the error its last read raised."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, raw: Readable) -> None:
+        super().__init__()
+        self._raw = raw
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, size: int = -1, /) -> bytes:
-        return bytes(self._stream.read(size if size >= 0 else None))
+        try:
+            return self._raw.read(size)
+        except BaseException as error:
+            self.error = error
+            raise
+
+
+class _Decompressed:
+    """The decompressed bytes of a compressed stream (pyarrow's codecs).
+
+    A corrupt or truncated stream is the upload's fault (`COMPRESSION_INVALID`);
+    an error reading the compressed bytes themselves is raised as it was.
+    """
+
+    def __init__(self, raw: Readable, codec: str, name: str) -> None:
+        self._raw = _Watched(raw)
+        self._stream = pa.CompressedInputStream(pa.PythonFile(self._raw, mode="r"), codec)
+        self._name = name
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return bytes(self._stream.read(size if size >= 0 else None))
+        except (OSError, pa.ArrowException) as error:
+            if self._raw.error is not None:
+                raise self._raw.error from None
+            raise invalid_argument(
+                reasons.COMPRESSION_INVALID,
+                f"the {self._name} stream is truncated or corrupt: {str(error)[:160]}",
+            ) from None
 
 
 def decompressed(raw: Readable, compression: dataset_pb2.SourceFormat.Compression) -> Readable:
     codec = _COMPRESSED.get(compression)
     if codec is None:
         return raw
-    return _ArrowReadable(pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), codec))
+    return _Decompressed(raw, codec, dataset_pb2.SourceFormat.Compression.Name(compression).lower())
 
 
 class DecodedText(io.RawIOBase):

@@ -153,10 +153,14 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> dataset_pb2.Dataset:
         messages = UploadMessages(aiter(request_iterator))
+        too_slow = False
         try:
             return await self._upload(messages)
+        except ServiceError as error:
+            too_slow = error.reason == reasons.UPLOAD_TOO_SLOW
+            raise
         finally:
-            await messages.drain()
+            await messages.drain(self._pace, too_slow)
 
     async def _upload(self, messages: UploadMessages) -> dataset_pb2.Dataset:
         header = await self._read_header(messages)

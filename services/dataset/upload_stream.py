@@ -97,12 +97,15 @@ class UploadMessages:
                 )
             yield message
 
-    async def drain(self) -> None:
-        """Read what the client is still sending (bounded) before the call is answered."""
+    async def drain(self, pace: Pace, client_too_slow: bool) -> None:
+        """Read what the client is still sending (bounded) before the call is answered:
+        until it stops for `pace.idle_seconds`, and no longer than that at all for a
+        client refused as too slow."""
         drained = 0
+        limit = pace.idle_seconds if client_too_slow else DRAIN_MAX_SECONDS
         with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, grpc.RpcError):
-            async with asyncio.timeout(DRAIN_MAX_SECONDS):
-                while (message := await self.next()) is not None:
+            async with asyncio.timeout(limit):
+                while (message := await self.next(pace.idle_seconds)) is not None:
                     drained += len(getattr(message, "chunk", b""))
                     if drained > DRAIN_MAX_BYTES:
                         break

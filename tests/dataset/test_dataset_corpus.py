@@ -9,6 +9,7 @@ corpus is intact: same state, same rows, same bytes.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import random
 import zipfile
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from devstack.components import S3Server
@@ -88,6 +92,78 @@ def very_long_row(tmp: Path) -> bytes:
     names = ",".join(f"c{index}" for index in range(500))
     values = ",".join("v" * 8000 for _ in range(500))
     return f"{names}\n{values}\n".encode()
+
+
+def truncated_parquet(_tmp: Path) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"a": list(range(10_000)), "b": ["x"] * 10_000}), sink)
+    return sink.getvalue()[: sink.tell() // 2]
+
+
+def nested_parquet(_tmp: Path) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"id": [1, 2], "tags": [["a", "b"], ["c"]]}), sink)
+    return sink.getvalue()
+
+
+def gzip_bomb(_tmp: Path) -> bytes:
+    """1 GiB of zeros in 64 gzip members of 16 MiB each: about 1 MB to upload."""
+    member = gzip.compress(bytes(16 * MiB), compresslevel=9)
+    return member * 64
+
+
+def truncated_gzip(_tmp: Path) -> bytes:
+    return gzip.compress(b"a,b\n" + b"1,2\n" * 50_000)[:-64]
+
+
+def xlsx_with_formulas_and_merged_cells(_tmp: Path) -> bytes:
+    """A workbook as people make them: a merged title over two columns, formulas (one
+    with the value Excel saved, one without), an error value, a blank row."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["price", "quantity", "total"])
+    sheet.merge_cells("A1:B1")  # the header "price" spans two columns: B1 is empty
+    sheet.append([2.5, 4, "=A2*B2"])
+    sheet.append([1.25, 2, "=A3*B3"])
+    sheet.append([])
+    sheet.append([3.0, 1, "=1/0"])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    # openpyxl saves formulas without values; add the value Excel would have cached
+    # for the first one, as a file saved by Excel has.
+    return _with_cached_value(buffer.getvalue(), "C2", "10")
+
+
+def _with_cached_value(data: bytes, cell: str, value: str) -> bytes:
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                text = content.decode()
+                start = text.index(f'<c r="{cell}"')
+                empty = text.index("<v />", start)
+                text = text[:empty] + f"<v>{value}</v>" + text[empty + len("<v />") :]
+                content = text.encode()
+            target.writestr(info, content)
+    return out.getvalue()
+
+
+def corrupt_xlsx(_tmp: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/workbook.xml", "<workbook><sheets><sheet name=")
+    return buffer.getvalue()
+
+
+def xlsx_values(dataset: dataset_pb2.Dataset) -> None:
+    assert [item.name for item in dataset.columns] == ["price", "unnamed_1", "total"]
+    assert [r.new_name for r in dataset.header_repairs] == ["unnamed_1"]
+    assert type_names(dataset)["total"] == "INTEGER"  # 10, then missing values
+    assert column(dataset, "total").profile.null_count == 2
+    assert dataset.row_count == 3  # the blank row is skipped
 
 
 def zip_of_a_csv(_tmp: Path) -> bytes:
@@ -176,6 +252,21 @@ CASES = [
     Case("binary garbage", lambda _tmp: random.Random(7).randbytes(300_000), "BINARY_CONTENT"),
     Case("a NUL byte in text", text(b"a,b\n1,x\x00y\n"), "BINARY_CONTENT"),
     Case("a zip that is not a workbook", zip_of_a_csv, "COMPRESSED_CONTENT"),
+    Case("a truncated Parquet file", truncated_parquet, "PARQUET_INVALID"),
+    Case("Parquet with a list column", nested_parquet, "COLUMN_TYPE_UNSUPPORTED"),
+    Case("a gzip bomb of zeros", gzip_bomb, "BINARY_CONTENT"),
+    Case("a truncated gzip file", truncated_gzip, "COMPRESSION_INVALID"),
+    Case(
+        "gzip of a gzip file",
+        lambda _tmp: gzip.compress(gzip.compress(b"a\n1\n")),
+        "COMPRESSED_CONTENT",
+    ),
+    Case("a workbook that is not valid XML", corrupt_xlsx, "XLSX_INVALID"),
+    Case(
+        "XLSX with formulas, merged cells and an error value",
+        xlsx_with_formulas_and_merged_cells,
+        check=xlsx_values,
+    ),
     Case("a zip with a workbook's name but no workbook", xlsx_workbook, "COMPRESSED_CONTENT"),
     Case(
         "old Excel .xls",

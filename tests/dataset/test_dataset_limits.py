@@ -1,11 +1,19 @@
-"""Configured limits refuse uploads with RESOURCE_EXHAUSTED or INVALID_ARGUMENT and a reason."""
+"""Configured limits refuse uploads with RESOURCE_EXHAUSTED or INVALID_ARGUMENT and a reason,
+whatever the format the table comes in."""
 
 from __future__ import annotations
 
+import gzip
+import io
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from modelyard.dataset.v1 import dataset_pb2
 from tests.dataset.conftest import RunningService, start_in_process, stop_in_process
@@ -30,10 +38,40 @@ async def limited(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
     await stop_in_process(running)
 
 
+def parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def workbook(rows: list[list[Any]]) -> bytes:
+    book = openpyxl.Workbook()
+    for row in rows:
+        book.active.append(row)
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()
+
+
+ROWS = b"a,b\n" + b"1,2\n" * 200_000  # 800 KB of text, a few KB compressed
+
+
 @pytest.mark.parametrize(
     ("data", "code", "reason"),
     [
         (b"a,b\n" + b"1,2\n" * 20_000, EXHAUSTED, "UPLOAD_TOO_LARGE"),
+        (gzip.compress(ROWS), EXHAUSTED, "UPLOAD_TOO_LARGE"),  # a bomb: small, decompresses far
+        (zstandard.compress(ROWS), EXHAUSTED, "UPLOAD_TOO_LARGE"),
+        (workbook([["a", "b"]] + [[1, 2]] * 5_000), EXHAUSTED, "UPLOAD_TOO_LARGE"),
+        (workbook([list("abcdef"), [1, 2, 3, 4, 5, 6]]), EXHAUSTED, "TOO_MANY_COLUMNS"),
+        (workbook([["a", "b"], [1, "y" * 101]]), EXHAUSTED, "FIELD_TOO_LARGE"),
+        (parquet(pa.table({c: [1] for c in "abcdef"})), EXHAUSTED, "TOO_MANY_COLUMNS"),
+        (parquet(pa.table({"a": [1], "b": ["y" * 101]})), EXHAUSTED, "FIELD_TOO_LARGE"),
+        (
+            parquet(pa.table({"a_long_column_name": [1]})),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "COLUMN_NAME_TOO_LONG",
+        ),
         (b"a,b,c,d,e,f\n1,2,3,4,5,6\n", EXHAUSTED, "TOO_MANY_COLUMNS"),
         (b"a,b\n1," + b"y" * 101 + b"\n", EXHAUSTED, "FIELD_TOO_LARGE"),
         (b"a_long_column_name,b\n1,2\n", grpc.StatusCode.INVALID_ARGUMENT, "COLUMN_NAME_TOO_LONG"),

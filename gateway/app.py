@@ -8,6 +8,7 @@ JSON, and one JSON log line. Nothing here knows any particular RPC.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -187,6 +188,8 @@ class Gateway:
                     make_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
                 )
             response.headers[REQUEST_ID_HEADER] = request_id
+            if response.status_code >= 400:
+                await _drain_unread_body(request)
             # A stream that broke off was logged where it happened; the client sees it cut.
             with contextlib.suppress(StreamBrokenOff):
                 await response(scope, receive, send)
@@ -381,3 +384,30 @@ def _body_too_large(limit: int) -> GatewayError:
 
 def create_app(settings: GatewaySettings | None = None) -> Gateway:
     return Gateway(settings or GatewaySettings())
+
+
+# Bounds of the body read (and dropped) before an early error answer.
+DRAIN_MAX_BYTES = 256 * 1024 * 1024
+DRAIN_MAX_SECONDS = 15.0
+
+
+async def _drain_unread_body(request: Request) -> None:
+    """Read what the client still sends of a body nobody read, before answering an error.
+
+    Clients that send the whole body before reading the answer (urllib, requests with
+    a file) see the connection reset, not the error, when the server answers and
+    closes while they are still sending (an upload refused for its token, say).
+    Bounded in bytes and time; a body already read (even in part) is left alone.
+    """
+    if getattr(request, "_stream_consumed", True):
+        return
+    headers = request.headers
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return
+    drained = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_MAX_SECONDS):
+            async for piece in request.stream():
+                drained += len(piece)
+                if drained > DRAIN_MAX_BYTES:
+                    break

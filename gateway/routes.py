@@ -60,8 +60,23 @@ class StreamingMedia:
 
 # The streaming exceptions: only media types and event names, keyed by method full name.
 STREAMING_MEDIA: dict[str, StreamingMedia] = {
+    # The Dataset service tells formats from their bytes: these are the types clients
+    # label its formats with (delimited text, compressed text, Parquet, XLSX).
     "modelyard.dataset.v1.DatasetService.UploadDataset": StreamingMedia(
-        upload_types=("text/csv", "application/octet-stream")
+        upload_types=(
+            "text/csv",
+            "application/octet-stream",
+            "text/plain",
+            "text/tab-separated-values",
+            "application/csv",
+            "application/gzip",
+            "application/x-gzip",
+            "application/zstd",
+            "application/x-bzip2",
+            "application/vnd.apache.parquet",
+            "application/x-parquet",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        )
     ),
     "modelyard.dataset.v1.DatasetService.DownloadDataset": StreamingMedia(response_type="text/csv"),
     "modelyard.dataset.v1.DatasetService.ReadDataset": StreamingMedia(

@@ -194,6 +194,27 @@ class FakeDatasets(dataset_service_pb2_grpc.DatasetServiceServicer):
         self.recorder.record("ListDatasets", request, context)
         return dataset_service_pb2.ListDatasetsResponse(next_page_token="next")
 
+    async def ListDatasetVersions(
+        self,
+        request: dataset_service_pb2.ListDatasetVersionsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dataset_service_pb2.ListDatasetVersionsResponse:
+        self.recorder.record("ListDatasetVersions", request, context)
+        return dataset_service_pb2.ListDatasetVersionsResponse()
+
+    async def LookupDataset(
+        self,
+        request: dataset_service_pb2.LookupDatasetRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dataset_pb2.Dataset:
+        self.recorder.record("LookupDataset", request, context)
+        error = _error_for(request.reference)
+        if error:
+            raise error
+        return dataset_pb2.Dataset(
+            dataset_id="d1", display_name=request.reference, state=dataset_pb2.Dataset.READY
+        )
+
     async def DeleteDataset(
         self,
         request: dataset_service_pb2.DeleteDatasetRequest,

@@ -39,16 +39,16 @@ Compression = dataset_pb2.SourceFormat.Compression
 @dataclass(frozen=True)
 class Sniffed:
     format: dataset_pb2.SourceFormat.Format
-    compression: dataset_pb2.SourceFormat.Compression = Compression.UNCOMPRESSED
+    compression: dataset_pb2.SourceFormat.Compression = Compression.COMPRESSION_NONE
 
 
 # What a table can start with, beyond plain text.
 _ACCEPTED: list[tuple[bytes, Sniffed]] = [
-    (b"\x1f\x8b", Sniffed(Format.DELIMITED_TEXT, Compression.GZIP)),
-    (b"\x28\xb5\x2f\xfd", Sniffed(Format.DELIMITED_TEXT, Compression.ZSTD)),
-    (b"BZh", Sniffed(Format.DELIMITED_TEXT, Compression.BZIP2)),
-    (b"PAR1", Sniffed(Format.PARQUET)),
-    (b"PK\x03\x04", Sniffed(Format.XLSX)),
+    (b"\x1f\x8b", Sniffed(Format.FORMAT_DELIMITED_TEXT, Compression.COMPRESSION_GZIP)),
+    (b"\x28\xb5\x2f\xfd", Sniffed(Format.FORMAT_DELIMITED_TEXT, Compression.COMPRESSION_ZSTD)),
+    (b"BZh", Sniffed(Format.FORMAT_DELIMITED_TEXT, Compression.COMPRESSION_BZIP2)),
+    (b"PAR1", Sniffed(Format.FORMAT_PARQUET)),
+    (b"PK\x03\x04", Sniffed(Format.FORMAT_XLSX)),
 ]
 # What a table can never start with, and what the user probably sent instead.
 _REFUSED: list[tuple[bytes, str, str]] = [
@@ -60,9 +60,9 @@ _REFUSED: list[tuple[bytes, str, str]] = [
     (b"\x00\x00\xfe\xff", reasons.ENCODING_UNSUPPORTED, "UTF-32 text; save it as UTF-8"),
 ]
 _COMPRESSED = {
-    Compression.GZIP: "gzip",
-    Compression.ZSTD: "zstd",
-    Compression.BZIP2: "bz2",
+    Compression.COMPRESSION_GZIP: "gzip",
+    Compression.COMPRESSION_ZSTD: "zstd",
+    Compression.COMPRESSION_BZIP2: "bz2",
 }
 
 
@@ -74,7 +74,7 @@ def sniff(head: bytes) -> Sniffed:
     for signature, sniffed in _ACCEPTED:
         if head.startswith(signature):
             return sniffed
-    return Sniffed(Format.DELIMITED_TEXT)
+    return Sniffed(Format.FORMAT_DELIMITED_TEXT)
 
 
 def _binary_content() -> ServiceError:
@@ -163,7 +163,7 @@ def decompressed(raw: Readable, compression: dataset_pb2.SourceFormat.Compressio
     codec = _COMPRESSED.get(compression)
     if codec is None:
         return raw
-    return _Decompressed(raw, codec, dataset_pb2.SourceFormat.Compression.Name(compression).lower())
+    return _Decompressed(raw, codec, codec.replace("bz2", "bzip2"))
 
 
 class DecodedText(io.RawIOBase):
@@ -243,7 +243,7 @@ class DecodedText(io.RawIOBase):
 
     def _start(self, data: bytes) -> bytes:
         self._started = True
-        if self._compression != Compression.UNCOMPRESSED:
+        if self._compression != Compression.COMPRESSION_NONE:
             if data[:4] == b"PAR1" or data[:4] == b"PK\x03\x04" or sniff_compressed(data):
                 raise invalid_argument(
                     reasons.COMPRESSED_CONTENT,
@@ -287,7 +287,7 @@ def describe(sniffed: Sniffed, text_encoding: str, sheet: str = "") -> dataset_p
     return dataset_pb2.SourceFormat(
         format=sniffed.format,
         compression=sniffed.compression,
-        encoding=text_encoding if sniffed.format == Format.DELIMITED_TEXT else "",
+        encoding=text_encoding if sniffed.format == Format.FORMAT_DELIMITED_TEXT else "",
         sheet=sheet,
     )
 

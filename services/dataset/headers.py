@@ -53,7 +53,7 @@ class Header:
                 column_index=index + 1,
                 original_name=self.source_names[index],
                 new_name="",
-                reason=Reason.EMPTY_TRAILING_COLUMN,
+                reason=Reason.REASON_EMPTY_TRAILING_COLUMN,
             )
         )
         return Header(self.source_names, self.names[:index], repairs, None)
@@ -93,9 +93,9 @@ def repair_header(source_names: Sequence[str], has_header: bool, limits: HeaderL
     repairs: list[dataset_pb2.HeaderRepair] = []
     for index, original in enumerate(source_names):
         if not original.strip():
-            name, reason = _unique(f"unnamed_{index}", taken | used), Reason.BLANK_NAME
+            name, reason = _unique(f"unnamed_{index}", taken | used), Reason.REASON_BLANK_NAME
         elif original in used:
-            name, reason = _unique(original, taken | used), Reason.DUPLICATE_NAME
+            name, reason = _unique(original, taken | used), Reason.REASON_DUPLICATE_NAME
         else:
             name, reason = original, Reason.REASON_UNSPECIFIED
         used.add(name)

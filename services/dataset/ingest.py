@@ -130,7 +130,7 @@ class Ingest:
         self._threads: list[asyncio.Future[None]] = []
         self._redo: asyncio.Future[Conversion] | None = None
         self._first_pass: FirstPass = None
-        self._sniffed = Sniffed(Format.DELIMITED_TEXT)
+        self._sniffed = Sniffed(Format.FORMAT_DELIMITED_TEXT)
         self._text_encoding = "UTF-8"
         self._sheet = ""
         self._kept_as_is = False
@@ -171,7 +171,7 @@ class Ingest:
     def _identify(self, head: bytes) -> None:
         """What the file is, from its first bytes, before any of them is handed on."""
         self._sniffed = sniff(head)
-        if self._options.sheet and self._sniffed.format != Format.XLSX:
+        if self._options.sheet and self._sniffed.format != Format.FORMAT_XLSX:
             raise invalid_argument(
                 reasons.SHEET_NOT_FOUND,
                 "a sheet was named, but the file is not an XLSX workbook",
@@ -243,9 +243,9 @@ class Ingest:
     def _first_pass_of_format(self) -> Conversion:
         raw = pipe_reader(self._feed, keep_bytes=0)
         raw.peek_chunk()  # the first bytes: after them, the format is known
-        if self._sniffed.format == Format.PARQUET:
+        if self._sniffed.format == Format.FORMAT_PARQUET:
             return self._convert_parquet(self._spooled(raw, "upload.parquet"))
-        if self._sniffed.format == Format.XLSX:
+        if self._sniffed.format == Format.FORMAT_XLSX:
             return self._convert_xlsx(self._spooled(raw, "upload.xlsx"))
         return self._convert_text_as_it_arrives(raw)
 
@@ -328,7 +328,7 @@ class Ingest:
             self.size_bytes,
             self._digest.hexdigest(),
             describe(self._sniffed, encoding, self._sheet),
-            self._fmt.delimiter if self._sniffed.format != Format.PARQUET else "",
+            self._fmt.delimiter if self._sniffed.format != Format.FORMAT_PARQUET else "",
         )
 
     def _convert_from_original(self, first_pass: FirstPass) -> Conversion:

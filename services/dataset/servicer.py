@@ -396,8 +396,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self,
         request: dataset_service_pb2.LookupDatasetRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> dataset_pb2.Dataset:
-        return to_message(await self._lookup(request.reference))
+    ) -> dataset_service_pb2.LookupDatasetResponse:
+        return dataset_service_pb2.LookupDatasetResponse(
+            dataset=to_message(await self._lookup(request.reference))
+        )
 
     async def ListDatasets(
         self,
@@ -540,15 +542,15 @@ def _not_found(reference: str) -> ServiceError:
 
 
 _CONTENT_TYPES = {
-    dataset_pb2.SourceFormat.Format.PARQUET: "application/vnd.apache.parquet",
-    dataset_pb2.SourceFormat.Format.XLSX: (
+    dataset_pb2.SourceFormat.Format.FORMAT_PARQUET: "application/vnd.apache.parquet",
+    dataset_pb2.SourceFormat.Format.FORMAT_XLSX: (
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     ),
 }
 _COMPRESSED_TYPES = {
-    dataset_pb2.SourceFormat.Compression.GZIP: "application/gzip",
-    dataset_pb2.SourceFormat.Compression.ZSTD: "application/zstd",
-    dataset_pb2.SourceFormat.Compression.BZIP2: "application/x-bzip2",
+    dataset_pb2.SourceFormat.Compression.COMPRESSION_GZIP: "application/gzip",
+    dataset_pb2.SourceFormat.Compression.COMPRESSION_ZSTD: "application/zstd",
+    dataset_pb2.SourceFormat.Compression.COMPRESSION_BZIP2: "application/x-bzip2",
 }
 
 

@@ -301,25 +301,25 @@ CASES = [
         text(b"a,b,a\n1,2,3\n"),
         check=checks(
             types_are({"a": "INTEGER", "b": "INTEGER", "a_2": "INTEGER"}),
-            repaired([(3, "a", "a_2", "DUPLICATE_NAME")]),
+            repaired([(3, "a", "a_2", "REASON_DUPLICATE_NAME")]),
         ),
     ),
     Case(
         "blank column name",
         text(b"a,,c\n1,2,3\n"),
-        check=repaired([(2, "", "unnamed_1", "BLANK_NAME")]),
+        check=repaired([(2, "", "unnamed_1", "REASON_BLANK_NAME")]),
     ),
     Case(
         "whitespace column name",
         text(b"a, ,c\n1,2,3\n"),
-        check=repaired([(2, " ", "unnamed_1", "BLANK_NAME")]),
+        check=repaired([(2, " ", "unnamed_1", "REASON_BLANK_NAME")]),
     ),
     Case(
         "trailing delimiter on every line",
         text(b"a,b,\n1,2,\n3,4,\n"),
         check=checks(
             types_are({"a": "INTEGER", "b": "INTEGER"}),
-            repaired([(3, "", "", "EMPTY_TRAILING_COLUMN")]),
+            repaired([(3, "", "", "REASON_EMPTY_TRAILING_COLUMN")]),
         ),
     ),
     Case(
@@ -327,7 +327,7 @@ CASES = [
         trailing_column_filled_late,
         check=checks(
             types_are({"a": "INTEGER", "unnamed_1": "STRING"}),
-            repaired([(2, "", "unnamed_1", "BLANK_NAME")]),
+            repaired([(2, "", "unnamed_1", "REASON_BLANK_NAME")]),
         ),
     ),
     Case("column name of 600 characters", text(b"x" * 600 + b",b\n1,2\n"), "COLUMN_NAME_TOO_LONG"),

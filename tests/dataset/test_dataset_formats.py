@@ -62,21 +62,36 @@ def assert_same_table(dataset: dataset_pb2.Dataset, table: pa.Table) -> None:
 
 Maker = Callable[[], bytes]
 TEXT_FILES: list[tuple[str, Maker, int, str]] = [
-    ("gzip (Python's gzip)", lambda: gzip.compress(pandas_csv()), Compression.GZIP, "UTF-8"),
-    ("zstd (zstandard)", lambda: zstandard.compress(pandas_csv()), Compression.ZSTD, "UTF-8"),
-    ("bzip2 (Python's bz2)", lambda: bz2.compress(pandas_csv()), Compression.BZIP2, "UTF-8"),
-    ("TSV (pandas, sep=tab)", lambda: pandas_csv(sep="\t"), Compression.UNCOMPRESSED, "UTF-8"),
+    (
+        "gzip (Python's gzip)",
+        lambda: gzip.compress(pandas_csv()),
+        Compression.COMPRESSION_GZIP,
+        "UTF-8",
+    ),
+    (
+        "zstd (zstandard)",
+        lambda: zstandard.compress(pandas_csv()),
+        Compression.COMPRESSION_ZSTD,
+        "UTF-8",
+    ),
+    (
+        "bzip2 (Python's bz2)",
+        lambda: bz2.compress(pandas_csv()),
+        Compression.COMPRESSION_BZIP2,
+        "UTF-8",
+    ),
+    ("TSV (pandas, sep=tab)", lambda: pandas_csv(sep="\t"), Compression.COMPRESSION_NONE, "UTF-8"),
     (
         # What a spreadsheet's "Unicode text" export is: tab-separated UTF-16LE with a BOM.
         "UTF-16 with a BOM, tab-separated",
         lambda: FRAME.to_csv(index=False, sep="\t").encode("utf-16"),
-        Compression.UNCOMPRESSED,
+        Compression.COMPRESSION_NONE,
         "UTF-16LE",
     ),
     (
         "gzip of UTF-16 big-endian",
         lambda: gzip.compress(b"\xfe\xff" + pandas_csv().decode().encode("utf-16-be")),
-        Compression.GZIP,
+        Compression.COMPRESSION_GZIP,
         "UTF-16BE",
     ),
 ]
@@ -94,7 +109,7 @@ async def test_text_files(
     dataset = await service.client.upload(data, display_name="formats-text", chunk_bytes=1000)
     table, _ = await service.client.read(dataset.dataset_id)
     assert_same_table(dataset, table)
-    assert dataset.source_format.format == Format.DELIMITED_TEXT
+    assert dataset.source_format.format == Format.FORMAT_DELIMITED_TEXT
     assert dataset.source_format.compression == compression
     assert dataset.source_format.encoding == encoding
     assert dataset.size_bytes == len(data)
@@ -154,7 +169,7 @@ async def test_parquet_with_contract_types_is_stored_as_is(service: RunningServi
     dataset = await service.client.upload(data, display_name="formats-parquet")
     read, _ = await service.client.read(dataset.dataset_id)
     assert_same_table(dataset, read)
-    assert dataset.source_format.format == Format.PARQUET
+    assert dataset.source_format.format == Format.FORMAT_PARQUET
     assert dataset.csv_options.delimiter == ""
     assert column(dataset, "visitors").profile.numeric.max == 709037
     keys = service.blob_keys(dataset.dataset_id)
@@ -205,7 +220,7 @@ async def test_xlsx_written_by_pandas(service: RunningService) -> None:
     dataset = await service.client.upload(buffer.getvalue(), display_name="formats-xlsx")
     table, _ = await service.client.read(dataset.dataset_id)
     assert_same_table(dataset, table)
-    assert dataset.source_format.format == Format.XLSX
+    assert dataset.source_format.format == Format.FORMAT_XLSX
     assert dataset.source_format.sheet == "cities"
 
 

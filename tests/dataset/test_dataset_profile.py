@@ -139,13 +139,16 @@ def test_signatures_of_files_that_are_not_tables(head: bytes, reason: str) -> No
 @pytest.mark.parametrize(
     ("head", "sniffed"),
     [
-        (b"\x1f\x8b\x08\x00", Sniffed(Format.DELIMITED_TEXT, Compression.GZIP)),
-        (b"\x28\xb5\x2f\xfd\x04", Sniffed(Format.DELIMITED_TEXT, Compression.ZSTD)),
-        (b"BZh91AY", Sniffed(Format.DELIMITED_TEXT, Compression.BZIP2)),
-        (b"PAR1\x15\x00", Sniffed(Format.PARQUET)),
-        (b"PK\x03\x04\x14\x00", Sniffed(Format.XLSX)),
-        (b"\xff\xfea\x00", Sniffed(Format.DELIMITED_TEXT)),  # UTF-16: decoded later
-        (b"a,b\n1,2", Sniffed(Format.DELIMITED_TEXT)),
+        (b"\x1f\x8b\x08\x00", Sniffed(Format.FORMAT_DELIMITED_TEXT, Compression.COMPRESSION_GZIP)),
+        (
+            b"\x28\xb5\x2f\xfd\x04",
+            Sniffed(Format.FORMAT_DELIMITED_TEXT, Compression.COMPRESSION_ZSTD),
+        ),
+        (b"BZh91AY", Sniffed(Format.FORMAT_DELIMITED_TEXT, Compression.COMPRESSION_BZIP2)),
+        (b"PAR1\x15\x00", Sniffed(Format.FORMAT_PARQUET)),
+        (b"PK\x03\x04\x14\x00", Sniffed(Format.FORMAT_XLSX)),
+        (b"\xff\xfea\x00", Sniffed(Format.FORMAT_DELIMITED_TEXT)),  # UTF-16: decoded later
+        (b"a,b\n1,2", Sniffed(Format.FORMAT_DELIMITED_TEXT)),
     ],
 )
 def test_formats_are_told_by_their_first_bytes(head: bytes, sniffed: Sniffed) -> None:

@@ -26,7 +26,7 @@ def repairs(names: list[str]) -> tuple[list[str], list[tuple[int, str, str, str]
 def test_a_blank_name_gets_a_generated_one_unique_against_the_others() -> None:
     assert repairs(["", "a", "unnamed_0"]) == (
         ["unnamed_0_2", "a", "unnamed_0"],
-        [(1, "", "unnamed_0_2", "BLANK_NAME")],
+        [(1, "", "unnamed_0_2", "REASON_BLANK_NAME")],
     )
 
 
@@ -34,9 +34,9 @@ def test_repeated_names_get_suffixes_that_no_other_column_has() -> None:
     assert repairs(["a", "a", "a_2", "a", " "]) == (
         ["a", "a_3", "a_2", "a_4", "unnamed_4"],
         [
-            (2, "a", "a_3", "DUPLICATE_NAME"),
-            (4, "a", "a_4", "DUPLICATE_NAME"),
-            (5, " ", "unnamed_4", "BLANK_NAME"),
+            (2, "a", "a_3", "REASON_DUPLICATE_NAME"),
+            (4, "a", "a_4", "REASON_DUPLICATE_NAME"),
+            (5, " ", "unnamed_4", "REASON_BLANK_NAME"),
         ],
     )
 
@@ -47,7 +47,7 @@ def test_a_trailing_blank_column_can_be_dropped_with_its_repair_recorded() -> No
     dropped = header.drop_trailing()
     assert dropped.names == ["a", "b"]
     assert [(r.column_index, r.new_name, Reason.Name(r.reason)) for r in dropped.repairs] == [
-        (3, "", "EMPTY_TRAILING_COLUMN")
+        (3, "", "REASON_EMPTY_TRAILING_COLUMN")
     ]
 
 

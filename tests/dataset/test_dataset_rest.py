@@ -104,15 +104,15 @@ def xlsx_body() -> bytes:
 
 
 BODIES = [
-    ("application/gzip", lambda: gzip.compress(b"a,b\n1,x\n2,y\n3,z\n"), "GZIP"),
-    ("text/tab-separated-values", lambda: b"a\tb\n1\tx\n2\ty\n3\tz\n", "UNCOMPRESSED"),
-    ("application/vnd.apache.parquet", parquet_body, "UNCOMPRESSED"),
+    ("application/gzip", lambda: gzip.compress(b"a,b\n1,x\n2,y\n3,z\n"), "COMPRESSION_GZIP"),
+    ("text/tab-separated-values", lambda: b"a\tb\n1\tx\n2\ty\n3\tz\n", "COMPRESSION_NONE"),
+    ("application/vnd.apache.parquet", parquet_body, "COMPRESSION_NONE"),
     (
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         xlsx_body,
-        "UNCOMPRESSED",
+        "COMPRESSION_NONE",
     ),
-    ("application/octet-stream", parquet_body, "UNCOMPRESSED"),
+    ("application/octet-stream", parquet_body, "COMPRESSION_NONE"),
 ]
 
 
@@ -142,7 +142,12 @@ def test_versions_over_rest(rest: Rest) -> None:
     second = post(rest, b",a\n0,1\n1,2\n2,3\n", "text/csv", newVersionOf=name).json()
     assert (first["version"], second["version"]) == ("1", "2")
     assert first["headerRepairs"] == [
-        {"columnIndex": 1, "originalName": "", "newName": "unnamed_0", "reason": "BLANK_NAME"}
+        {
+            "columnIndex": 1,
+            "originalName": "",
+            "newName": "unnamed_0",
+            "reason": "REASON_BLANK_NAME",
+        }
     ]
     assert first["columns"][0]["rowNumber"] is True
     listed = requests.get(
@@ -158,7 +163,7 @@ def test_versions_over_rest(rest: Rest) -> None:
         headers=rest.headers(),
         timeout=30,
     ).json()
-    assert found["datasetId"] == first["datasetId"]
+    assert found["dataset"]["datasetId"] == first["datasetId"]
     missing = post(rest, b"a\n1\n", "text/csv", newVersionOf=f"{name}-typo")
     assert missing.status_code == 404
     assert reason_of(missing.json()) == "DATASET_NOT_FOUND"

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 async def lookup(client: DatasetClient, reference: str) -> dataset_pb2.Dataset:
     request = dataset_service_pb2.LookupDatasetRequest(reference=reference)
-    dataset: dataset_pb2.Dataset = await client.stub.LookupDataset(request, timeout=30)
+    response = await client.stub.LookupDataset(request, timeout=30)
+    dataset: dataset_pb2.Dataset = response.dataset
     return dataset
 
 

@@ -206,13 +206,15 @@ class FakeDatasets(dataset_service_pb2_grpc.DatasetServiceServicer):
         self,
         request: dataset_service_pb2.LookupDatasetRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> dataset_pb2.Dataset:
+    ) -> dataset_service_pb2.LookupDatasetResponse:
         self.recorder.record("LookupDataset", request, context)
         error = _error_for(request.reference)
         if error:
             raise error
-        return dataset_pb2.Dataset(
-            dataset_id="d1", display_name=request.reference, state=dataset_pb2.Dataset.READY
+        return dataset_service_pb2.LookupDatasetResponse(
+            dataset=dataset_pb2.Dataset(
+                dataset_id="d1", display_name=request.reference, state=dataset_pb2.Dataset.READY
+            )
         )
 
     async def DeleteDataset(

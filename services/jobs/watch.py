@@ -15,6 +15,15 @@ neither. A change committed after the read is announced after the subscription,
 so nothing stored is missed; the state machine is idempotent, so nothing is
 sent twice. Core NATS is at-most-once (a reconnect can drop a message), so after
 `refresh_seconds` without a message the watch re-reads the database.
+
+Read-your-writes: the last message of a watch is the final job AS STORED. A
+Trainer's final event reaches the watch before the events consumer has stored
+it; a client that calls GetTrainingJob as soon as its watch ends must not see
+the job still RUNNING. So a final state learnt from an event is held back until
+the stored job is final too (announced on the change subject, or found by
+re-reading the database at growing intervals), and that stored job is sent
+instead. Progress events still go out at once: only the end waits, typically a
+few tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -39,6 +49,8 @@ from services.jobs.store import JobStore
 logger = logging.getLogger("modelyard.jobs.watch")
 
 FLUSH_TIMEOUT_SECONDS = 2
+# First re-read of a final state not yet stored; doubled up to refresh_seconds.
+FINAL_REREAD_FIRST_SECONDS = 0.01
 _CLOSED = None  # queued to every open watch when the server shuts down
 
 
@@ -76,9 +88,12 @@ class JobWatcher:
             yield job
             while not is_final(job.state):
                 updated = await self._next_change(job_id, job, queue)
-                if updated is not None:
-                    job = updated
-                    yield job
+                if updated is None:
+                    continue
+                if is_final(updated.job.state) and not updated.from_store:
+                    updated = await self._stored_final(job_id, queue)
+                job = updated.job
+                yield job
         finally:
             self._queues.discard(queue)
             for subscription in subscriptions:
@@ -102,27 +117,64 @@ class JobWatcher:
 
     async def _next_change(
         self, job_id: str, job: TrainingJob, queue: asyncio.Queue[Msg | None]
-    ) -> TrainingJob | None:
+    ) -> Update | None:
         """The job after the next event or re-read, or None when nothing changed."""
+        message = await self._next_message(queue, self._refresh_seconds)
+        if message is None:
+            return _stored(await self._reread(job_id, job))
+        if message.subject == job_changes_subject(job_id):
+            return _stored(_if_ahead(_parse_job(message.data), job))
+        event = parse_event(message)
+        applied = None if event is None else apply_event(job, event)
+        return None if applied is None else Update(applied, from_store=False)
+
+    async def _stored_final(self, job_id: str, queue: asyncio.Queue[Msg | None]) -> Update:
+        """Wait until the store holds a final state for the job, and return it as stored."""
+        wait = FINAL_REREAD_FIRST_SECONDS
+        while True:
+            current = await self._store.get(job_id)
+            if current is None:
+                raise not_found("JOB_NOT_FOUND", f"training job {job_id} does not exist")
+            if is_final(current.job.state):
+                return Update(current.job, from_store=True)
+            message = await self._next_message(queue, wait)
+            if message is not None and message.subject == job_changes_subject(job_id):
+                announced = _parse_job(message.data)
+                if announced is not None and is_final(announced.state):
+                    return Update(announced, from_store=True)
+            wait = min(wait * 2, self._refresh_seconds)
+
+    async def _next_message(self, queue: asyncio.Queue[Msg | None], within: float) -> Msg | None:
+        """The next NATS message of the watch, or None after `within` seconds without one."""
         if self._closed:
             raise unavailable("SERVER_SHUTTING_DOWN", "the server is shutting down; watch again")
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation of a call whose client went away.
-            async with asyncio.timeout(self._refresh_seconds):
+            async with asyncio.timeout(within):
                 message = await queue.get()
         except TimeoutError:
-            return await self._reread(job_id, job)
+            return None
         if message is _CLOSED:
             raise unavailable("SERVER_SHUTTING_DOWN", "the server is shutting down; watch again")
-        if message.subject == job_changes_subject(job_id):
-            return _if_ahead(_parse_job(message.data), job)
-        event = parse_event(message)
-        return None if event is None else apply_event(job, event)
+        return message
 
     async def _reread(self, job_id: str, job: TrainingJob) -> TrainingJob | None:
         current = await self._store.get(job_id)
         return None if current is None else _if_ahead(current.job, job)
+
+
+@dataclass(frozen=True)
+class Update:
+    """The watched job after a change, and whether it is the stored job (readable by
+    GetTrainingJob) or the watch's own copy with a Trainer event applied."""
+
+    job: TrainingJob
+    from_store: bool
+
+
+def _stored(job: TrainingJob | None) -> Update | None:
+    return None if job is None else Update(job, from_store=True)
 
 
 def job_changes_subject(job_id: str) -> str:

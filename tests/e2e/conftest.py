@@ -30,7 +30,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver)
         database="postgresql" if postgres_available() else "sqlite",
         blob_store="s3",
         otlp_endpoint=otlp_receiver.endpoint,
-        extra_env={"jobs": {"MODELYARD_JOBS_METRICS_SAMPLE_SECONDS": "1"}},
+        extra_env={
+            "jobs": {"MODELYARD_JOBS_METRICS_SAMPLE_SECONDS": "1"},
+            # Several small jobs at once (test_e2e_read_your_writes trains a hundred).
+            "trainer": {"MODELYARD_TRAINER_WORKER_SLOTS": "4"},
+        },
     )
     with Stack(options) as running:
         yield running

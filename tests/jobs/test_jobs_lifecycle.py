@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,8 +21,10 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
     WatchTrainingJobRequest,
 )
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime.db import create_engine, migrate
 from runtime.errors import error_reason, make_status, status_reason
 from runtime.messaging import job_events_subject
+from services.jobs.app import MIGRATIONS_DIR
 from services.jobs.store import JobStore
 from services.jobs.transitions import apply_event_to_store
 from services.jobs.watch import JobWatcher
@@ -353,6 +357,53 @@ async def test_watch_sees_a_change_stored_after_its_read_without_the_event(
         after = await asyncio.wait_for(anext(updates), 10)
         assert after.state == S.SUCCEEDED
         assert after.metrics["accuracy"] == pytest.approx(0.8)
+    finally:
+        await updates.aclose()
+
+
+@pytest.fixture
+async def lagging_store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    """A store of its own, which the service's events consumer never writes: the test
+    plays the consumer, and stores a Trainer's event when it chooses (a lagging one)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'lagging.db'}")
+    await migrate(engine, MIGRATIONS_DIR)
+    yield JobStore(engine)
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["announced", "re-read"])
+async def test_watch_ends_only_once_get_returns_the_final_state(
+    jobs: RunningJobs, lagging_store: JobStore, announced: bool
+) -> None:
+    """Read-your-writes: the Trainer's final event reaches a watch before the events
+    consumer has stored it. The watch holds the final state back until the store has it
+    (announced on the change subject, or found by re-reading), then sends the stored job,
+    so a Get right after the watch ends sees the final state too."""
+    job = TrainingJob(
+        job_id=uuid.uuid4().hex, dataset_id="d", target_column="y", state=S.RUNNING, attempt=1
+    )
+    job.create_time.GetCurrentTime()
+    job.update_time.GetCurrentTime()
+    await lagging_store.insert(job, [])
+    watcher = JobWatcher(jobs.nc, lagging_store, refresh_seconds=120)
+    if announced:
+        lagging_store.add_change_listener(watcher.announce)
+    updates = watcher.watch(job.job_id)
+    try:
+        assert (await anext(updates)).state == S.RUNNING
+        final = await jobs.trainer.publish(job.job_id, 1, succeeded={"metrics": {"accuracy": 0.75}})
+        ended = asyncio.create_task(anext(updates))
+        await asyncio.sleep(0.5)  # the watch has the event; the store still says RUNNING
+        assert not ended.done()
+        await apply_event_to_store(lagging_store, final)
+        sent = await asyncio.wait_for(ended, 5)
+        stored = await lagging_store.get(job.job_id)
+        assert stored is not None
+        assert sent == stored.job  # what a Get returns: SUCCEEDED with its metrics
+        assert sent.state == S.SUCCEEDED
+        assert sent.metrics["accuracy"] == pytest.approx(0.75)
+        with pytest.raises(StopAsyncIteration):
+            await anext(updates)
     finally:
         await updates.aclose()
 

@@ -37,8 +37,12 @@ logger = logging.getLogger("modelyard.dataset.blobs")
 DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def original_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}/original.csv"
+ORIGINAL_CODEC = "zstd"
+
+
+def original_key(dataset_id: str, codec: str = "") -> str:
+    """The uploaded file; `codec` "zstd" when it is kept compressed (see ingest.py)."""
+    return f"datasets/{dataset_id}/original.csv" + (".zst" if codec else "")
 
 
 def parquet_key(dataset_id: str) -> str:

@@ -35,10 +35,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pyarrow as pa
+
 from modelyard.dataset.v1 import dataset_pb2
 from runtime.errors import invalid_argument, resource_exhausted
 from services.dataset import reasons
 from services.dataset.blobstore import (
+    ORIGINAL_CODEC,
     BlobStore,
     BlobWriter,
     dataset_prefix,
@@ -50,6 +53,7 @@ from services.dataset.content import (
     SNIFF_BYTES,
     UTF8,
     WINDOWS_1252,
+    Compression,
     DecodedText,
     Format,
     Sniffed,
@@ -107,6 +111,7 @@ class IngestResult:
     sha256: str
     source_format: dataset_pb2.SourceFormat
     delimiter: str
+    original_codec: str
 
 
 FirstPass = Conversion | TypeConflictError | NotUtf8Error | None
@@ -134,6 +139,7 @@ class Ingest:
         self._text_encoding = "UTF-8"
         self._sheet = ""
         self._kept_as_is = False
+        self._original_codec = ""  # decided with the format, before the first byte is stored
         self._spool = Path(
             tempfile.mkdtemp(prefix=f"ingest-{dataset_id[:8]}-", dir=options.spool_dir)
         )
@@ -171,6 +177,11 @@ class Ingest:
     def _identify(self, head: bytes) -> None:
         """What the file is, from its first bytes, before any of them is handed on."""
         self._sniffed = sniff(head)
+        if (
+            self._sniffed.format == Format.FORMAT_DELIMITED_TEXT
+            and self._sniffed.compression == Compression.COMPRESSION_NONE
+        ):
+            self._original_codec = ORIGINAL_CODEC
         if self._options.sheet and self._sniffed.format != Format.FORMAT_XLSX:
             raise invalid_argument(
                 reasons.SHEET_NOT_FOUND,
@@ -212,18 +223,24 @@ class Ingest:
     # -- threads -------------------------------------------------------------------------
 
     def _write_original(self) -> None:
-        writer = self._store.open_writer(original_key(self._dataset_id))
+        writer: BlobWriter | None = None
         try:
-            while (data := self._chunks.get()) is not None:
+            first = self._chunks.get()  # after it, the format (and so the codec) is known
+            writer = self._store.open_writer(original_key(self._dataset_id, self._original_codec))
+            codec = pa.Codec(ORIGINAL_CODEC, compression_level=1) if self._original_codec else None
+            data = first
+            while data is not None:
                 self._feed.put(data)  # first, so that the conversion never waits for S3
                 self._digest.update(data)
-                writer.write(data)
+                writer.write(codec.compress(data, asbytes=True) if codec else data)
+                data = self._chunks.get()
             # The first pass may end now, and finish its Parquet file while the
             # original's upload completes.
             self._feed.finish()
             writer.commit()
         except BaseException as error:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             if not isinstance(error, PipeAbortedError):
                 self._fail(error)
 
@@ -329,6 +346,7 @@ class Ingest:
             self._digest.hexdigest(),
             describe(self._sniffed, encoding, self._sheet),
             self._fmt.delimiter if self._sniffed.format != Format.FORMAT_PARQUET else "",
+            self._original_codec,
         )
 
     def _convert_from_original(self, first_pass: FirstPass) -> Conversion:
@@ -355,9 +373,12 @@ class Ingest:
 
     @contextlib.contextmanager
     def _open_original_text(self, fmt: CsvFormat) -> Iterator[RecordingReader]:
-        stream = self._store.open_reader(original_key(self._dataset_id))
+        stream = self._store.open_reader(original_key(self._dataset_id, self._original_codec))
+        compression = (
+            Compression.COMPRESSION_ZSTD if self._original_codec else self._sniffed.compression
+        )
         try:
-            text = DecodedText(stream, self._sniffed.compression, self._options.max_upload_bytes)
+            text = DecodedText(stream, compression, self._options.max_upload_bytes)
             yield RecordingReader(
                 lambda: text.read(TEXT_READ_BYTES),
                 keep_bytes=2 * self._options.limits.max_row_bytes,

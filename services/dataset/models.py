@@ -32,6 +32,8 @@ class DatasetRecord(Base):
     columns: Mapped[bytes | None] = mapped_column(LargeBinary)
     # The version of the named dataset (display_name), given when it becomes READY; 0 before.
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # How the original is kept: "" as uploaded, "zstd" compressed (uncompressed text).
+    original_codec: Mapped[str] = mapped_column(String(16), default="")
     # Set by the one DeleteDataset call that removes the dataset: it is gone for every reader.
     deleting: Mapped[bool] = mapped_column(default=False)
     error_code: Mapped[int | None] = mapped_column(Integer)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.dataset.blobstore import BlobStore
+from services.dataset.content import Compression, decompressed
 
 
 class ArrowStream:
@@ -109,10 +110,14 @@ def serialize_read_response(response: bytes | Any) -> bytes:
     return bytes(response.SerializeToString())
 
 
-def read_chunks(store: BlobStore, key: str, chunk_bytes: int) -> Iterator[bytes]:
+def read_chunks(
+    store: BlobStore, key: str, chunk_bytes: int, decompress: bool = False
+) -> Iterator[bytes]:
+    """The blob's bytes, in chunks; decompressed (zstd) when it is kept compressed."""
     stream = store.open_reader(key)
     try:
-        while chunk := stream.read(chunk_bytes):
+        source = decompressed(stream, Compression.COMPRESSION_ZSTD) if decompress else stream
+        while chunk := source.read(chunk_bytes):
             yield chunk
     finally:
         stream.close()

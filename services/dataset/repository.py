@@ -47,6 +47,7 @@ class ReadyFields:
     details: bytes
     row_count: int
     delimiter: str
+    original_codec: str
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class DatasetRepository:
                             columns=fields.details,
                             row_count=fields.row_count,
                             delimiter=fields.delimiter,
+                            original_codec=fields.original_codec,
                             version=version,
                             lease_expire_time=None,
                         )

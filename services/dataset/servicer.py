@@ -317,6 +317,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             ),
             row_count=conversion.row_count,
             delimiter=result.delimiter,
+            original_codec=result.original_codec,
         )
         if not await self._repository.mark_ready(record.dataset_id, record.display_name, fields):
             raise unavailable(
@@ -476,7 +477,12 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         record = await self._ready_record(request.dataset_id)
         content_type = _content_type(to_message(record).source_format)
-        chunks = read_chunks(self._store, original_key(record.dataset_id), DOWNLOAD_CHUNK_BYTES)
+        chunks = read_chunks(
+            self._store,
+            original_key(record.dataset_id, record.original_codec),
+            DOWNLOAD_CHUNK_BYTES,
+            decompress=bool(record.original_codec),
+        )
         async for chunk in self._blob_stream(iterate_in_thread(chunks, "download")):
             yield httpbody_pb2.HttpBody(content_type=content_type, data=chunk)
 

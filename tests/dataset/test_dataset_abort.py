@@ -7,6 +7,7 @@ service itself is killed with SIGKILL and a new process sweeps up after it.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import textwrap
@@ -54,12 +55,15 @@ async def endless_upload(
         header=dataset_service_pb2.UploadDatasetHeader(display_name=name)
     )
     yield dataset_service_pb2.UploadDatasetRequest(chunk=b"a,b,c\n")
-    rows = b"".join(b"%d,%d,x\n" % (index, index * 3) for index in range(60_000))
+    # Random text: the service keeps text zstd-compressed, and this halves at most.
+    rows = b"".join(
+        b"%d,%s,x\n" % (index, os.urandom(24).hex().encode()) for index in range(20_000)
+    )
     total = 0
     while True:
         yield dataset_service_pb2.UploadDatasetRequest(chunk=rows)
         total += len(rows)
-        if total > 12 * 1024 * 1024:  # more than two S3 parts: a multipart upload is open
+        if total > 30 * 1024 * 1024:  # more than two S3 parts stored: a multipart upload is open
             sent.set()
         await asyncio.sleep(0.01)
 

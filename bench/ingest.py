@@ -1,10 +1,12 @@
 """Ingest benchmark: CSV upload to READY over gRPC and through the gateway, S3 blob store.
 
-    python -m bench.ingest [--sizes 100,500] [--work-dir DIR]
+    python -m bench.ingest [--sizes 100,500,2100] [--repeat 3] [--work-dir DIR]
 
-For each size it generates a CSV (25 numeric and 3 string columns; the 500 MB
-one has 1M rows), then measures, in the same run and against the same moto S3
-server:
+For each size it generates a CSV (25 numeric and 3 string columns; the "500"
+one is 477 MB with 1M rows, the "2100" one about 2 GB with 4.2M rows; each is
+deleted once measured, never kept), then measures, in the same run and against
+the same moto S3 server, `--repeat` times in turn (medians shown; once above
+1 GB):
 
 - the baseline: boto3 `upload_file` of the file + `pyarrow.csv.read_csv` of it;
 - an upload over gRPC (1 MiB chunks) until the dataset is READY;
@@ -14,8 +16,12 @@ server:
 with the peak RSS of the Dataset service and of the gateway during each
 upload. It then reads the largest dataset into pandas through `ReadDataset`,
 next to reading its Parquet copy directly (GET from S3 + `pq.read_table`).
-Targets: ingest <= 1.5x baseline; gateway peak RSS <= 150 MB and Dataset
-service <= 400 MB; ReadDataset -> pandas <= 2x the direct Parquet read.
+Targets, printed under the table with the figures measured: upload → READY
+<= 1.5x baseline; Dataset service peak RSS <= 400 MiB and flat (within 15 %)
+from the smallest file to the largest; gateway peak RSS <= 150 MiB;
+ReadDataset -> pandas <= 2x the direct Parquet read. MODELYARD_DATASET_*
+variables of the environment are passed to the Dataset service (to try
+other settings).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import io
 import os
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -59,6 +66,9 @@ CHUNK_BYTES = 1 * MiB
 DATASET_BUCKET = "modelyard-datasets"
 BASELINE_BUCKET = "bench-baseline"
 ROWS_PER_MB = 2_000  # about 500 bytes a row
+TARGET_RATIO = 1.5
+TARGET_DATASET_RSS = 400
+TARGET_GATEWAY_RSS = 150
 
 T = TypeVar("T")
 
@@ -237,7 +247,8 @@ def _start_services(work_dir: Path, s3: S3Server) -> Bench:
             "MODELYARD_DATASET_S3_REGION": s3.region,
             "AWS_ACCESS_KEY_ID": s3.access_key_id,
             "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-        },
+        }
+        | _dataset_overrides(),
         log_path=work_dir / "logs" / "dataset.log",
     ).start()
     bench = Bench(work_dir, s3, token, dataset, address, None, None, api_token)
@@ -249,6 +260,13 @@ def _start_services(work_dir: Path, s3: S3Server) -> Bench:
         stop_bench(bench)
         raise
     return bench
+
+
+def _dataset_overrides() -> dict[str, str]:
+    """MODELYARD_DATASET_* settings of this environment, to try other settings."""
+    return {
+        name: value for name, value in os.environ.items() if name.startswith("MODELYARD_DATASET_")
+    }
 
 
 def start_gateway(bench: Bench, common: dict[str, str]) -> None:
@@ -356,52 +374,111 @@ def read_parquet_directly(bench: Bench, dataset_id: str) -> pd.DataFrame:
     return frame
 
 
-def measure_size(bench: Bench, path: Path, label: str, rss: PeakRss) -> tuple[list[Row], str]:
+@dataclass
+class Samples:
+    """Wall times of repeated runs, and the highest RSS seen in any of them."""
+
+    seconds: list[float]
+    dataset_rss: float = 0.0
+    gateway_rss: float = 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def spread(self) -> str:
+        if len(self.seconds) < 2:
+            return ""
+        return f"median of {len(self.seconds)}: {min(self.seconds):.2f}-{max(self.seconds):.2f} s"
+
+    def add(self, seconds: float, peaks: dict[str, float]) -> None:
+        self.seconds.append(seconds)
+        self.dataset_rss = max(self.dataset_rss, peaks.get("dataset", 0.0))
+        self.gateway_rss = max(self.gateway_rss, peaks.get("gateway", 0.0))
+
+
+async def delete_dataset(bench: Bench, dataset_id: str) -> None:
+    async with grpc.aio.insecure_channel(bench.dataset_address, options=CHANNEL_OPTIONS) as channel:
+        stub = dataset_service_pb2_grpc.DatasetServiceStub(channel)
+        request = dataset_service_pb2.DeleteDatasetRequest(dataset_id=dataset_id)
+        await stub.DeleteDataset(request, metadata=bench.metadata(), timeout=600)
+
+
+def measure_size(
+    bench: Bench, path: Path, label: str, rss: PeakRss, repeat: int
+) -> tuple[list[Row], str, Samples]:
+    """Baseline, gRPC and gateway uploads, `repeat` times in turn (so that a busy
+    moment of the machine hits all three alike); medians are reported."""
     megabytes = path.stat().st_size / MB
-    upload_seconds, read_seconds = baseline(bench, path)
-    base = upload_seconds + read_seconds
+    upload, read, total = Samples([]), Samples([]), Samples([])
+    grpc_runs, gateway_runs = Samples([]), Samples([])
+    dataset_id, row_count, gateway_note = "", 0, ""
+    for _ in range(repeat):
+        upload_seconds, read_seconds = baseline(bench, path)
+        upload.seconds.append(upload_seconds)
+        read.seconds.append(read_seconds)
+        total.seconds.append(upload_seconds + read_seconds)
+        with rss.watch():
+            dataset, seconds = timed(lambda: asyncio.run(upload_grpc(bench, path)))
+        grpc_runs.add(seconds, rss.peaks)
+        row_count = dataset.row_count
+        if dataset_id:
+            asyncio.run(delete_dataset(bench, dataset_id))
+        dataset_id = dataset.dataset_id  # the last one is read below
+        gateway_note = gateway_run(bench, path, rss, gateway_runs)
+    base = total.median
     rows = [
-        Row(label, "baseline: boto3 upload_file", upload_seconds, megabytes),
-        Row(label, "baseline: pyarrow.csv.read_csv", read_seconds, megabytes),
-        Row(label, "baseline: total", base, megabytes, base),
-    ]
-    with rss.watch():
-        dataset, seconds = timed(lambda: asyncio.run(upload_grpc(bench, path)))
-    rows.append(
+        Row(label, "baseline: boto3 upload_file", upload.median, megabytes, note=upload.spread()),
+        Row(label, "baseline: pyarrow.csv.read_csv", read.median, megabytes, note=read.spread()),
+        Row(label, "baseline: total", base, megabytes, base, note=total.spread()),
         Row(
             label,
             "gRPC UploadDataset → READY",
-            seconds,
+            grpc_runs.median,
             megabytes,
             baseline=base,
-            dataset_rss=rss.peaks.get("dataset"),
-            note=f"{dataset.row_count} rows",
-        )
-    )
-    rows.append(gateway_row(bench, path, label, megabytes, base, rss))
-    return rows, dataset.dataset_id
-
-
-def gateway_row(
-    bench: Bench, path: Path, label: str, megabytes: float, base: float, rss: PeakRss
-) -> Row:
+            dataset_rss=grpc_runs.dataset_rss,
+            note=f"{row_count} rows; {grpc_runs.spread()}",
+        ),
+    ]
     what = "gateway POST /v1/datasets → READY"
+    if gateway_runs.seconds:
+        rows.append(
+            Row(
+                label,
+                what,
+                gateway_runs.median,
+                megabytes,
+                baseline=base,
+                dataset_rss=gateway_runs.dataset_rss,
+                gateway_rss=gateway_runs.gateway_rss,
+                note=gateway_runs.spread(),
+            )
+        )
+    else:
+        rows.append(Row(label, what, None, megabytes, note=gateway_note))
+    figures = Samples(
+        [grpc_runs.median / base],
+        dataset_rss=max(grpc_runs.dataset_rss, gateway_runs.dataset_rss),
+        gateway_rss=gateway_runs.gateway_rss,
+    )
+    if gateway_runs.seconds:
+        figures.seconds.append(gateway_runs.median / base)
+    return rows, dataset_id, figures
+
+
+def gateway_run(bench: Bench, path: Path, rss: PeakRss, samples: Samples) -> str:
+    """One upload through the gateway into `samples`; why not, when it could not run."""
     if bench.gateway is None:
-        return Row(label, what, None, megabytes, note="gateway unavailable")
+        return "gateway unavailable"
     try:
         with rss.watch():
-            _, seconds = timed(lambda: upload_gateway(bench, path))
+            dataset_id, seconds = timed(lambda: upload_gateway(bench, path))
     except (httpx.HTTPError, RuntimeError, ValueError) as error:
-        return Row(label, what, None, megabytes, note=f"gateway failed: {error}")
-    return Row(
-        label,
-        what,
-        seconds,
-        megabytes,
-        baseline=base,
-        dataset_rss=rss.peaks.get("dataset"),
-        gateway_rss=rss.peaks.get("gateway"),
-    )
+        return f"gateway failed: {error}"
+    samples.add(seconds, rss.peaks)
+    asyncio.run(delete_dataset(bench, dataset_id))
+    return ""
 
 
 def measure_read(bench: Bench, dataset_id: str, label: str, rss: PeakRss) -> list[Row]:
@@ -430,15 +507,57 @@ def measure_read(bench: Bench, dataset_id: str, label: str, rss: PeakRss) -> lis
     ]
 
 
+def targets_table(results: list[tuple[str, Samples]]) -> list[str]:
+    """The issue's targets, each with the measured figure beside it."""
+    lines = []
+    for label, figures in results:
+        worst = max(figures.seconds)
+        verdict = "met" if worst <= TARGET_RATIO else "MISSED"
+        lines.append(
+            f"{label}: upload → READY {worst:.2f}x baseline (worst of gRPC and gateway, "
+            f"target <= {TARGET_RATIO}x): {verdict}"
+        )
+    dataset_peaks = [figures.dataset_rss for _, figures in results]
+    highest = max(dataset_peaks)
+    lines.append(
+        f"Dataset service peak RSS {highest:.0f} MiB (target <= {TARGET_DATASET_RSS} MiB): "
+        + ("met" if highest <= TARGET_DATASET_RSS else "MISSED")
+    )
+    if len(results) > 1:
+        first, last = dataset_peaks[0], dataset_peaks[-1]
+        growth = (last - first) / first
+        lines.append(
+            f"Dataset service peak RSS from {results[0][0]} to {results[-1][0]}: "
+            f"{first:.0f} → {last:.0f} MiB ({growth:+.0%}, target within ±15 %): "
+            + ("met" if abs(growth) <= 0.15 else "MISSED")
+        )
+    gateway = max(figures.gateway_rss for _, figures in results)
+    if gateway:
+        lines.append(
+            f"gateway peak RSS {gateway:.0f} MiB (target <= {TARGET_GATEWAY_RSS} MiB): "
+            + ("met" if gateway <= TARGET_GATEWAY_RSS else "MISSED")
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100,500", help="CSV sizes in MB, comma-separated")
+    parser.add_argument(
+        "--sizes", default="100,500,2100", help="CSV sizes in MB (nominal), comma-separated"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each measurement under 1 GB (medians are shown); 1 above",
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     arguments = parser.parse_args()
     sizes = [int(size) for size in arguments.sizes.split(",")]
     work_dir = arguments.work_dir or Path(tempfile.mkdtemp(prefix="modelyard-bench-ingest-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    results: list[tuple[str, Samples]] = []
     bench = start_bench(work_dir)
     try:
         rss = PeakRss(
@@ -450,11 +569,15 @@ def main() -> None:
             print(f"generating {path.name} ...", flush=True)
             generate_csv(path, rows=size * ROWS_PER_MB)
             label = f"{path.stat().st_size / MB:.0f} MB"
-            print(f"measuring {label} ...", flush=True)
-            size_rows, dataset_id = measure_size(bench, path, label, rss)
+            repeat = arguments.repeat if size < 1000 else 1
+            print(f"measuring {label} ({repeat}x) ...", flush=True)
+            size_rows, dataset_id, figures = measure_size(bench, path, label, rss, repeat)
             rows.extend(size_rows)
+            results.append((label, figures))
+            if largest[1]:
+                asyncio.run(delete_dataset(bench, largest[1]))
             largest = (label, dataset_id)
-            path.unlink()
+            path.unlink()  # generated, never kept
         rows.extend(measure_read(bench, largest[1], largest[0], rss))
     finally:
         stop_bench(bench)
@@ -462,6 +585,9 @@ def main() -> None:
             shutil.rmtree(work_dir, ignore_errors=True)
     print()
     print_table(rows)
+    print()
+    for line in targets_table(results):
+        print(line)
 
 
 if __name__ == "__main__":

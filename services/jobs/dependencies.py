@@ -1,6 +1,7 @@
 """The two checks CreateTrainingJob asks other services for, before it queues
 anything: does the dataset exist, is it READY, does it have the target column
-(DatasetService.GetDataset); are the parameter overrides allowed
+(DatasetService.GetDataset, or LookupDataset for a dataset named by its display
+name or `name@version`); are the parameter overrides allowed
 (TrainerService.ValidateTrainingParams). Each call has its own deadline.
 """
 
@@ -16,7 +17,7 @@ import grpc
 from google.rpc import status_pb2
 
 from modelyard.dataset.v1.dataset_pb2 import Dataset
-from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest
+from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest, LookupDatasetRequest
 from modelyard.dataset.v1.dataset_service_pb2_grpc import DatasetServiceStub
 from modelyard.training.v1.trainer_service_pb2 import ValidateTrainingParamsRequest
 from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
@@ -34,6 +35,8 @@ from runtime.errors import (
 logger = logging.getLogger("modelyard.jobs.dependencies")
 
 COLUMNS_LISTED = 8
+# Dataset ids are 32 hexadecimal characters; longer references can only be names.
+MAX_DATASET_ID_CHARS = 32
 
 
 class PassThroughError(ServiceError):
@@ -55,11 +58,16 @@ class ReadyDataset:
 
 
 class DatasetChecker:
-    """Checks a dataset is READY and has a column.
+    """Checks a dataset is READY and has a column; finds a dataset named by reference.
+
+    A reference is a dataset id; or a display name, meaning its latest READY
+    version; or `name@version`. An id is asked for with GetDataset (which tells a
+    dataset that is not READY yet), anything else with LookupDataset.
 
     A READY dataset's columns never change, so they are kept for `cache_seconds`
     (deleting the dataset is the only change a cached entry can miss). Only
-    READY datasets are cached; concurrent checks of one dataset share one call.
+    datasets found by id are cached (a name's latest version changes with every
+    upload); concurrent checks of one reference share one call.
     """
 
     def __init__(self, stub: DatasetServiceStub, timeout: float, cache_seconds: float) -> None:
@@ -89,9 +97,7 @@ class DatasetChecker:
 
     async def _fetch(self, dataset_id: str) -> ReadyDataset:
         try:
-            dataset: Dataset = await self._stub.GetDataset(
-                GetDatasetRequest(dataset_id=dataset_id), timeout=self._timeout
-            )
+            dataset = await self._find(dataset_id)
         except grpc.aio.AioRpcError as error:
             raise _dataset_error(dataset_id, error) from error
         if dataset.state != Dataset.READY:
@@ -103,11 +109,28 @@ class DatasetChecker:
                 dataset_id=dataset_id,
                 state=state,
             )
-        ready = ReadyDataset(dataset_id, tuple(column.name for column in dataset.columns))
-        if self._cache_seconds > 0:
+        ready = ReadyDataset(dataset.dataset_id, tuple(column.name for column in dataset.columns))
+        if self._cache_seconds > 0 and dataset.dataset_id == dataset_id:
             self._cache[dataset_id] = (time.monotonic(), ready)
             self._evict_expired()
         return ready
+
+    async def _find(self, reference: str) -> Dataset:
+        """The dataset by id; failing that, by display name or name@version."""
+        if len(reference) <= MAX_DATASET_ID_CHARS:
+            try:
+                dataset: Dataset = await self._stub.GetDataset(
+                    GetDatasetRequest(dataset_id=reference), timeout=self._timeout
+                )
+                return dataset
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+        response = await self._stub.LookupDataset(
+            LookupDatasetRequest(reference=reference), timeout=self._timeout
+        )
+        found: Dataset = response.dataset
+        return found
 
     def _evict_expired(self) -> None:
         if len(self._cache) < 1024:
@@ -121,7 +144,9 @@ def _dataset_error(dataset_id: str, error: grpc.aio.AioRpcError) -> ServiceError
     code = error.code()
     if code == grpc.StatusCode.NOT_FOUND:
         return not_found(
-            "DATASET_NOT_FOUND", f"dataset {dataset_id} does not exist", dataset_id=dataset_id
+            "DATASET_NOT_FOUND",
+            f"no dataset has the id or name {dataset_id!r} (a name may end in @version)",
+            dataset_id=dataset_id,
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return PassThroughError(status_from_rpc_error(error))

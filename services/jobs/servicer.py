@@ -28,7 +28,7 @@ from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import failed_precondition, invalid_argument, not_found, unavailable
 from runtime.logs import log_context
 from runtime.pagination import next_page_token, parse_page
-from services.jobs.dependencies import DatasetChecker, ParamsChecker
+from services.jobs.dependencies import DatasetChecker, ParamsChecker, ReadyDataset
 from services.jobs.outbox import cancel_flag_entry, job_event_entry, training_request_entry
 from services.jobs.relay import OutboxRelay
 from services.jobs.settings import JobsSettings
@@ -74,8 +74,8 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             existing = await self._store.find_by_request_id(request.request_id)
             if existing is not None:
                 return existing
-        await self._check_dependencies(request)
-        job = self._new_job(request)
+        dataset = await self._check_dependencies(request)
+        job = self._new_job(request, dataset)
         try:
             await self._store.insert(job, [training_request_entry(_training_request(job))])
         except DuplicateRequestId:
@@ -92,21 +92,24 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             )
         return job
 
-    async def _check_dependencies(self, request: CreateTrainingJobRequest) -> None:
-        """Dataset and parameters are checked concurrently; the dataset's error wins."""
-        outcomes = await asyncio.gather(
+    async def _check_dependencies(self, request: CreateTrainingJobRequest) -> ReadyDataset:
+        """Dataset and parameters are checked concurrently; the dataset's error wins.
+        Returns the dataset, found by the request's reference (id, name or name@version)."""
+        dataset, params = await asyncio.gather(
             self._datasets.check(request.dataset_id, request.target_column),
             self._params.check(dict(request.params)),
             return_exceptions=True,
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        if isinstance(dataset, BaseException):
+            raise dataset
+        if isinstance(params, BaseException):
+            raise params
+        return dataset
 
-    def _new_job(self, request: CreateTrainingJobRequest) -> TrainingJob:
+    def _new_job(self, request: CreateTrainingJobRequest, dataset: ReadyDataset) -> TrainingJob:
         job = TrainingJob(
             job_id=uuid.uuid4().hex,
-            dataset_id=request.dataset_id,
+            dataset_id=dataset.dataset_id,  # the id the reference resolved to
             target_column=request.target_column,
             task=request.task or TrainingJob.AUTO,
             params=request.params,

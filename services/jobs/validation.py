@@ -8,7 +8,7 @@ from datetime import timedelta
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import invalid_argument
-from services.jobs.models import ID_LENGTH, REQUEST_ID_LENGTH
+from services.jobs.models import REQUEST_ID_LENGTH
 from services.jobs.settings import JobsSettings
 
 REGISTERED_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -19,6 +19,8 @@ MAX_PARAMS = 100
 MAX_PARAM_KEY = 128
 MAX_PARAM_VALUE = 1024
 MAX_TARGET_COLUMN = 10_000
+# A dataset reference: an id, or a display name (200 characters at most) with "@version".
+MAX_DATASET_REFERENCE = 240
 TASKS = frozenset(TrainingJob.Task.values())
 
 
@@ -66,9 +68,11 @@ def max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) 
 def _validate_dataset_and_target(request: CreateTrainingJobRequest) -> None:
     if not request.dataset_id:
         raise invalid_argument("DATASET_ID_REQUIRED", "dataset_id is required")
-    if len(request.dataset_id) > 2 * ID_LENGTH:
+    if len(request.dataset_id) > MAX_DATASET_REFERENCE:
         raise invalid_argument(
-            "DATASET_ID_INVALID", f"dataset_id is longer than {2 * ID_LENGTH} characters"
+            "DATASET_ID_INVALID",
+            f"dataset_id (an id, a name or name@version) is longer than "
+            f"{MAX_DATASET_REFERENCE} characters",
         )
     if not request.target_column:
         raise invalid_argument(

@@ -33,7 +33,11 @@ from nats.js.errors import NotFoundError
 from devstack.processes import free_port
 from modelyard.dataset.v1 import dataset_service_pb2_grpc
 from modelyard.dataset.v1.dataset_pb2 import Column, Dataset
-from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest
+from modelyard.dataset.v1.dataset_service_pb2 import (
+    GetDatasetRequest,
+    LookupDatasetRequest,
+    LookupDatasetResponse,
+)
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent, TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
 from modelyard.jobs.v1.jobs_service_pb2 import GetTrainingJobRequest
@@ -74,6 +78,12 @@ class FakeDatasetService(dataset_service_pb2_grpc.DatasetServiceServicer):
         )
         return dataset_id
 
+    def add_version(self, name: str, version: int, columns: tuple[str, ...] = ("x", "y")) -> str:
+        dataset_id = self.add(columns=columns)
+        self.datasets[dataset_id].display_name = name
+        self.datasets[dataset_id].version = version
+        return dataset_id
+
     async def GetDataset(
         self, request: GetDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Dataset:
@@ -82,6 +92,20 @@ class FakeDatasetService(dataset_service_pb2_grpc.DatasetServiceServicer):
         if dataset is None:
             raise not_found("DATASET_NOT_FOUND", f"dataset {request.dataset_id} does not exist")
         return dataset
+
+    async def LookupDataset(
+        self, request: LookupDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> LookupDatasetResponse:
+        """Like the service: a display name's latest READY version, or name@version."""
+        self.calls += 1
+        name, _, version = request.reference.rpartition("@")
+        ready = [d for d in self.datasets.values() if d.state == Dataset.READY]
+        named = [d for d in ready if d.display_name == request.reference]
+        if not named and version.isdigit():
+            named = [d for d in ready if d.display_name == name and d.version == int(version)]
+        if not named:
+            raise not_found("DATASET_NOT_FOUND", f"no dataset {request.reference!r}")
+        return LookupDatasetResponse(dataset=max(named, key=lambda d: d.version))
 
 
 class FakeTrainerService(trainer_service_pb2_grpc.TrainerServiceServicer):

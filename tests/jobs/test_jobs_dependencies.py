@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -85,7 +86,8 @@ async def test_missing_or_unready_datasets_are_not_cached(jobs: RunningJobs) -> 
     for _ in range(2):
         with pytest.raises(grpc.aio.AioRpcError):
             await create(jobs, "not-there-yet")
-    assert jobs.doubles.datasets.calls == calls + 2
+    # each time asked again: by id, then (no such id) by name
+    assert jobs.doubles.datasets.calls == calls + 4
 
 
 async def test_an_unreachable_dataset_service_is_unavailable(jobs: RunningJobs) -> None:
@@ -96,3 +98,27 @@ async def test_an_unreachable_dataset_service_is_unavailable(jobs: RunningJobs) 
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert caught.value.reason == "DATASET_SERVICE_UNAVAILABLE"
     await channel.close()
+
+
+async def test_a_dataset_named_by_name_or_version_is_resolved_to_its_id(
+    jobs: RunningJobs,
+) -> None:
+    name = "sales-" + uuid.uuid4().hex[:6]
+    first = jobs.doubles.datasets.add_version(name, 1)
+    second = jobs.doubles.datasets.add_version(name, 2)
+
+    latest = await create(jobs, name)
+    pinned = await create(jobs, f"{name}@1")
+    assert latest.dataset_id == second
+    assert pinned.dataset_id == first
+    for job in (latest, pinned):
+        request, message = await jobs.trainer.take(job.job_id)
+        await message.ack()
+        assert request.dataset_id == job.dataset_id  # the Trainer gets the id, not the name
+
+    newer = jobs.doubles.datasets.add_version(name, 3)
+    assert (await create(jobs, name)).dataset_id == newer  # a name is never cached
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(jobs, f"{name}@9")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(caught.value) == "DATASET_NOT_FOUND"

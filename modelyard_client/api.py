@@ -239,18 +239,28 @@ class Client:
         delimiter: str | None = None,
         has_header: bool | None = None,
         request_id: str | None = None,
+        new_version_of: str | None = None,
+        sheet: str | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Json:
-        """Stream a CSV file to the platform; returns the dataset, profiled and READY.
+        """Stream a table to the platform; returns the dataset, profiled and READY.
 
-        `on_progress(n)` is called with the size of each chunk once it is sent.
+        The file may be CSV or TSV (plain, gzip, zstd or bzip2; UTF-8, UTF-16 or
+        windows-1252), Parquet or XLSX: the service tells them apart by their bytes.
+        `new_version_of` (a dataset id or display name) makes the upload that
+        dataset's next version, under its name. `on_progress(n)` is called with the
+        size of each chunk once it is sent.
         """
         path = Path(path)
         params = {
-            "displayName": display_name or path.stem,
+            "displayName": None
+            if new_version_of and not display_name
+            else (display_name or path.stem),
             "delimiter": delimiter,
             "hasHeader": None if has_header is None else str(has_header).lower(),
             "requestId": request_id,
+            "newVersionOf": new_version_of,
+            "sheet": sheet,
         }
         with path.open("rb") as handle:
             return self._json(
@@ -258,12 +268,22 @@ class Client:
                 "/v1/datasets",
                 params={k: v for k, v in params.items() if v is not None},
                 content=_chunks(handle, on_progress),
-                headers={"Content-Type": "text/csv"},
+                headers={"Content-Type": "application/octet-stream"},
                 timeout=httpx.Timeout(60.0, read=3600.0, write=3600.0),
             )
 
     def get_dataset(self, dataset_id: str) -> Json:
         return self._json("GET", f"/v1/datasets/{_segment(dataset_id)}")
+
+    def lookup_dataset(self, reference: str) -> Json:
+        """A READY dataset by id, by display name (its latest version) or by `name@version`."""
+        found: Json = self._json("GET", "/v1/datasets:lookup", params={"reference": reference})
+        return dict(found.get("dataset") or {})
+
+    def list_dataset_versions(self, display_name: str, page_size: int = 100) -> Iterator[Json]:
+        """The READY versions of a named dataset, newest version first."""
+        params = {"displayName": display_name, "pageSize": page_size}
+        return self._pages("/v1/datasets:versions", "datasets", params)
 
     def list_datasets(
         self,

@@ -224,12 +224,26 @@ def emit_json(value: Any) -> None:
 def datasets_upload(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     name: Annotated[str | None, typer.Option(help="Display name (default: file name).")] = None,
-    delimiter: Annotated[str | None, typer.Option(help="Field delimiter (default ',').")] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="Field delimiter (default: detected from the text).")
+    ] = None,
     no_header: Annotated[bool, typer.Option("--no-header", help="First row is data.")] = False,
     request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    new_version_of: Annotated[
+        str | None,
+        typer.Option(
+            "--new-version-of",
+            metavar="DATASET",
+            help="Upload as the next version of this dataset (id or name), under its name.",
+        ),
+    ] = None,
+    sheet: Annotated[
+        str | None, typer.Option(help="XLSX: the sheet to read (default: the first).")
+    ] = None,
     output: OutputOption = None,
 ) -> None:
-    """Upload a CSV file, with a progress bar in bytes; prints its profile."""
+    """Upload a table (CSV, TSV, gzip/zstd/bzip2 of them, Parquet or XLSX), with a
+    progress bar in bytes; prints its format, header repairs and profile."""
     size = file.stat().st_size
     with use(output) as api, transfer_progress() as progress:
         bar = progress.add_task(f"upload {file.name}", total=size)
@@ -246,6 +260,8 @@ def datasets_upload(
                 delimiter=delimiter,
                 has_header=False if no_header else None,
                 request_id=request_id,
+                new_version_of=new_version_of,
+                sheet=sheet,
                 on_progress=sent,
             )
         except ModelyardError as error:
@@ -272,10 +288,37 @@ def datasets_list(
 
 
 @datasets_app.command("show")
-def datasets_show(dataset_id: str, output: OutputOption = None) -> None:
-    """A dataset with its schema and the profile of every column."""
+def datasets_show(
+    dataset: Annotated[
+        str, typer.Argument(metavar="DATASET", help="A dataset id, a name, or name@version.")
+    ],
+    output: OutputOption = None,
+) -> None:
+    """A dataset with its format, header repairs, schema and the profile of every column."""
     with use(output) as api:
-        show_dataset(call(api.get_dataset, dataset_id))
+        try:
+            found = api.get_dataset(dataset)
+        except ModelyardError as error:
+            if error.http_status != 404:
+                fail(error)
+            found = call(api.lookup_dataset, dataset)
+        show_dataset(found)
+
+
+@datasets_app.command("versions")
+def datasets_versions(
+    name: Annotated[str, typer.Argument(help="The display name of the dataset.")],
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    output: OutputOption = None,
+) -> None:
+    """The versions of a named dataset, newest first."""
+    with use(output) as api:
+        versions = take(api.list_dataset_versions(name), limit)
+    if as_json():
+        return emit_json(versions)
+    if not versions:
+        return stdout.print(f"no READY dataset is named {escape(name)!r}")
+    stdout.print(render.dataset_versions_table(versions))
 
 
 @datasets_app.command("delete")
@@ -319,6 +362,9 @@ def show_dataset(dataset: Json) -> None:
     if as_json():
         return emit_json(dataset)
     stdout.print(render.dataset_card(dataset))
+    if dataset.get("headerRepairs"):
+        stdout.print()
+        stdout.print(render.repairs_table(dataset))
     if dataset.get("columns"):
         stdout.print()
         stdout.print(render.profile_table(dataset))

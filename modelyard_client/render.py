@@ -73,14 +73,71 @@ def dataset_card(dataset: Json) -> Table:
     size = human_bytes(int(dataset.get("sizeBytes", 0)))
     lines = card()
     lines.add_row("dataset", f"[bold]{dataset['datasetId']}[/]")
-    lines.add_row("name", escape(dataset.get("displayName", "")))
+    name = escape(dataset.get("displayName", ""))
+    version = int(dataset.get("version", 0))
+    lines.add_row("name", f"{name} [dim]version {version}[/]" if version else name)
     lines.add_row("state", state(dataset.get("state", "")))
     lines.add_row("size", f"{rows:,} rows, {columns} columns, {size}")
+    if dataset.get("sourceFormat"):
+        lines.add_row("format", source_format(dataset))
     lines.add_row("sha256", dataset.get("sha256", ""))
     lines.add_row("created", when(dataset.get("createTime")) + " UTC")
     if dataset.get("error"):
         lines.add_row("error", f"[red]{escape(status_text(dataset['error']))}[/]")
     return lines
+
+
+_FORMATS = {"FORMAT_DELIMITED_TEXT": "text", "FORMAT_PARQUET": "Parquet", "FORMAT_XLSX": "XLSX"}
+_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+_REPAIRS = {
+    "REASON_BLANK_NAME": "blank name",
+    "REASON_DUPLICATE_NAME": "repeated name",
+    "REASON_EMPTY_TRAILING_COLUMN": "empty column after a trailing delimiter: dropped",
+}
+
+
+def source_format(dataset: Json) -> str:
+    """What the uploaded file was: `gzip text, UTF-8, comma-separated`, `XLSX, sheet "x"`."""
+    source = dataset.get("sourceFormat") or {}
+    kind = _FORMATS.get(source.get("format", ""), source.get("format", "").lower())
+    parts = [kind]
+    compression = source.get("compression", "")
+    if compression not in ("", "COMPRESSION_NONE"):
+        parts[0] = f"{compression.removeprefix('COMPRESSION_').lower()}-compressed {kind}"
+    if source.get("encoding"):
+        parts.append(escape(source["encoding"]))
+    delimiter = (dataset.get("csvOptions") or {}).get("delimiter", "")
+    if kind == "text" and delimiter:
+        parts.append(f"{_DELIMITERS.get(delimiter, repr(delimiter))}-separated")
+    if source.get("sheet"):
+        parts.append(f"sheet {escape(repr(source['sheet']))}")
+    return ", ".join(parts)
+
+
+def repairs_table(dataset: Json) -> Table:
+    """What was changed in the header so that every column has a unique name."""
+    table = listing("column", "in the file", "now", "why", title="header repairs", whole=(0,))
+    for repair in dataset.get("headerRepairs", []):
+        table.add_row(
+            str(repair.get("columnIndex", "")),
+            escape(repr(repair.get("originalName", ""))),
+            escape(repair.get("newName", "")) or "[dim](dropped)[/]",
+            _REPAIRS.get(repair.get("reason", ""), repair.get("reason", "")),
+        )
+    return table
+
+
+def dataset_versions_table(datasets: list[Json]) -> Table:
+    table = listing("version", "dataset id", "rows", "size", "created (UTC)", whole=(0, 1, 4))
+    for d in datasets:
+        table.add_row(
+            str(d.get("version", "")),
+            d["datasetId"],
+            count(d.get("rowCount")),
+            human_bytes(int(d.get("sizeBytes", 0))),
+            when(d.get("createTime"), seconds=False),
+        )
+    return table
 
 
 def profile_table(dataset: Json) -> Table:
@@ -92,8 +149,12 @@ def profile_table(dataset: Json) -> Table:
     for column in dataset.get("columns", []):
         profile = column.get("profile") or {}
         kind = column.get("dataType", "").lower()
-        if column.get("idLike"):
+        if column.get("rowNumber"):
+            kind += " [dim](row number)[/]"
+        elif column.get("idLike"):
             kind += " [dim](id-like)[/]"
+        if profile.get("dateFormat") and profile["dateFormat"] != "ISO 8601":
+            kind += f" [dim]{escape(profile['dateFormat'])}[/]"
         nulls = int(profile.get("nullCount", 0))
         missing = f"{nulls:,}" + (f" ({nulls / rows:.0%})" if nulls and rows else "")
         distinct = count(profile.get("distinctCount", 0))

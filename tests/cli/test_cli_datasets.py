@@ -3,8 +3,10 @@ list, the profile table, download, delete, and the errors a user meets."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +132,7 @@ def test_delete_then_the_dataset_is_gone(cli: Cli, csv_dir: Path, tmp_path: Path
 
 def test_upload_of_a_bad_csv_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
-    bad.write_text("a,a\n1,2\n")  # a duplicated column name is refused at upload
+    bad.write_text("a,b\n1,2\n3\n")  # a row with a field missing is refused at upload
 
     run = cli("datasets", "upload", str(bad))
 
@@ -144,3 +146,42 @@ def test_upload_of_a_missing_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> 
 
     assert run.code == 2, run
     assert "does not exist" in run.stderr
+
+
+def test_upload_shows_the_format_and_the_header_repairs(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "export.tsv.gz"
+    # pandas' to_csv with its index, tab-separated, gzip-compressed: a blank first name.
+    path.write_bytes(gzip.compress(b"\tcity\tvisitors\n0\tOslo\t7\n1\tPorto\t2\n2\tBergen\t5\n"))
+
+    run = cli("datasets", "upload", str(path), "--name", "export")
+
+    assert run.code == 0, run
+    assert re.search(r"format\s+gzip-compressed text, UTF-8, tab-separated", run.stdout), run
+    assert re.search(r"header repairs", run.stdout)
+    assert re.search(r"1\s+''\s+unnamed_0\s+blank name", run.stdout), run
+    assert re.search(r"unnamed_0\s+integer \(row number\)", run.stdout), run
+
+
+def test_versions_of_a_named_dataset(cli: Cli, tmp_path: Path) -> None:
+    name = f"monthly-{uuid.uuid4().hex[:6]}"
+    first, second = tmp_path / "january.csv", tmp_path / "february.csv"
+    first.write_text("day,sales\n25/01/2024,3\n26/01/2024,4\n")
+    second.write_text("day,sales\n25/02/2024,5\n26/02/2024,6\n27/02/2024,7\n")
+
+    one = cli("datasets", "upload", str(first), "--name", name, "-O", "json")
+    two = cli("datasets", "upload", str(second), "--new-version-of", name, "-O", "json")
+    listed = cli("datasets", "versions", name)
+    shown = cli("datasets", "show", f"{name}@1")
+    latest = cli("datasets", "show", name, "-O", "json")
+    typo = cli("datasets", "upload", str(second), "--new-version-of", f"{name}-typo")
+
+    assert (one.json()["version"], two.json()["version"]) == ("1", "2")
+    assert two.json()["displayName"] == name
+    assert listed.code == 0, listed
+    versions = [line.split()[0] for line in listed.stdout.splitlines() if line[:1].isdigit()]
+    assert versions == ["2", "1"]
+    assert re.search(rf"name\s+{name} version 1", shown.stdout), shown
+    assert re.search(r"day\s+date %d/%m/%Y", shown.stdout), shown
+    assert latest.json()["datasetId"] == two.json()["datasetId"]
+    assert typo.code == 3, typo
+    assert "DATASET_NOT_FOUND" in typo.stderr

@@ -375,7 +375,13 @@ def show_dataset(dataset: Json) -> None:
 
 @app.command("train")
 def train(
-    dataset_id: Annotated[str, typer.Argument(metavar="DATASET", help="The dataset to train on.")],
+    dataset_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DATASET",
+            help="The dataset to train on: an id, a name (its latest version) or name@version.",
+        ),
+    ],
     target: Annotated[str, typer.Option(metavar="COLUMN", help="The column to predict.")],
     task: Annotated[
         Task, typer.Option(case_sensitive=False, help="Kind of model (AUTO decides).")

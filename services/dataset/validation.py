@@ -69,7 +69,9 @@ def validate_dataset_id(dataset_id: str) -> str:
 
 
 def validate_reference(reference: str) -> str:
-    if not reference.strip() or len(reference) > MAX_DISPLAY_NAME_CHARS + 24:
+    too_long = len(reference) > MAX_DISPLAY_NAME_CHARS + 24
+    # No id or name holds a control character (and PostgreSQL refuses a NUL outright).
+    if not reference.strip() or too_long or _has_control_characters(reference):
         raise invalid_argument(
             reasons.DATASET_ID_INVALID,
             "reference must be a dataset id, a display name or name@version",

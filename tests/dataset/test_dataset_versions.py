@@ -87,6 +87,24 @@ async def test_lookups_that_find_nothing(service: RunningService) -> None:
     assert failure.reason == "DATASET_ID_INVALID"
 
 
+@pytest.mark.parametrize("reference", ["name\x00", "?\u00f7d\x00x", "tab\tname"])
+async def test_a_reference_with_control_characters_is_invalid(
+    service: RunningService, reference: str
+) -> None:
+    failure = await failure_of(lookup(service.client, reference))
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DATASET_ID_INVALID",
+    )
+    failure = await service.client.upload_failure(
+        b"a\n1\n", display_name="", new_version_of=reference
+    )
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DATASET_ID_INVALID",
+    )
+
+
 async def test_a_name_with_an_at_sign_is_matched_whole_first(service: RunningService) -> None:
     name = f"team@{uuid.uuid4().hex[:6]}"
     dataset = await service.client.upload(b"a\n1\n", display_name=f"{name}@2")

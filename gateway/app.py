@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from gateway.backends import Backends
 from gateway.descriptors import Comments, load_services
 from gateway.docs import ASSET_PREFIX, DocsPage
 from gateway.errors import ErrorResponse, GatewayError, error_response, invalid_argument
-from gateway.openapi import build_document, document_json
+from gateway.openapi import build_document, document_json, with_server
 from gateway.routes import (
     HTTP_BODY,
     Match,
@@ -106,9 +107,12 @@ class Gateway:
         self.builders = {route: RequestBuilder(route) for route in self.routes}
         self.backends = Backends(settings, self.routes)
         self.auth = Authenticator.from_settings(settings)
-        self.openapi = document_json(
-            build_document(self.routes, Comments.load(), title=API_TITLE, version=API_VERSION)
+        self.openapi = build_document(
+            self.routes, Comments.load(), title=API_TITLE, version=API_VERSION
         )
+        # One serialised document per server URL it was asked for (a handful in practice:
+        # every name the gateway is reached by); bounded, since Host is the client's word.
+        self._openapi_json = functools.lru_cache(maxsize=16)(self._openapi_for)
         self.docs = DocsPage()
         self._app: ASGIApp = self._asgi
         if settings.cors_allowed_origins:
@@ -319,13 +323,17 @@ class Gateway:
         if path == "/readyz":
             return await self._readiness()
         if path == "/openapi.json":
-            return Response(self.openapi, media_type=JSON_MEDIA_TYPE)
+            server_url = (self.settings.public_url or str(request.base_url)).rstrip("/")
+            return Response(self._openapi_json(server_url), media_type=JSON_MEDIA_TYPE)
         if path == "/docs":
             return self.docs.page()
         asset = self.docs.asset(path) if path.startswith(ASSET_PREFIX) else None
         if asset is None:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route {path}")
         return asset
+
+    def _openapi_for(self, server_url: str) -> bytes:
+        return document_json(with_server(self.openapi, server_url))
 
     async def _readiness(self) -> Response:
         backends = await self.backends.readiness()

@@ -9,7 +9,6 @@ Struct/Value as free JSON. `google.api.field_behavior` REQUIRED fields are
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -152,15 +151,9 @@ class SchemaBuilder:
         }
         if required:
             schema["required"] = required
-        # A oneof takes at most one of its fields.
-        exclusive = [
-            {"required": [first.json_name, second.json_name]}
-            for oneof in message.oneofs
-            for first, second in itertools.combinations(oneof.fields, 2)
-            if first.name not in excluded and second.name not in excluded
-        ]
-        if exclusive:
-            schema["not"] = exclusive[0] if len(exclusive) == 1 else {"anyOf": exclusive}
+        choices = _real_oneofs(message, excluded)
+        if len(choices) == 1:
+            schema = _one_of_variants(message, schema, choices[0])
         description = self.comments.of_message(message)
         if description:
             schema["description"] = description
@@ -222,6 +215,58 @@ class SchemaBuilder:
         return {**schema, **annotations}
 
 
+Oneof = tuple[str, list[FieldDescriptor]]
+
+
+def _real_oneofs(message: Descriptor, excluded: frozenset[str]) -> list[Oneof]:
+    """Name and members of each oneof that can hold more than one field (proto3
+    `optional` makes a synthetic oneof of one), leaving out `excluded` fields."""
+    choices = []
+    for oneof in message.oneofs:
+        members = [field for field in oneof.fields if field.name not in excluded]
+        if len(members) > 1:
+            choices.append((oneof.name, members))
+    return choices
+
+
+def _one_of_variants(message: Descriptor, schema: dict[str, Any], oneof: Oneof) -> dict[str, Any]:
+    """The object as `oneOf` its shapes: without any member of the oneof, or with exactly
+    one. Each shape is a closed object (additionalProperties false), so exactly one matches;
+    generators make a union type of them. (A `not: {required: [a, b]}` says the same, but
+    generators ignore or misread it.)"""
+    oneof_name, members = oneof
+    names = {field.json_name for field in members}
+    common = {name: value for name, value in schema["properties"].items() if name not in names}
+    required = list(schema.get("required", []))
+
+    def variant(title: str, member: FieldDescriptor | None) -> dict[str, Any]:
+        properties = dict(common)
+        needed = [name for name in required if name not in names]
+        if member is not None:
+            properties[member.json_name] = schema["properties"][member.json_name]
+            needed.append(member.json_name)
+        shape: dict[str, Any] = {
+            "title": title,
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": False,
+        }
+        if needed:
+            shape["required"] = needed
+        return shape
+
+    return {
+        "oneOf": [
+            variant(f"{message.name}Without{_camel(oneof_name)}", None),
+            *(variant(f"{message.name}With{_camel(m.name)}", m) for m in members),
+        ]
+    }
+
+
+def _camel(snake: str) -> str:
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
 def _non_empty_when_required(schema: dict[str, Any], field: FieldDescriptor) -> dict[str, Any]:
     """A REQUIRED string or list must be non-empty: its empty value is the unset one."""
     if field_behavior_pb2.REQUIRED not in field_behaviors(field) or is_map(field):
@@ -239,8 +284,15 @@ def field_behaviors(field: FieldDescriptor) -> set[int]:
 
 
 def build_document(
-    routes: Sequence[Route], comments: Comments, *, title: str, version: str
+    routes: Sequence[Route],
+    comments: Comments,
+    *,
+    title: str,
+    version: str,
+    server_url: str | None = None,
 ) -> dict[str, Any]:
+    """The document; `servers` is left out without `server_url` (`with_server` adds it
+    when the document is served, from the settings or the request)."""
     schemas = SchemaBuilder(comments)
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
@@ -255,7 +307,7 @@ def build_document(
         paths.setdefault(route.template.openapi_path(), {})[route.http_method.lower()] = operation
     paths.update(_probe_paths())
     services = sorted({route.service for route in routes}, key=lambda s: s.full_name)
-    return {
+    document = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version, "description": API_DESCRIPTION},
         "tags": [
@@ -283,6 +335,14 @@ def build_document(
             },
         },
     }
+    return document if server_url is None else with_server(document, server_url)
+
+
+def with_server(document: dict[str, Any], server_url: str) -> dict[str, Any]:
+    """The document with `servers` naming `server_url`, placed after `info`."""
+    head = {key: document[key] for key in ("openapi", "info")}
+    servers = [{"url": server_url, "description": "This gateway."}]
+    return {**head, "servers": servers, **document}
 
 
 def document_json(document: dict[str, Any]) -> bytes:
@@ -315,6 +375,7 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: Comments) -> dict
         "parameters": _path_parameters(route, schemas) + _query_parameters(route, schemas),
         "responses": {
             "200": _success_response(route, schemas),
+            **_client_error_responses(route),
             "default": {"$ref": "#/components/responses/Error"},
         },
         "x-grpc-method": route.grpc_path,
@@ -325,6 +386,17 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: Comments) -> dict
     if not operation["parameters"]:
         del operation["parameters"]
     return operation
+
+
+def _client_error_responses(route: Route) -> dict[str, Any]:
+    """The 4xx every route can answer, each an Error document (google.rpc.Status JSON):
+    400 for bad input, 401 without a valid token, 404 for an unknown resource named in
+    the path. Other codes (409, 429, 5xx, ...) fall under `default`."""
+    error = {"$ref": "#/components/responses/Error"}
+    responses = {"400": error, "401": error}
+    if route.template.variables:
+        responses["404"] = error
+    return responses
 
 
 def _path_parameters(route: Route, schemas: SchemaBuilder) -> list[dict[str, Any]]:
@@ -474,8 +546,9 @@ def _event_schema(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
                 "proto3 JSON; `error` events: an Error document.",
             },
         },
+        # Inline, not a $ref: a component used only from an extension counts as unused.
         "x-data-schemas": {
-            route.media.event_name: schemas.message_ref(output),
+            route.media.event_name: schemas.message_schema(output),
             "error": _ref(ERROR_SCHEMA),
         },
     }

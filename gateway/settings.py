@@ -79,6 +79,14 @@ class GatewaySettings(CommonSettings):
     sse_keepalive_seconds: float = Field(
         default=15.0, gt=0, description="Interval of keep-alive comments on an idle watch."
     )
+    public_url: str = Field(
+        default="",
+        description=(
+            "Base URL clients reach the gateway at, such as https://modelyard.example.com, "
+            "given as the OpenAPI document's `servers`; when empty, the URL the document "
+            "was requested at."
+        ),
+    )
     readiness_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of each backend health check behind /readyz."
     )

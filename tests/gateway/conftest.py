@@ -12,6 +12,7 @@ from tests.gateway.gateway_doubles import (
     API_TOKENS,
     BODY_LIMIT,
     CORS_ORIGIN,
+    PUBLIC_URL,
     Fakes,
     GatewayProcess,
     Recorder,
@@ -55,7 +56,10 @@ async def dev_gateway(
     started = await start_gateway(
         tmp_path_factory.mktemp("dev-gateway"),
         fakes.addresses,
-        {"MODELYARD_GATEWAY_DEV_MODE": "true"},
+        {
+            "MODELYARD_GATEWAY_DEV_MODE": "true",
+            "MODELYARD_GATEWAY_PUBLIC_URL": PUBLIC_URL + "/",
+        },
     )
     yield started
     started.process.stop()

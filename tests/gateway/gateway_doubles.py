@@ -430,6 +430,10 @@ async def start_fakes(state_dir: Path) -> Fakes:
     return Fakes(recorder, addresses, servers)
 
 
+# The dev gateway's MODELYARD_GATEWAY_PUBLIC_URL (given with a trailing slash).
+PUBLIC_URL = "https://modelyard.example.com"
+
+
 @dataclass
 class GatewayProcess:
     process: ManagedProcess

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,24 @@ from openapi_spec_validator import validate
 from gateway.descriptors import Comments, load_services
 from gateway.openapi import build_document
 from gateway.routes import routes_of
-from tests.gateway.gateway_doubles import API_TOKENS, GatewayProcess
+from tests.gateway.gateway_doubles import API_TOKENS, PUBLIC_URL, GatewayProcess
 
 Document = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def document() -> Document:
-    return build_document(routes_of(load_services()), Comments.load(), title="t", version="v1")
+    return build_document(
+        routes_of(load_services()),
+        Comments.load(),
+        title="t",
+        version="v1",
+        server_url="http://127.0.0.1:8080",
+    )
+
+
+def response_validator(document: Document, schema: Document) -> OAS30ReadValidator:
+    return OAS30ReadValidator({**schema, "components": document["components"]})
 
 
 def operations(document: Document) -> dict[str, tuple[str, str, Document]]:
@@ -43,6 +55,7 @@ def operations(document: Document) -> dict[str, tuple[str, str, Document]]:
 def test_document_is_valid_openapi_3(document: Document) -> None:
     validate(document)
     assert document["openapi"].startswith("3.0")
+    assert document["servers"] == [{"url": "http://127.0.0.1:8080", "description": "This gateway."}]
 
 
 def test_every_annotated_rpc_is_an_operation_at_its_annotated_route(document: Document) -> None:
@@ -132,8 +145,89 @@ def test_operations_document_their_bodies_and_parameters(document: Document) -> 
     assert create["requestBody"]["required"] is True
     _, _, predict = ops["/modelyard.training.v1.TrainerService/Predict"]
     body = predict["requestBody"]["content"]["application/json"]["schema"]
-    assert "modelName" not in body["properties"]  # it comes from the path
-    assert body["not"] == {"required": ["version", "alias"]}  # the version_selector oneof
+    assert not any("modelName" in shape["properties"] for shape in body["oneOf"])  # path
+    # The version_selector oneof: closed shapes, exactly one of which matches.
+    shapes = {shape["title"]: shape for shape in body["oneOf"]}
+    assert list(shapes) == [
+        "PredictRequestWithoutVersionSelector",
+        "PredictRequestWithVersion",
+        "PredictRequestWithAlias",
+    ]
+    assert set(shapes["PredictRequestWithoutVersionSelector"]["properties"]) == {"rows"}
+    assert set(shapes["PredictRequestWithVersion"]["properties"]) == {"rows", "version"}
+    assert shapes["PredictRequestWithAlias"]["required"] == ["rows", "alias"]
+    assert all(shape["additionalProperties"] is False for shape in shapes.values())
+    assert '"not":' not in json.dumps(document)  # no `not: {required: ...}` anywhere
+
+
+@pytest.mark.parametrize(
+    ("body", "matching"),
+    [
+        ({"rows": [{"a": 1}]}, ["PredictRequestWithoutVersionSelector"]),
+        ({"rows": [{"a": 1}], "version": "3"}, ["PredictRequestWithVersion"]),
+        ({"rows": [{"a": 1}], "alias": "champion"}, ["PredictRequestWithAlias"]),
+        ({"rows": [{"a": 1}], "version": "3", "alias": "champion"}, []),
+    ],
+)
+def test_predict_body_shapes_take_at_most_one_version_selector(
+    document: Document, body: Document, matching: list[str]
+) -> None:
+    _, _, predict = operations(document)["/modelyard.training.v1.TrainerService/Predict"]
+    schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    matched = [
+        shape["title"]
+        for shape in schema["oneOf"]
+        if response_validator(document, shape).is_valid(body)
+    ]
+    assert matched == matching
+
+
+def test_every_operation_declares_its_client_errors(document: Document) -> None:
+    error = {"$ref": "#/components/responses/Error"}
+    for method, path, operation in operations(document).values():
+        responses = operation["responses"]
+        expected = {"400": error, "401": error} | ({"404": error} if "{" in path else {})
+        assert {code: r for code, r in responses.items() if code.startswith("4")} == expected, (
+            f"{method} {path}"
+        )
+        assert responses["default"] == error
+    error_body = document["components"]["responses"]["Error"]["content"]["application/json"]
+    assert error_body["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+REDOCLY = Path(__file__).resolve().parents[2] / "tools" / "node_modules" / ".bin" / "redocly"
+# Warnings of Redocly's recommended rules the document keeps, each for a reason: the
+# probes answer 200 or 503 and nothing in 4xx; the project declares no licence.
+ALLOWED_REDOCLY_WARNINGS = {
+    ("operation-4xx-response", "#/paths/~1healthz/get/responses"),
+    ("operation-4xx-response", "#/paths/~1readyz/get/responses"),
+    ("info-license", "#/info"),
+}
+
+
+def test_redocly_recommended_rules_find_no_error(document: Document, tmp_path: Path) -> None:
+    if not REDOCLY.exists():
+        pytest.fail("tools/node_modules/.bin/redocly is missing: run `make install`")
+    (tmp_path / "openapi.json").write_text(json.dumps(document))
+    result = subprocess.run(
+        [str(REDOCLY), "lint", "openapi.json", "--format=json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true"},
+    )
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    problems = {
+        (problem["ruleId"], problem["severity"], problem["location"][0]["pointer"])
+        for problem in report["problems"]
+    }
+    errors = {problem for problem in problems if problem[1] == "error"}
+    warnings = {(rule, pointer) for rule, severity, pointer in problems if severity == "warn"}
+    assert errors == set()
+    assert warnings == ALLOWED_REDOCLY_WARNINGS
+    assert result.returncode == 0, result.stderr
 
 
 def test_security_is_bearer_except_for_probes(document: Document) -> None:
@@ -153,6 +247,7 @@ async def test_served_document_and_docs_page_work_offline(gateway: GatewayProces
         missing = await client.get("/docs/static/../settings.py")
     assert served.status_code == 200
     validate(served.json())
+    assert served.json()["servers"][0]["url"] == gateway.url  # from the request
     assert page.headers["content-type"].startswith("text/html")
     assert "swagger-ui-bundle.js" in page.text
     assert not re.search(r"https?://", page.text + script.text)  # nothing from a CDN
@@ -160,10 +255,6 @@ async def test_served_document_and_docs_page_work_offline(gateway: GatewayProces
     assert len(assets) >= 4
     assert any(len(asset.content) > 500_000 for asset in assets)  # Swagger UI itself
     assert missing.status_code == 404
-
-
-def response_validator(document: Document, schema: Document) -> OAS30ReadValidator:
-    return OAS30ReadValidator({**schema, "components": document["components"]})
 
 
 @pytest.mark.slow
@@ -241,6 +332,18 @@ async def test_schemathesis_finds_no_server_error_nor_nonconforming_response(
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-6000:]
     assert "Tested: 19" in text
+
+
+@pytest.mark.slow
+async def test_servers_name_the_host_asked_or_the_configured_url(
+    gateway: GatewayProcess, dev_gateway: GatewayProcess
+) -> None:
+    async with gateway.client(token=None) as client:
+        proxied = await client.get("/openapi.json", headers={"Host": "api.internal:9443"})
+    async with dev_gateway.client(token=None) as client:
+        configured = await client.get("/openapi.json", headers={"Host": "api.internal:9443"})
+    assert proxied.json()["servers"][0]["url"] == "http://api.internal:9443"
+    assert configured.json()["servers"][0]["url"] == PUBLIC_URL
 
 
 @pytest.mark.slow

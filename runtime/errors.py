@@ -16,6 +16,13 @@ from google.rpc import error_details_pb2, status_pb2
 ERROR_DOMAIN = "modelyard"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
+# A status travels in response trailers, and gRPC refuses trailers over its metadata
+# size limit (8 KiB by default) with RESOURCE_EXHAUSTED, which would hide the real
+# error behind a 429. Whatever a handler puts in a status is bounded to fit.
+MAX_STATUS_MESSAGE_CHARS = 1000
+MAX_METADATA_VALUE_CHARS = 256
+MAX_METADATA_ENTRIES = 16
+
 
 class ServiceError(Exception):
     """An error the caller can act on, with the reason code clients match on."""
@@ -46,12 +53,22 @@ def make_status(
     message: str,
     metadata: Mapping[str, str] | None = None,
 ) -> status_pb2.Status:
-    info = error_details_pb2.ErrorInfo(
-        reason=reason, domain=ERROR_DOMAIN, metadata=dict(metadata or {})
-    )
+    bounded = {
+        key[:MAX_METADATA_VALUE_CHARS]: _bounded(value, MAX_METADATA_VALUE_CHARS)
+        for key, value in list((metadata or {}).items())[:MAX_METADATA_ENTRIES]
+    }
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=bounded)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return status_pb2.Status(
+        code=code.value[0],
+        message=_bounded(message, MAX_STATUS_MESSAGE_CHARS),
+        details=[detail],
+    )
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def status_reason(status: status_pb2.Status) -> str | None:

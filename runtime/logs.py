@@ -5,6 +5,10 @@ request or a job carries them without being passed around:
 
     with log_context(job_id=job.job_id):
         logger.info("training started", extra={"rows": 569})
+
+An error that is logged, not raised, goes in one field written one way:
+
+    logger.warning("heartbeat failed", extra=error_fields(error))
 """
 
 from __future__ import annotations
@@ -39,6 +43,23 @@ def log_context(**fields: str) -> Iterator[None]:
 
 def current_context() -> dict[str, str]:
     return dict(_context.get() or {})
+
+
+# Long enough for any message worth reading, short enough that a hostile input echoed
+# in an exception's text cannot bloat a log line.
+MAX_ERROR_FIELD_CHARS = 2000
+
+
+def error_fields(error: BaseException) -> dict[str, str]:
+    """The `extra` fields of a log line about an error: `{"error": "Type: message"}`.
+
+    The type is always there (some exceptions have an empty message, and a type
+    names a failure better than `repr`); the text is bounded."""
+    text = str(error)
+    described = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(described) > MAX_ERROR_FIELD_CHARS:
+        described = described[:MAX_ERROR_FIELD_CHARS] + "…"
+    return {"error": described}
 
 
 class JsonFormatter(logging.Formatter):

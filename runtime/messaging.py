@@ -8,6 +8,8 @@ consumes calls `ensure_streams`, which is idempotent).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import nats
@@ -22,6 +24,9 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
+
+from runtime.app import StartupError
+from runtime.logs import error_fields
 
 logger = logging.getLogger("modelyard.messaging")
 
@@ -49,7 +54,7 @@ async def connect(url: str, client_name: str) -> NatsClient:
     """Connect, and keep reconnecting for as long as the process lives."""
 
     async def on_error(error: Exception) -> None:
-        logger.warning("nats error: %s", error)
+        logger.warning("nats error", extra=error_fields(error))
 
     async def on_disconnected() -> None:
         logger.warning("nats disconnected")
@@ -67,6 +72,30 @@ async def connect(url: str, client_name: str) -> NatsClient:
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
+
+
+async def connect_at_start(
+    url: str, client_name: str, timeout_seconds: float, url_variable: str
+) -> NatsClient:
+    """`connect`, but a process that cannot reach NATS within `timeout_seconds` at start
+    stops with a StartupError naming the variable to fix, instead of waiting forever."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            return await connect(url, client_name)
+    except (TimeoutError, OSError) as error:
+        raise StartupError(
+            f"cannot reach NATS at {url} within {timeout_seconds:g}s "
+            f"(set {url_variable} to a NATS server with JetStream enabled)"
+        ) from error
+
+
+async def close_quietly(nc: NatsClient, timeout_seconds: float = 5.0) -> None:
+    """Close a connection at shutdown; a server already gone is no error then."""
+    if nc.is_closed:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_seconds):
+            await nc.close()
 
 
 async def ensure_streams(js: JetStreamContext) -> None:

@@ -13,6 +13,8 @@ import logging
 
 from prometheus_client import Counter, Histogram, start_http_server
 
+from runtime.logs import error_fields
+
 logger = logging.getLogger("modelyard.metrics")
 
 # Buckets from 1 ms to 60 s: unary calls are milliseconds, uploads and streams long.
@@ -45,6 +47,8 @@ def serve_metrics(address: str | None) -> None:
         start_http_server(int(port), addr=host or "0.0.0.0")
     except OSError as error:
         # Metrics must not keep a service from serving: say so loudly and go on.
-        logger.error("metrics endpoint not started on %s: %s", address, error)
+        logger.error(
+            "metrics endpoint not started", extra={"address": address, **error_fields(error)}
+        )
         return
     logger.info("metrics endpoint", extra={"address": address})

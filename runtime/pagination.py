@@ -1,8 +1,18 @@
 """Opaque page tokens for List RPCs (AIP-158), over keyset pagination.
 
-A token holds the sort key of the last item returned and a fingerprint of the
-request's filters; a token presented with other filters is refused, as AIP-158
-asks. Clients must treat tokens as opaque: the encoding may change.
+Lists are newest first, keyed by (create time, id). A token holds the key of
+the last item returned and a fingerprint of the request's filters; a token
+presented with other filters is refused, as AIP-158 asks. Clients must treat
+tokens as opaque: the encoding may change.
+
+A List RPC is three steps, the same in every service:
+
+    page = parse_page(request.page_size, request.page_token, filters)
+    rows = await repository.list_page(page, ...)   # up to page.size + 1 rows
+    items, token = page_tail(rows, page, key=lambda row: (row.create_time, row.id), filters)
+
+A list kept by another system (the MLflow registry) has tokens of its own; it
+still takes its size from `page_size`.
 """
 
 from __future__ import annotations
@@ -10,20 +20,33 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from runtime.errors import invalid_argument
 
+T = TypeVar("T")
+
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+
+PAGE_SIZE_INVALID = "PAGE_SIZE_INVALID"
+PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
 
 
 @dataclass(frozen=True)
 class Page:
     size: int
-    # Sort key of the last item of the previous page, or None for the first page.
+    # Key of the last item of the previous page (ISO create time, id), or None for
+    # the first page. parse_page has checked that the time parses.
     after: tuple[str, str] | None
+
+    def after_key(self) -> tuple[datetime, str] | None:
+        if self.after is None:
+            return None
+        return datetime.fromisoformat(self.after[0]), self.after[1]
 
 
 def _fingerprint(filters: Mapping[str, object]) -> str:
@@ -31,10 +54,15 @@ def _fingerprint(filters: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def checked_page_size(requested: int) -> int:
+    """The size of a page: the default for 0, at most MAX_PAGE_SIZE; negative is refused."""
+    if requested < 0:
+        raise invalid_argument(PAGE_SIZE_INVALID, "page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
 def parse_page(page_size: int, page_token: str, filters: Mapping[str, object]) -> Page:
-    if page_size < 0:
-        raise invalid_argument("PAGE_SIZE_INVALID", "page_size must not be negative")
-    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    size = checked_page_size(page_size)
     if not page_token:
         return Page(size=size, after=None)
     try:
@@ -42,11 +70,12 @@ def parse_page(page_size: int, page_token: str, filters: Mapping[str, object]) -
         decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after = (str(decoded["k"][0]), str(decoded["k"][1]))
         fingerprint = str(decoded["f"])
+        datetime.fromisoformat(after[0])
     except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise invalid_argument("PAGE_TOKEN_INVALID", "page_token is not valid") from error
+        raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid") from error
     if fingerprint != _fingerprint(filters):
         raise invalid_argument(
-            "PAGE_TOKEN_INVALID", "page_token was issued for a request with other filters"
+            PAGE_TOKEN_INVALID, "page_token was issued for a request with other filters"
         )
     return Page(size=size, after=after)
 
@@ -54,3 +83,22 @@ def parse_page(page_size: int, page_token: str, filters: Mapping[str, object]) -
 def next_page_token(last_key: tuple[str, str], filters: Mapping[str, object]) -> str:
     payload = json.dumps({"k": list(last_key), "f": _fingerprint(filters)}, separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def page_tail(
+    rows: Sequence[T],
+    page: Page,
+    key: Callable[[T], tuple[datetime, str]],
+    filters: Mapping[str, object],
+) -> tuple[list[T], str]:
+    """The page's items and the token of the next page ("" when this is the last).
+
+    `rows` is what the store returned for `page`: up to `page.size + 1` rows, the
+    extra one only telling that there is more."""
+    items = list(rows[: page.size])
+    if len(rows) <= page.size:
+        return items, ""
+    created, identifier = key(items[-1])
+    # SQLite hands back naive times; every stored time is UTC.
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+    return items, next_page_token((created.isoformat(), identifier), filters)

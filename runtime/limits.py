@@ -1,0 +1,82 @@
+"""Limits that hold across services, each defined here once.
+
+A value that two services check (Jobs accepts a job the Trainer will train; a
+model name Jobs accepts is one the Trainer registers and serves; a request id
+means the same to every Create RPC) lives here, so they cannot drift apart.
+The contracts (`protos/`) document the same values in the fields' comments, and
+`tests/runtime/test_runtime_limits.py` fails when a service or a proto says
+otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from runtime.errors import invalid_argument
+
+# Registered model names: letters, digits, '.', '_' or '-', starting with a letter or
+# digit; safe in URLs, MLflow model URIs (`models:/<name>/<version>`) and NATS-free.
+MAX_MODEL_NAME_CHARS = 128
+MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_MODEL_NAME_CHARS - 1}}}")
+MODEL_NAME_RULE = (
+    f"1 to {MAX_MODEL_NAME_CHARS} letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
+
+# Idempotency keys of Create RPCs (`request_id`): printable, no control characters.
+MAX_REQUEST_ID_CHARS = 128
+REQUEST_ID_RULE = f"at most {MAX_REQUEST_ID_CHARS} printable characters"
+
+# A job's max_run_duration: what a job that sets none gets, and the most one may ask.
+# The two settings of `runtime.settings.RunDurationSettings` default to these.
+DEFAULT_MAX_RUN_DURATION_SECONDS = 3600.0
+MAX_RUN_DURATION_LIMIT_SECONDS = 24 * 3600.0
+
+# Ids the services make (uuid4 hex) and any id a client sends back: letters, digits,
+# '_' or '-'. An id also becomes part of NATS subjects and MLflow filters, where '.',
+# '*', '>' and quotes would mean something else.
+MAX_ID_CHARS = 64
+RESOURCE_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}")
+RESOURCE_ID_RULE = f"1 to {MAX_ID_CHARS} letters, digits, '_' or '-'"
+
+# How much of a client's input an error message or ErrorInfo metadata may quote.
+MAX_ECHO_CHARS = 200
+
+
+def is_model_name(name: str) -> bool:
+    return MODEL_NAME.fullmatch(name) is not None
+
+
+def check_model_name(name: str, reason: str, field: str = "registered_model_name") -> str:
+    """`name` when it is a valid model name; INVALID_ARGUMENT `reason` otherwise."""
+    if not is_model_name(name):
+        raise invalid_argument(reason, f"{field} must be {MODEL_NAME_RULE}", **{field: echo(name)})
+    return name
+
+
+def check_request_id(request_id: str, reason: str) -> str | None:
+    """The request id, or None when the client sent none; INVALID_ARGUMENT `reason`
+    when it is too long or holds control or unprintable characters."""
+    if not request_id:
+        return None
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+        raise invalid_argument(reason, f"request_id must be {REQUEST_ID_RULE}")
+    return request_id
+
+
+def check_resource_id(value: str, field: str, required_reason: str, invalid_reason: str) -> str:
+    """An id a client sent: REQUIRED when empty, INVALID when malformed (quoted bounded)."""
+    if not value:
+        raise invalid_argument(required_reason, f"{field} is required")
+    if RESOURCE_ID.fullmatch(value) is None:
+        raise invalid_argument(
+            invalid_reason, f"{field} must be {RESOURCE_ID_RULE}", **{field: echo(value)}
+        )
+    return value
+
+
+def echo(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` as an error may quote it: at most `limit` characters, control characters
+    replaced, so a hostile input cannot bloat or forge what the client reads back."""
+    cleaned = "".join("?" if unicodedata.category(char) == "Cc" else char for char in text[:limit])
+    return cleaned if len(text) <= limit else cleaned + "…"

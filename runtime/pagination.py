@@ -1,9 +1,9 @@
 """Opaque page tokens for List RPCs (AIP-158), over keyset pagination.
 
-Lists are newest first, keyed by (create time, id). A token holds the key of
-the last item returned and a fingerprint of the request's filters; a token
-presented with other filters is refused, as AIP-158 asks. Clients must treat
-tokens as opaque: the encoding may change.
+A list is sorted on a key, most often (create time, id), newest first. A token
+holds the key of the last item returned and a fingerprint of the request's
+filters; a token presented with other filters is refused, as AIP-158 asks.
+Clients must treat tokens as opaque: the encoding may change.
 
 A List RPC is three steps, the same in every service:
 
@@ -39,14 +39,27 @@ PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
 @dataclass(frozen=True)
 class Page:
     size: int
-    # Key of the last item of the previous page (ISO create time, id), or None for
-    # the first page. parse_page has checked that the time parses.
+    # Key of the last item of the previous page, in text, or None for the first page.
     after: tuple[str, str] | None
 
-    def after_key(self) -> tuple[datetime, str] | None:
+    def after_time(self) -> tuple[datetime, str] | None:
+        """`after` of a list keyed by (create time, id); a token whose key is not a time
+        was not issued by that list: PAGE_TOKEN_INVALID."""
         if self.after is None:
             return None
-        return datetime.fromisoformat(self.after[0]), self.after[1]
+        try:
+            return datetime.fromisoformat(self.after[0]), self.after[1]
+        except ValueError as error:
+            raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid") from error
+
+    def after_number(self) -> int | None:
+        """`after` of a list keyed by a number (versions); PAGE_TOKEN_INVALID otherwise."""
+        if self.after is None:
+            return None
+        try:
+            return int(self.after[0])
+        except ValueError as error:
+            raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid") from error
 
 
 def _fingerprint(filters: Mapping[str, object]) -> str:
@@ -70,7 +83,6 @@ def parse_page(page_size: int, page_token: str, filters: Mapping[str, object]) -
         decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after = (str(decoded["k"][0]), str(decoded["k"][1]))
         fingerprint = str(decoded["f"])
-        datetime.fromisoformat(after[0])
     except (ValueError, KeyError, IndexError, TypeError) as error:
         raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid") from error
     if fingerprint != _fingerprint(filters):
@@ -88,17 +100,25 @@ def next_page_token(last_key: tuple[str, str], filters: Mapping[str, object]) ->
 def page_tail(
     rows: Sequence[T],
     page: Page,
-    key: Callable[[T], tuple[datetime, str]],
+    key: Callable[[T], tuple[datetime | int, str]],
     filters: Mapping[str, object],
 ) -> tuple[list[T], str]:
     """The page's items and the token of the next page ("" when this is the last).
 
     `rows` is what the store returned for `page`: up to `page.size + 1` rows, the
-    extra one only telling that there is more."""
+    extra one only telling that there is more. `key` gives an item's sort key: a
+    time (read back with `Page.after_time`) or a number (`Page.after_number`), and
+    an id breaking ties."""
     items = list(rows[: page.size])
     if len(rows) <= page.size:
         return items, ""
-    created, identifier = key(items[-1])
-    # SQLite hands back naive times; every stored time is UTC.
-    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
-    return items, next_page_token((created.isoformat(), identifier), filters)
+    first, identifier = key(items[-1])
+    return items, next_page_token((_key_text(first), identifier), filters)
+
+
+def _key_text(value: datetime | int) -> str:
+    if isinstance(value, datetime):
+        # SQLite hands back naive times; every stored time is UTC.
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return utc.isoformat()
+    return str(value)

@@ -4,15 +4,15 @@ stopped together (by `python -m services.dataset`, and in-process by the tests).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.dataset.v1 import dataset_service_pb2, dataset_service_pb2_grpc
+from runtime.app import App
 from runtime.db import create_engine, migrate, session_factory
 from runtime.server import GrpcServer
 from services.dataset.blobstore import BlobStore, LocalBlobStore, S3BlobStore, dataset_prefix
@@ -43,59 +43,51 @@ def create_blob_store(settings: DatasetSettings) -> BlobStore:
     return LocalBlobStore(settings.resolved_blob_dir())
 
 
-class DatasetApp:
+class DatasetApp(App):
+    """Database, blob store, gRPC server and janitor, opened in order and closed in
+    reverse (`runtime.app.App`)."""
+
     def __init__(self, settings: DatasetSettings) -> None:
+        super().__init__()
         self.settings = settings
-        self._engine: AsyncEngine | None = None
-        self._store: BlobStore | None = None
-        self._server: GrpcServer | None = None
-        self._janitor: asyncio.Task[None] | None = None
         self.servicer: DatasetServicer | None = None
 
-    async def start(self) -> None:
+    async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        self._engine = create_engine(settings.resolved_database_url())
-        await migrate(self._engine, MIGRATIONS_DIR)
-        self._store = await asyncio.to_thread(create_blob_store, settings)
+        engine = create_engine(settings.resolved_database_url())
+        stack.push_async_callback(engine.dispose)
+        await migrate(engine, MIGRATIONS_DIR)
+        store = await asyncio.to_thread(create_blob_store, settings)
+        stack.callback(store.close)
         repository = DatasetRepository(
-            session_factory(self._engine), timedelta(seconds=settings.upload_lease_seconds)
+            session_factory(engine), timedelta(seconds=settings.upload_lease_seconds)
         )
         cache = None
         if settings.blob_store == "s3" and settings.read_cache_bytes > 0:
             cache = ParquetCache(settings.read_cache_dir(), settings.read_cache_bytes)
-        self.servicer = DatasetServicer(settings, repository, self._store, cache)
-        self._server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
-        dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(
-            self.servicer, self._server.server
-        )
+        servicer = self.servicer = DatasetServicer(settings, repository, store, cache)
+        stack.push_async_callback(servicer.drain)
+        self._background(self._sweep_forever(repository, store), "janitor")
+        server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
+        self._add_servicer(server, servicer)
+        await server.start()
+        stack.push_async_callback(server.stop)
+
+    @staticmethod
+    def _add_servicer(server: GrpcServer, servicer: DatasetServicer) -> None:
+        dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server.server)
         # ReadDataset yields responses already serialized (one copy less per batch).
-        self._server.server.add_registered_method_handlers(
+        server.server.add_registered_method_handlers(
             SERVICE_NAME,
             {
                 "ReadDataset": grpc.unary_stream_rpc_method_handler(
-                    self.servicer.ReadDataset,
+                    servicer.ReadDataset,
                     request_deserializer=dataset_service_pb2.ReadDatasetRequest.FromString,
                     response_serializer=serialize_read_response,
                 )
             },
         )
-        self._server.enable(dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"])
-        await self._server.start()
-        self._janitor = asyncio.create_task(self._sweep_forever(repository, self._store))
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop()
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
-        if self.servicer is not None:
-            await self.servicer.drain()
-        if self._store is not None:
-            self._store.close()
-        if self._engine is not None:
-            await self._engine.dispose()
+        server.enable(dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"])
 
     async def _sweep_forever(self, repository: DatasetRepository, store: BlobStore) -> None:
         """Renew the leases of this process's uploads; fail uploads whose process died."""

@@ -89,8 +89,8 @@ class DatasetRepository:
         """One page of a name's READY versions, newest version first (one row more tells
         there is a next page)."""
         query = self._versions(display_name)
-        if page.after is not None:
-            query = query.where(DatasetRecord.version < int(page.after[0]))
+        if (after := page.after_number()) is not None:
+            query = query.where(DatasetRecord.version < after)
         query = query.order_by(DatasetRecord.version.desc()).limit(page.size + 1)
         async with self._sessions() as session:
             return list((await session.execute(query)).scalars())
@@ -239,8 +239,8 @@ class DatasetRepository:
             )
         if filters.state:
             query = query.where(DatasetRecord.state == filters.state)
-        if page.after is not None:
-            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+        if (after := page.after_time()) is not None:
+            after_time, after_id = after
             query = query.where(
                 or_(
                     DatasetRecord.create_time < after_time,

@@ -28,7 +28,7 @@ from runtime.errors import (
     unavailable,
 )
 from runtime.logs import log_context
-from runtime.pagination import next_page_token, parse_page
+from runtime.pagination import page_tail, parse_page
 from services.dataset import metrics, reasons
 from services.dataset.blobstore import (
     BlobNotFoundError,
@@ -52,7 +52,6 @@ from services.dataset.repository import (
     ListFilters,
     ReadyFields,
     RequestIdTakenError,
-    as_utc,
 )
 from services.dataset.settings import DatasetSettings
 from services.dataset.threads import iterate_in_thread
@@ -412,16 +411,15 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             state=State.Name(request.state) if request.state else None,
         )
         page = parse_page(request.page_size, request.page_token, filters.as_dict())
-        records = await self._repository.list_page(page, filters)
-        response = dataset_service_pb2.ListDatasetsResponse(
-            datasets=[to_message(record) for record in records[: page.size]]
+        records, next_token = page_tail(
+            await self._repository.list_page(page, filters),
+            page,
+            key=lambda record: (record.create_time, record.dataset_id),
+            filters=filters.as_dict(),
         )
-        if len(records) > page.size:
-            last = records[page.size - 1]
-            response.next_page_token = next_page_token(
-                (as_utc(last.create_time).isoformat(), last.dataset_id), filters.as_dict()
-            )
-        return response
+        return dataset_service_pb2.ListDatasetsResponse(
+            datasets=[to_message(record) for record in records], next_page_token=next_token
+        )
 
     async def ListDatasetVersions(
         self,
@@ -431,15 +429,15 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         display_name = validate_display_name(request.display_name)
         scope = {"display_name": display_name}
         page = parse_page(request.page_size, request.page_token, scope)
-        records = await self._repository.list_versions(display_name, page)
-        response = dataset_service_pb2.ListDatasetVersionsResponse(
-            datasets=[to_message(record) for record in records[: page.size]]
+        records, next_token = page_tail(
+            await self._repository.list_versions(display_name, page),
+            page,
+            key=lambda record: (record.version, ""),
+            filters=scope,
         )
-        if len(records) > page.size:
-            response.next_page_token = next_page_token(
-                (str(records[page.size - 1].version), ""), scope
-            )
-        return response
+        return dataset_service_pb2.ListDatasetVersionsResponse(
+            datasets=[to_message(record) for record in records], next_page_token=next_token
+        )
 
     async def DeleteDataset(
         self,

@@ -8,23 +8,16 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import CommonSettings
+from runtime.settings import CommonSettings, ListenAddress, MetricsAddress
 
 MiB = 1024 * 1024
 
 
 class DatasetSettings(CommonSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MODELYARD_DATASET_", extra="ignore", frozen=True, populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_DATASET_")
 
-    listen_address: str = Field(
-        default="127.0.0.1:50051", description="host:port the gRPC server listens on."
-    )
-    metrics_address: str = Field(
-        default="127.0.0.1:9451",
-        description="host:port of the Prometheus endpoint (GET /metrics); empty turns it off.",
-    )
+    listen_address: ListenAddress = "127.0.0.1:50051"
+    metrics_address: MetricsAddress = "127.0.0.1:9451"
     database_url: str | None = Field(
         default=None,
         description=(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import unicodedata
 
 from runtime.errors import invalid_argument
+from runtime.limits import check_request_id
 from services.dataset import reasons
 
 MAX_DISPLAY_NAME_CHARS = 200
-MAX_REQUEST_ID_CHARS = 200
 MAX_SHEET_CHARS = 200
 MAX_BATCH_ROWS = 1_048_576
 
@@ -43,14 +43,7 @@ def validate_delimiter(delimiter: str) -> str:
 
 
 def validate_request_id(request_id: str) -> str | None:
-    if not request_id:
-        return None
-    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
-        raise invalid_argument(
-            reasons.REQUEST_ID_INVALID,
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters",
-        )
-    return request_id
+    return check_request_id(request_id, reasons.REQUEST_ID_INVALID)
 
 
 def validate_sheet(sheet: str) -> str:

@@ -230,7 +230,7 @@ async def start_in_process(tmp: Path, s3: S3Server | None, **overrides: Any) -> 
 async def stop_in_process(service: RunningService) -> None:
     await service.client.close()
     if service.app is not None:
-        await service.app.stop()
+        await service.app.close()
 
 
 @pytest.fixture(scope="module", params=["local+sqlite", "s3+postgresql"])

@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind
 
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
-from runtime.logs import log_context
+from runtime.logs import error_fields, log_context
 from runtime.messaging import JOB_EVENTS_STREAM, JOB_EVENTS_SUBJECTS, JOBS_EVENTS_CONSUMER
 from runtime.tracing import context_from_headers, tracer
 from services.jobs.backoff import Backoff
@@ -107,7 +107,7 @@ class EventsConsumer:
             except Exception as error:
                 logger.warning(
                     "fetching job events failed; retrying",
-                    extra={"error": f"{type(error).__name__}: {error}"},
+                    extra=error_fields(error),
                 )
                 await asyncio.sleep(backoff.next_delay())
                 continue
@@ -161,4 +161,4 @@ async def _quietly(operation: Awaitable[None]) -> None:
     try:
         await operation
     except Exception as error:
-        logger.warning("ack/nak failed", extra={"error": f"{type(error).__name__}: {error}"})
+        logger.warning("ack/nak failed", extra=error_fields(error))

@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime.logs import error_fields
 from runtime.messaging import (
     JOB_EVENTS_STREAM,
     JOBS_EVENTS_CONSUMER,
@@ -42,7 +43,7 @@ async def sample_forever(store: JobStore, js: JetStreamContext, interval_seconds
         try:
             await sample(store, js)
         except Exception as error:  # a metrics round must never take the service down
-            logger.warning("metrics sample failed: %s", error)
+            logger.warning("metrics sample failed", extra=error_fields(error))
         await asyncio.sleep(interval_seconds)
 
 

@@ -31,8 +31,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from runtime import limits
+
 ID_LENGTH = 64
-REQUEST_ID_LENGTH = 128
+REQUEST_ID_LENGTH = limits.MAX_REQUEST_ID_CHARS
 
 
 class Base(DeclarativeBase):
@@ -74,7 +76,7 @@ class TrainingJobRow(Base):
     target_column: Mapped[str] = mapped_column(Text)
     task: Mapped[int] = mapped_column(SmallInteger)
     params: Mapped[str] = mapped_column(Text, doc="JSON object of string to string")
-    registered_model_name: Mapped[str] = mapped_column(String(100))
+    registered_model_name: Mapped[str] = mapped_column(String(limits.MAX_MODEL_NAME_CHARS))
     max_run_duration_seconds: Mapped[float] = mapped_column(Float)
 
     state: Mapped[int] = mapped_column(SmallInteger)

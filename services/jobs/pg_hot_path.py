@@ -29,6 +29,7 @@ import asyncpg
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runtime.logs import error_fields
 from services.jobs.outbox import OutboxEntry
 
 logger = logging.getLogger("modelyard.jobs.store")
@@ -180,7 +181,7 @@ class PostgresHotPath:
         except CONNECTION_LOST as error:
             logger.warning(
                 "database connection lost; retrying once",
-                extra={"error": f"{type(error).__name__}: {error}"},
+                extra=error_fields(error),
             )
         async with self._pool.acquire() as connection:
             return await operation(connection)

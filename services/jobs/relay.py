@@ -32,6 +32,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runtime.db import is_postgresql
+from runtime.logs import error_fields
 from runtime.messaging import (
     JOB_EVENTS_STREAM,
     TRAINING_REQUESTS_STREAM,
@@ -252,7 +253,7 @@ class OutboxRelay:
             except Exception as error:
                 logger.warning(
                     "outbox LISTEN connection lost; polling until it is back",
-                    extra={"error": f"{type(error).__name__}: {error}"},
+                    extra=error_fields(error),
                 )
                 await asyncio.sleep(backoff.next_delay())
             finally:

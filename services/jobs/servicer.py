@@ -26,8 +26,8 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
 )
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import failed_precondition, invalid_argument, not_found, unavailable
-from runtime.logs import log_context
-from runtime.pagination import next_page_token, parse_page
+from runtime.logs import error_fields, log_context
+from runtime.pagination import page_tail, parse_page
 from services.jobs.dependencies import DatasetChecker, ParamsChecker, ReadyDataset
 from services.jobs.outbox import cancel_flag_entry, job_event_entry, training_request_entry
 from services.jobs.relay import OutboxRelay
@@ -142,18 +142,13 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             raise invalid_argument("STATE_INVALID", f"state {request.state} is not a job state")
         filters = {"state": request.state, "dataset_id": request.dataset_id}
         page = parse_page(request.page_size, request.page_token, filters)
-        if page.after is not None:
-            try:
-                datetime.fromisoformat(page.after[0])
-            except ValueError as error:
-                raise invalid_argument("PAGE_TOKEN_INVALID", "page_token is not valid") from error
-        jobs = await self._store.list_page(page, request.state or None, request.dataset_id or None)
-        response = ListTrainingJobsResponse(training_jobs=jobs[: page.size])
-        if len(jobs) > page.size:
-            last = jobs[page.size - 1]
-            key = (last.create_time.ToDatetime(tzinfo=UTC).isoformat(), last.job_id)
-            response.next_page_token = next_page_token(key, filters)
-        return response
+        jobs, next_token = page_tail(
+            await self._store.list_page(page, request.state or None, request.dataset_id or None),
+            page,
+            key=lambda job: (job.create_time.ToDatetime(tzinfo=UTC), job.job_id),
+            filters=filters,
+        )
+        return ListTrainingJobsResponse(training_jobs=jobs, next_page_token=next_token)
 
     # -- cancel ------------------------------------------------------------------------
 
@@ -205,7 +200,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         except Exception as error:
             logger.warning(
                 "cancel flag not set yet; the outbox relay will retry",
-                extra={"error": f"{type(error).__name__}: {error}"},
+                extra=error_fields(error),
             )
 
     # -- watch -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The Jobs service's settings: every field is read from `MODELYARD_JOBS_<FIELD>`
+(but the run-duration limits, shared with the Trainer: `RunDurationSettings`)
 and has a default that works on a bare machine."""
 
 from __future__ import annotations
@@ -6,21 +7,28 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import CommonSettings
+from runtime.settings import (
+    CommonSettings,
+    DatasetClientSettings,
+    ListenAddress,
+    MetricsAddress,
+    NatsSettings,
+    RunDurationSettings,
+    TrainerClientSettings,
+)
 
 
-class JobsSettings(CommonSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MODELYARD_JOBS_", extra="ignore", frozen=True, populate_by_name=True
-    )
+class JobsSettings(
+    CommonSettings,
+    NatsSettings,
+    DatasetClientSettings,
+    TrainerClientSettings,
+    RunDurationSettings,
+):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_JOBS_")
 
-    listen_address: str = Field(
-        default="127.0.0.1:50052", description="host:port the gRPC server listens on."
-    )
-    metrics_address: str = Field(
-        default="127.0.0.1:9452",
-        description="host:port of the Prometheus endpoint (GET /metrics); empty turns it off.",
-    )
+    listen_address: ListenAddress = "127.0.0.1:50052"
+    metrics_address: MetricsAddress = "127.0.0.1:9452"
     metrics_sample_seconds: float = Field(
         default=15.0,
         gt=0,
@@ -41,23 +49,8 @@ class JobsSettings(CommonSettings):
             "overflow), and the pool of the create/get hot path holds up to this many."
         ),
     )
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        description="NATS server(s) with JetStream, comma-separated.",
-    )
-    nats_connect_timeout_seconds: float = Field(
-        default=15.0,
-        gt=0,
-        description="At start, give up (and exit) when NATS cannot be reached within this time.",
-    )
     nats_publish_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a JetStream publish waits for its acknowledgement."
-    )
-    dataset_service_address: str = Field(
-        default="127.0.0.1:50051", description="host:port of DatasetService."
-    )
-    trainer_service_address: str = Field(
-        default="127.0.0.1:50053", description="host:port of TrainerService."
     )
     dependency_timeout_seconds: float = Field(
         default=5.0,
@@ -75,14 +68,6 @@ class JobsSettings(CommonSettings):
             "a dataset deleted meanwhile can still receive jobs for this long (they then fail "
             "in the Trainer)."
         ),
-    )
-    default_max_run_duration_seconds: float = Field(
-        default=3600.0, gt=0, description="max_run_duration of a job that does not set one."
-    )
-    max_run_duration_limit_seconds: float = Field(
-        default=86400.0,
-        gt=0,
-        description="The largest max_run_duration a job may ask for.",
     )
     deadline_grace_seconds: float = Field(
         default=60.0,

@@ -267,8 +267,8 @@ class JobStore:
             statement = statement.where(JOBS.c.state == state)
         if dataset_id is not None:
             statement = statement.where(JOBS.c.dataset_id == dataset_id)
-        if page.after is not None:
-            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+        if (after := page.after_time()) is not None:
+            after_time, after_id = after
             statement = statement.where(
                 or_(
                     JOBS.c.create_time < after_time,

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import invalid_argument
-from services.jobs.models import REQUEST_ID_LENGTH
+from runtime.limits import check_model_name, check_request_id, check_resource_id
 from services.jobs.settings import JobsSettings
 
-REGISTERED_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-# Job ids are ours (uuid4 hex), but any id a client sends ends up in a NATS subject
-# (WatchTrainingJob): only characters that cannot form a wildcard or a token separator.
-JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_PARAMS = 100
 MAX_PARAM_KEY = 128
 MAX_PARAM_VALUE = 1024
@@ -25,35 +20,16 @@ TASKS = frozenset(TrainingJob.Task.values())
 
 
 def validate_job_id(job_id: str) -> str:
-    if not job_id:
-        raise invalid_argument("JOB_ID_REQUIRED", "job_id is required")
-    if not JOB_ID.fullmatch(job_id):
-        raise invalid_argument(
-            "JOB_ID_INVALID",
-            "job_id must be 1 to 64 letters, digits, '_' or '-'",
-            job_id=job_id[:100],
-        )
-    return job_id
+    return check_resource_id(job_id, "job_id", "JOB_ID_REQUIRED", "JOB_ID_INVALID")
 
 
 def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
     _validate_dataset_and_target(request)
     _validate_task(request.task)
     _validate_params(dict(request.params))
-    name = request.registered_model_name
-    if name and not REGISTERED_MODEL_NAME.fullmatch(name):
-        raise invalid_argument(
-            "REGISTERED_MODEL_NAME_INVALID",
-            "registered_model_name must be 1 to 100 characters: letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit",
-            registered_model_name=name[:200],
-        )
-    if len(request.request_id) > REQUEST_ID_LENGTH:
-        raise invalid_argument(
-            "REQUEST_ID_TOO_LONG",
-            f"request_id has {len(request.request_id)} characters; at most "
-            f"{REQUEST_ID_LENGTH} are allowed",
-        )
+    if request.registered_model_name:
+        check_model_name(request.registered_model_name, "REGISTERED_MODEL_NAME_INVALID")
+    check_request_id(request.request_id, "REQUEST_ID_INVALID")
     if request.HasField("max_run_duration"):
         _validate_max_run_duration(request, settings)
 

@@ -41,6 +41,7 @@ from nats.aio.msg import Msg
 
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import not_found, unavailable
+from runtime.logs import error_fields
 from runtime.messaging import job_events_subject
 from services.jobs.consumer import parse_event
 from services.jobs.state_machine import apply_event, is_final
@@ -106,14 +107,14 @@ class JobWatcher:
         try:
             await self._nc.publish(job_changes_subject(job.job_id), job.SerializeToString())
         except Exception as error:
-            logger.warning("job change not announced", extra={"error": str(error)})
+            logger.warning("job change not announced", extra=error_fields(error))
 
     async def _flush(self) -> None:
         """Make sure the server has our subscription before we read the job."""
         try:
             await self._nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
         except Exception as error:  # NATS reconnecting: the periodic re-read covers us
-            logger.warning("watch subscription not confirmed", extra={"error": str(error)})
+            logger.warning("watch subscription not confirmed", extra=error_fields(error))
 
     async def _next_change(
         self, job_id: str, job: TrainingJob, queue: asyncio.Queue[Msg | None]

@@ -53,7 +53,7 @@ from runtime.messaging import (
     job_events_subject,
 )
 from runtime.settings import CommonSettings
-from services.jobs.app import JobsService
+from services.jobs.app import JobsApp
 from services.jobs.settings import JobsSettings
 
 SERVICE_TOKEN = "jobs-tests-" + uuid.uuid4().hex
@@ -176,7 +176,7 @@ def jobs_settings(
 
 @dataclass
 class RunningJobs:
-    service: JobsService
+    app: JobsApp
     settings: JobsSettings
     stub: jobs_service_pb2_grpc.JobsServiceStub
     channel: grpc.aio.Channel
@@ -205,15 +205,14 @@ class RunningJobs:
 async def start_jobs(
     settings: JobsSettings, doubles: Doubles, nats_url: str
 ) -> tuple[RunningJobs, Callable[[], Awaitable[None]]]:
-    service = JobsService(settings)
-    await service.start()
+    app = await JobsApp(settings).start()
     channel = open_channel(settings.listen_address, settings)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     trainer = TrainerDouble(js)
     await trainer.bind()
     running = RunningJobs(
-        service,
+        app,
         settings,
         jobs_service_pb2_grpc.JobsServiceStub(channel),
         channel,
@@ -226,7 +225,7 @@ async def start_jobs(
     async def stop() -> None:
         await channel.close()
         await nc.close()
-        await service.stop()
+        await app.close()
 
     return running, stop
 

@@ -15,6 +15,7 @@ from modelyard.dataset.v1.dataset_pb2 import Dataset
 from modelyard.dispatch.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime import limits
 from runtime.errors import error_reason
 from tests.jobs.jobs_support import RunningJobs
 
@@ -139,6 +140,18 @@ async def test_no_params_no_trainer_call(jobs: RunningJobs) -> None:
     await (await jobs.trainer.take(job.job_id))[1].ack()
 
 
+async def test_the_longest_model_name_the_trainer_registers_is_stored(jobs: RunningJobs) -> None:
+    name = "m" * limits.MAX_MODEL_NAME_CHARS  # the column held 100 before migration 0002
+    job = await create(
+        jobs,
+        dataset_id=jobs.doubles.datasets.add(),
+        target_column="y",
+        registered_model_name=name,
+    )
+    assert (await jobs.get(job.job_id)).registered_model_name == name
+    await (await jobs.trainer.take(job.job_id))[1].ack()
+
+
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
@@ -150,7 +163,7 @@ async def test_no_params_no_trainer_call(jobs: RunningJobs) -> None:
             "REGISTERED_MODEL_NAME_INVALID",
         ),
         (
-            {"dataset_id": "ds", "target_column": "y", "registered_model_name": "a" * 101},
+            {"dataset_id": "ds", "target_column": "y", "registered_model_name": "a" * 129},
             "REGISTERED_MODEL_NAME_INVALID",
         ),
         (
@@ -159,7 +172,11 @@ async def test_no_params_no_trainer_call(jobs: RunningJobs) -> None:
         ),
         (
             {"dataset_id": "ds", "target_column": "y", "request_id": "r" * 129},
-            "REQUEST_ID_TOO_LONG",
+            "REQUEST_ID_INVALID",
+        ),
+        (
+            {"dataset_id": "ds", "target_column": "y", "request_id": "line\nbreak"},
+            "REQUEST_ID_INVALID",
         ),
         (
             {"dataset_id": "ds", "target_column": "y", "max_run_duration": Duration(seconds=-5)},

@@ -332,8 +332,8 @@ async def test_watch_catches_up_from_the_database_when_it_missed_an_event(
     # change the stored job behind the watch's back, through a store that announces
     # nothing: as if this replica's subscriptions had dropped both the event and the
     # announcement of the change
-    assert jobs.service.engine is not None
-    silent_store = JobStore(jobs.service.engine)
+    assert jobs.app.engine is not None
+    silent_store = JobStore(jobs.app.engine)
     await apply_event_to_store(silent_store, succeeded_event(job.job_id))
     await asyncio.wait_for(task, 10)
     assert [u.state for u in collected.updates] == [S.RUNNING, S.SUCCEEDED]
@@ -346,8 +346,8 @@ async def test_watch_sees_a_change_stored_after_its_read_without_the_event(
     just after it read the job: the watch never gets the event, but the change is
     announced, and reaches it long before it would re-read the database."""
     job = await running_job(jobs)
-    assert jobs.service.engine is not None
-    store = JobStore(jobs.service.engine)
+    assert jobs.app.engine is not None
+    store = JobStore(jobs.app.engine)
     watcher = JobWatcher(jobs.nc, store, refresh_seconds=120)
     store.add_change_listener(watcher.announce)
     updates = watcher.watch(job.job_id)
@@ -422,10 +422,10 @@ async def test_watch_stops_when_the_client_goes_away(jobs: RunningJobs) -> None:
     assert first.training_job.state == S.QUEUED
     stream.cancel()
     await asyncio.sleep(0.2)
-    assert jobs.service.nc is not None
+    assert jobs.app.nc is not None
     # the watch's NATS subscription is gone (nats-py keeps no public list of them)
     subject = job_events_subject(job.job_id)
-    subscribed = [sub for sub in jobs.service.nc._subs.values() if sub.subject == subject]
+    subscribed = [sub for sub in jobs.app.nc._subs.values() if sub.subject == subject]
     assert subscribed == []
 
 

@@ -97,8 +97,8 @@ async def test_stopping_ends_open_watches_with_unavailable(
             WatchTrainingJobRequest(job_id=job.job_id), timeout=30
         )
         assert (await stream.read()).training_job.state == TrainingJob.QUEUED
-        assert running.service is not None
-        stopping = asyncio.create_task(running.service.stop())
+        assert running.app is not None
+        stopping = asyncio.create_task(running.app.close())
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stream.read()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -39,8 +39,8 @@ async def create(jobs: RunningJobs, dataset_id: str, **fields: object) -> Traini
 
 
 async def test_it_runs_on_sqlite(jobs: RunningJobs) -> None:
-    assert jobs.service.engine is not None
-    assert jobs.service.engine.dialect.name == "sqlite"
+    assert jobs.app.engine is not None
+    assert jobs.app.engine.dialect.name == "sqlite"
 
 
 async def test_idempotent_create_under_concurrent_retries(jobs: RunningJobs) -> None:

@@ -17,6 +17,7 @@ import math
 import re
 import time
 import uuid
+from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
@@ -58,6 +59,7 @@ from gateway.streaming import (
     upload,
 )
 from gateway.transcoding import RequestBuilder, response_json
+from runtime.app import App
 from runtime.errors import make_status
 from runtime.interceptors import REQUEST_ID_KEY
 from runtime.logs import log_context
@@ -99,8 +101,12 @@ class Exchange:
         self.route: Route | None = None
 
 
-class Gateway:
+class Gateway(App):
+    """The ASGI application. Its lifecycle is the common one (`runtime.app.App`): uvicorn's
+    lifespan events start and close it; uvicorn itself handles SIGTERM and the grace."""
+
     def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__()
         self.settings = settings
         self.routes = build_routes(load_services())
         self.router = Router(self.routes)
@@ -130,8 +136,9 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def startup(self) -> None:
+    async def _open(self, stack: AsyncExitStack) -> None:
         await self.backends.open()
+        stack.push_async_callback(self.backends.close)
         logger.info(
             "gateway ready",
             extra={
@@ -142,22 +149,19 @@ class Gateway:
             },
         )
 
-    async def shutdown(self) -> None:
-        await self.backends.close()
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.startup()
+                    await self.start()
                 except Exception as error:
                     logger.exception("gateway failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
+                await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

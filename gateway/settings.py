@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from runtime.settings import CommonSettings
+from runtime.settings import CommonSettings, DatasetClientSettings, TrainerClientSettings
 
 MIB = 1024 * 1024
 
@@ -19,21 +19,13 @@ def _split_commas(value: object) -> object:
     return value
 
 
-class GatewaySettings(CommonSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MODELYARD_GATEWAY_", extra="ignore", frozen=True, populate_by_name=True
-    )
+class GatewaySettings(CommonSettings, DatasetClientSettings, TrainerClientSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_GATEWAY_")
 
     host: str = Field(default="127.0.0.1", description="Interface the HTTP server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port.")
-    dataset_service_address: str = Field(
-        default="127.0.0.1:50051", description="host:port of DatasetService."
-    )
     jobs_service_address: str = Field(
         default="127.0.0.1:50052", description="host:port of JobsService."
-    )
-    trainer_service_address: str = Field(
-        default="127.0.0.1:50053", description="host:port of TrainerService."
     )
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from modelyard.jobs.v1 import training_job_pb2
 from modelyard.training.v1 import model_pb2
+from runtime import limits
 from runtime.errors import (
     ServiceError,
     failed_precondition,
@@ -33,14 +34,13 @@ from runtime.errors import (
     not_found,
     unavailable,
 )
+from runtime.pagination import PAGE_TOKEN_INVALID, checked_page_size
 from services.training.champion import CHAMPION_ALIAS, version_metrics
 from services.training.pyfunc_model import FeatureSpec
-from services.training.tracking import JOB_TAG, MANAGED_TAG, MANAGED_VALUE, check_model_name
+from services.training.tracking import JOB_TAG, MANAGED_TAG, MANAGED_VALUE
 
 logger = logging.getLogger("modelyard.trainer.catalog")
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 MAX_VERSIONS = 10_000
 TASK_ENUMS = {
     "BINARY": training_job_pb2.TrainingJob.Task.BINARY,
@@ -88,12 +88,11 @@ class ModelCatalog:
     # -- listing -----------------------------------------------------------------------
 
     def list_models(self, page_size: int, page_token: str) -> tuple[list[model_pb2.Model], str]:
-        if page_size < 0:
-            raise invalid_argument("PAGE_SIZE_INVALID", "page_size must not be negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        """One page of models; the registry keeps the list, so its tokens are MLflow's."""
+        size = checked_page_size(page_size)
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             # MLflow's tokens are base64; anything else would make its server fail (500).
-            raise invalid_argument("PAGE_TOKEN_INVALID", "page_token is not valid")
+            raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid")
         try:
             page = self._client.search_registered_models(
                 filter_string=f"tags.{MANAGED_TAG} = '{MANAGED_VALUE}'",
@@ -103,7 +102,7 @@ class ModelCatalog:
             )
         except MlflowException as error:
             if error.error_code == "INVALID_PARAMETER_VALUE" and page_token:
-                raise invalid_argument("PAGE_TOKEN_INVALID", "page_token is not valid") from error
+                raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid") from error
             raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
         models = list(page)
         versions = self._versions_of([model.name for model in models])
@@ -118,7 +117,7 @@ class ModelCatalog:
         return listed, page.token or ""
 
     def get_model(self, name: str) -> model_pb2.Model:
-        _check_name(name)
+        validate_model_name(name)
         with mlflow_errors(name):
             model = self._client.get_registered_model(name)
             versions = self._versions_of([name]).get(name, [])
@@ -128,7 +127,7 @@ class ModelCatalog:
         """Versions per model, newest first, in one search."""
         if not names:
             return {}
-        quoted = ", ".join(f"'{name}'" for name in names if check_model_name(name))
+        quoted = ", ".join(f"'{name}'" for name in names if limits.is_model_name(name))
         with mlflow_errors(names[0]):
             found = self._client.search_model_versions(
                 f"name IN ({quoted})", max_results=MAX_VERSIONS
@@ -144,7 +143,7 @@ class ModelCatalog:
 
     def resolve_version(self, name: str, version: int | None, alias: str | None) -> int:
         """The version number a Predict call means; NOT_FOUND names what is missing."""
-        _check_name(name)
+        validate_model_name(name)
         try:
             if version is not None:
                 found = self._client.get_model_version(name, str(version))
@@ -198,13 +197,8 @@ class ModelCatalog:
         return LoadedModel(name=name, version=version, booster=booster, spec=spec)
 
 
-def _check_name(name: str) -> None:
-    if not check_model_name(name):
-        raise invalid_argument(
-            "MODEL_NAME_INVALID",
-            "model names are 1-128 letters, digits, '.', '_' or '-'",
-            model_name=name[:200],
-        )
+def validate_model_name(name: str) -> None:
+    limits.check_model_name(name, "MODEL_NAME_INVALID", field="model_name")
 
 
 def _champion(model: RegisteredModel) -> int:

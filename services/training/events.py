@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 
 from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1 import training_job_pb2
+from runtime.logs import error_fields
 from runtime.messaging import job_events_subject
 from runtime.tracing import headers_with_context
 
@@ -115,6 +116,6 @@ class EventPublisher:
                     raise EventsUnavailable(f"could not publish a JobEvent: {error!r}") from error
                 logger.warning(
                     "event publish failed; retrying",
-                    extra={"kind": event.WhichOneof("kind"), "error": repr(error)},
+                    extra={"kind": event.WhichOneof("kind"), **error_fields(error)},
                 )
                 await asyncio.sleep(min(0.5 * 2**attempt, 5.0))

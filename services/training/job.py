@@ -28,7 +28,9 @@ from google.protobuf import json_format
 from modelyard.dataset.v1 import dataset_pb2
 from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1 import training_job_pb2
+from runtime import limits
 from runtime.errors import ServiceError, make_status
+from runtime.logs import error_fields
 from runtime.tracing import tracer
 from services.training import metrics
 from services.training.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
@@ -44,7 +46,6 @@ from services.training.tracking import (
     PublishedModel,
     RunRef,
     Tracker,
-    check_model_name,
     derive_model_name,
 )
 
@@ -211,9 +212,7 @@ class JobRunner:
         except EventsUnavailable as error:
             # The job's outcome could not be told: deliver it again (an attempt that
             # registered a model reports it then, without training again).
-            logger.warning(
-                "events cannot be published; retrying later", extra={"error": str(error)}
-            )
+            logger.warning("events cannot be published; retrying later", extra=error_fields(error))
             disposition = Disposition.RETRY_LATER
         metrics.ATTEMPTS.labels(disposition.value).inc()
         metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
@@ -379,7 +378,7 @@ class JobRunner:
         if state.attempt < self._settings.max_attempts:
             logger.warning(
                 "transient failure; the job will be tried again",
-                extra={"reason": reason, "error": str(error)},
+                extra={"reason": reason, **error_fields(error)},
             )
             await self._close_run(state, "FAILED", f"{reason}; retried")
             return Disposition.RETRY_LATER
@@ -444,11 +443,10 @@ def job_info(
     model_name = request.registered_model_name or derive_model_name(
         dataset.display_name or dataset.dataset_id, request.target_column
     )
-    if not check_model_name(model_name):
+    if not limits.is_model_name(model_name):
         raise TrainingFailure(
             "MODEL_NAME_INVALID",
-            f"registered model name {model_name!r} must be 1-128 letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit",
+            f"registered model name {limits.echo(model_name)!r} must be {limits.MODEL_NAME_RULE}",
             invalid_argument=True,
         )
     return JobInfo(

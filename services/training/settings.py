@@ -1,4 +1,5 @@
-"""The Trainer's settings: `MODELYARD_TRAINER_<FIELD>` environment variables.
+"""The Trainer's settings: `MODELYARD_TRAINER_<FIELD>` environment variables (but
+the run-duration limits, shared with Jobs: `RunDurationSettings`).
 
 The MLflow password is a SecretStr: it is handed to the MLflow client through
 its own environment variables at start and never appears in a log line, an
@@ -13,29 +14,22 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import CommonSettings
+from runtime.settings import (
+    CommonSettings,
+    DatasetClientSettings,
+    ListenAddress,
+    MetricsAddress,
+    NatsSettings,
+    RunDurationSettings,
+)
 
 
-class TrainerSettings(CommonSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MODELYARD_TRAINER_", extra="ignore", frozen=True, populate_by_name=True
-    )
+class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDurationSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_TRAINER_")
 
-    listen_address: str = Field(
-        default="127.0.0.1:50053", description="Where TrainerService listens (host:port)."
-    )
-    metrics_address: str = Field(
-        default="127.0.0.1:9453",
-        description="host:port of the Prometheus endpoint (GET /metrics); empty turns it off.",
-    )
+    listen_address: ListenAddress = "127.0.0.1:50053"
+    metrics_address: MetricsAddress = "127.0.0.1:9453"
 
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        description="NATS server(s) with JetStream, comma-separated.",
-    )
-    dataset_service_address: str = Field(
-        default="127.0.0.1:50051", description="DatasetService, read for training data."
-    )
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5000", description="MLflow tracking server (basic auth)."
     )
@@ -79,12 +73,6 @@ class TrainerSettings(CommonSettings):
         ge=0,
         description="Delay before a job that hit a transient error (MLflow or Dataset down) "
         "is delivered again.",
-    )
-    default_max_run_duration_seconds: float = Field(
-        default=3600.0, gt=0, description="Longest a job may run when its request sets no limit."
-    )
-    maximum_max_run_duration_seconds: float = Field(
-        default=6 * 3600.0, gt=0, description="Upper bound of a request's max_run_duration."
     )
     num_threads: int = Field(
         default=0,

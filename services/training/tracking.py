@@ -58,6 +58,8 @@ from mlflow.models import Model
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from opentelemetry.trace import SpanKind
 
+from runtime import limits
+from runtime.logs import error_fields
 from runtime.tracing import tracer
 from services.training import pyfunc_model
 from services.training.champion import (
@@ -82,7 +84,6 @@ JOB_RESULT_ARTIFACT = "job_result.json"
 MANAGED_TAG = "managed_by"
 MANAGED_VALUE = "modelyard"
 PYFUNC_CODE_PATH = Path(pyfunc_model.__file__)
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UPLOAD_THREADS = 6
 # MLflow limits one log_batch call to 1000 metrics, 1000 entities in all.
 _METRICS_PER_CALL = 1000
@@ -184,11 +185,7 @@ class _Uploads:
 def derive_model_name(dataset_name: str, target: str) -> str:
     """`<dataset>-<target>`, lower case, safe in URLs and MLflow model URIs."""
     slug = re.sub(r"[^a-z0-9]+", "-", f"{dataset_name}-{target}".lower()).strip("-")
-    return (slug or "model")[:128].rstrip("-")
-
-
-def check_model_name(name: str) -> bool:
-    return bool(_MODEL_NAME.match(name))
+    return (slug or "model")[: limits.MAX_MODEL_NAME_CHARS].rstrip("-")
 
 
 def run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
@@ -301,14 +298,14 @@ class Tracker:
                 for future in futures:
                     future.result()
         except (MlflowUnavailable, MlflowException, OSError) as error:
-            logger.warning("could not close MLflow run", extra={"error": str(error)})
+            logger.warning("could not close MLflow run", extra=error_fields(error))
 
     def record_timings(self, run_id: str, timings: Mapping[str, float]) -> None:
         """Best effort, after the job's outcome is published."""
         try:
             self.client.set_tag(run_id, "modelyard.mlflow_seconds", json.dumps(dict(timings)))
         except (MlflowException, OSError) as error:
-            logger.warning("could not record MLflow timings", extra={"error": str(error)})
+            logger.warning("could not record MLflow timings", extra=error_fields(error))
 
     # -- publishing a trained model --------------------------------------------------
 

@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 
 from modelyard.dispatch.v1 import dispatch_pb2
-from runtime.logs import log_context
+from runtime.logs import error_fields, log_context
 from runtime.messaging import (
     TRAINERS_CONSUMER,
     TRAINING_REQUESTS_STREAM,
@@ -160,7 +160,7 @@ class TrainerWorker:
             except nats.errors.TimeoutError:
                 pass
             except Exception as error:  # NATS reconnecting, consumer being recreated, ...
-                logger.warning("fetch failed", extra={"error": repr(error)})
+                logger.warning("fetch failed", extra=error_fields(error))
                 await asyncio.sleep(1.0)
             finally:
                 self._fetching = False
@@ -209,7 +209,7 @@ class TrainerWorker:
                 disposition = await self._attempt(message, request, attempt)
             except EventsUnavailable as error:
                 logger.warning(
-                    "events cannot be published; retrying later", extra={"error": str(error)}
+                    "events cannot be published; retrying later", extra=error_fields(error)
                 )
                 disposition = Disposition.RETRY_LATER
             await _settle(message, disposition, self._settings.retry_delay_seconds)
@@ -248,7 +248,15 @@ class TrainerWorker:
     def _max_run_seconds(self, request: dispatch_pb2.TrainingRequest) -> float:
         asked = request.max_run_duration.ToTimedelta().total_seconds()
         chosen = asked if asked > 0 else self._settings.default_max_run_duration_seconds
-        return min(chosen, self._settings.maximum_max_run_duration_seconds)
+        limit = self._settings.max_run_duration_limit_seconds
+        if chosen > limit:
+            # Jobs refuses such a job with the same limit; only a request published by
+            # something else (or a Jobs configured otherwise) gets here.
+            logger.warning(
+                "max_run_duration above the limit; capped",
+                extra={"asked_seconds": chosen, "limit_seconds": limit},
+            )
+        return min(chosen, limit)
 
     async def _heartbeat(self, message: Msg) -> None:
         interval = self._settings.ack_wait_seconds / 3
@@ -257,7 +265,7 @@ class TrainerWorker:
             try:
                 await message.in_progress()
             except Exception as error:
-                logger.warning("heartbeat failed", extra={"error": repr(error)})
+                logger.warning("heartbeat failed", extra=error_fields(error))
 
     async def _cancel_flag_set(self, job_id: str) -> bool:
         assert self._cancellations is not None
@@ -301,7 +309,7 @@ class CancelWatch:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # NATS reconnecting: watch again
-                logger.warning("cancel watch failed; retrying", extra={"error": repr(error)})
+                logger.warning("cancel watch failed; retrying", extra=error_fields(error))
                 await asyncio.sleep(1.0)
             finally:
                 await self._stop_watcher()
@@ -330,7 +338,7 @@ async def _settle(message: Msg, disposition: Disposition, retry_delay: float) ->
         else:
             await message.nak()
     except Exception as error:  # the message comes back after ack_wait; attempts handle it
-        logger.warning("could not settle message", extra={"error": repr(error)})
+        logger.warning("could not settle message", extra=error_fields(error))
 
 
 def training_executor(slots: int) -> ThreadPoolExecutor:

@@ -1,0 +1,136 @@
+"""The Trainer assembled: the MLflow client, TrainerService and, with worker slots,
+the NATS worker that trains jobs, opened in order and closed in reverse
+(`runtime.app.App`).
+
+On SIGTERM the gRPC server (health NOT_SERVING, then calls in flight finish) and
+the worker (no new fetches; running jobs get the grace, then are handed back)
+stop together; then NATS is drained and the MLflow client and training threads
+are let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+
+import mlflow
+from nats.aio.client import Client as NatsClient
+
+from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from runtime.app import App
+from runtime.channels import open_channel
+from runtime.messaging import connect_at_start
+from runtime.server import GrpcServer
+from services.training.catalog import ModelCatalog
+from services.training.credentials import configure_mlflow_client, redactor
+from services.training.dataset_reader import DatasetReader
+from services.training.events import EventPublisher, trainer_source
+from services.training.job import JobRunner
+from services.training.locks import NatsChampionLock, locks_bucket
+from services.training.servicer import TrainerServicer
+from services.training.settings import TrainerSettings
+from services.training.tracking import MlflowTimings, MlflowUnavailable, Tracker
+from services.training.worker import TrainerWorker, training_executor
+
+logger = logging.getLogger("modelyard.trainer")
+
+NATS_DRAIN_SECONDS = 10.0
+
+
+class TrainerApp(App):
+    def __init__(self, settings: TrainerSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        settings = self.settings
+        stack.callback(logger.info, "trainer stopped")  # the last thing closing does
+        redact = redactor(settings)
+        configure_mlflow_client(settings)
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+        executor = training_executor(settings.worker_slots)
+        stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+        tracker = Tracker(
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment_name=settings.mlflow_experiment_name,
+            ui_url=settings.mlflow_ui_url(),
+            model_description=settings.registered_model_description,
+            work_dir=settings.resolved_work_dir(),
+        )
+        stack.callback(tracker.close)
+        with contextlib.suppress(MlflowUnavailable):  # looked up again by the first job
+            await asyncio.to_thread(tracker.experiment_id, MlflowTimings())
+
+        server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
+        trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server(
+            TrainerServicer(settings, ModelCatalog(tracker.client, settings.predict_cache_size)),
+            server.server,
+        )
+        server.enable(trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"])
+        worker = None
+        if settings.worker_slots > 0:
+            worker = await self._worker(stack, tracker, executor, redact)
+        # Calls in flight and running jobs get the same grace, at the same time.
+        serving: list[Callable[[], Awaitable[None]]] = []
+        stack.push_async_callback(_stop_together, serving)
+        if worker is not None:
+            await worker.start()
+            serving.append(functools.partial(worker.stop, settings.shutdown_grace_seconds))
+        await server.start()
+        serving.append(server.stop)
+        logger.info(
+            "trainer ready",
+            extra={
+                "worker_slots": settings.worker_slots,
+                "mlflow": redact(settings.mlflow_tracking_uri),
+            },
+        )
+
+    async def _worker(
+        self,
+        stack: AsyncExitStack,
+        tracker: Tracker,
+        executor: ThreadPoolExecutor,
+        redact: Callable[[str], str],
+    ) -> TrainerWorker:
+        """The worker and what it needs (NATS, the Dataset channel), not started yet."""
+        settings = self.settings
+        source = trainer_source()
+        nats = await connect_at_start(
+            settings.nats_url,
+            source,
+            settings.nats_connect_timeout_seconds,
+            "MODELYARD_TRAINER_NATS_URL",
+        )
+        stack.push_async_callback(_drain, nats)
+        js = nats.jetstream()
+        tracker.set_champion_lock(
+            NatsChampionLock(await locks_bucket(js), asyncio.get_running_loop())
+        )
+        dataset_channel = open_channel(settings.dataset_service_address, settings)
+        stack.push_async_callback(dataset_channel.close)
+        runner = JobRunner(
+            settings,
+            EventPublisher(js, source, redact),
+            DatasetReader(dataset_channel, settings.rpc_timeout_seconds),
+            tracker,
+            executor,
+        )
+        return TrainerWorker(settings, nats, runner)
+
+
+async def _stop_together(stops: list[Callable[[], Awaitable[None]]]) -> None:
+    await asyncio.gather(*(stop() for stop in stops))
+
+
+async def _drain(nats: NatsClient) -> None:
+    """Flush what is still buffered (final events) before closing; bounded."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(NATS_DRAIN_SECONDS):
+            await nats.drain()

@@ -13,11 +13,11 @@ import grpc
 import pytest
 
 from modelyard.dataset.v1 import dataset_pb2
-from modelyard.jobs.v1 import dispatch_pb2
+from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from runtime import limits
 from runtime.errors import ServiceError
-from services.dataset.servicer import validate_request_id as dataset_request_id
+from services.dataset.validation import validate_request_id as dataset_request_id
 from services.jobs.settings import JobsSettings
 from services.jobs.validation import validate_create, validate_job_id
 from services.training.catalog import validate_model_name as trainer_model_name

@@ -58,7 +58,7 @@ def test_walking_pages_returns_every_row_once() -> None:
     token = ""
     for _ in range(10):
         page = parse_page(3, token, FILTERS)
-        after = page.after_key()
+        after = page.after_time()
         remaining = [r for r in table if after is None or (r.create_time, r.row_id) < after]
         items, token = page_tail(
             remaining[: page.size + 1], page, lambda r: (r.create_time, r.row_id), FILTERS
@@ -96,9 +96,23 @@ def forged(key: object) -> str:
     return base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
-@pytest.mark.parametrize(
-    "token",
-    ["not base64 !", "e30", forged(["yesterday", "r1"]), forged([]), "x" * 10_000],
-)
+@pytest.mark.parametrize("token", ["not base64 !", "e30", forged([]), "x" * 10_000])
 def test_malformed_tokens_are_invalid_argument(token: str) -> None:
     assert reason_of(lambda: parse_page(10, token, FILTERS)) == "PAGE_TOKEN_INVALID"
+
+
+def test_a_token_of_another_kind_of_list_is_invalid_argument() -> None:
+    """A version list's token presented to a time-keyed list, and the other way round."""
+    by_version = parse_page(10, next_page_token(("7", ""), FILTERS), FILTERS)
+    by_time = parse_page(10, next_page_token((START.isoformat(), "r1"), FILTERS), FILTERS)
+    assert by_version.after_number() == 7
+    assert by_time.after_time() == (START, "r1")
+    assert reason_of(by_version.after_time) == "PAGE_TOKEN_INVALID"
+    assert reason_of(by_time.after_number) == "PAGE_TOKEN_INVALID"
+
+
+def test_a_numeric_key_makes_a_numeric_token() -> None:
+    page = parse_page(1, "", FILTERS)
+    versions = [Row(START, "v3"), Row(START, "v2")]
+    _, token = page_tail(versions, page, lambda r: (int(r.row_id[1:]), ""), FILTERS)
+    assert parse_page(1, token, FILTERS).after_number() == 3

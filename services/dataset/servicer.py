@@ -40,6 +40,7 @@ from services.dataset.blobstore import (
 from services.dataset.cache import ParquetCache
 from services.dataset.convert import CsvFormat, IngestCancelledError, Limits, ProfileOptions
 from services.dataset.ingest import Ingest, IngestOptions, IngestResult
+from services.dataset.memory import release_free_memory
 from services.dataset.messages import limited, stored_details, to_message
 from services.dataset.models import DatasetRecord
 from services.dataset.pipe import PipeAbortedError
@@ -284,6 +285,8 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             ) from None
         finally:
             self.active_uploads.discard(dataset_id)
+            if not self.active_uploads:
+                await asyncio.to_thread(release_free_memory)
         metrics.INGESTED_BYTES.inc(result.size_bytes)
         metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
         metrics.UPLOADS.labels("READY").inc()

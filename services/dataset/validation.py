@@ -58,6 +58,12 @@ def validate_sheet(sheet: str) -> str:
 def validate_dataset_id(dataset_id: str) -> str:
     if not dataset_id:
         raise invalid_argument(reasons.DATASET_ID_INVALID, "dataset_id is required")
+    # Ids are 32 hexadecimal characters; anything far off (a NUL, which PostgreSQL
+    # refuses outright) is no id.
+    if len(dataset_id) > MAX_DISPLAY_NAME_CHARS or _has_control_characters(dataset_id):
+        raise invalid_argument(
+            reasons.DATASET_ID_INVALID, "dataset_id is not a dataset id", dataset_id=dataset_id[:64]
+        )
     return dataset_id
 
 

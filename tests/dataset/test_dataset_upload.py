@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from modelyard.dataset.v1 import dataset_pb2
-from tests.dataset.conftest import RunningService, column, sha256_of, type_names
+from tests.dataset.conftest import RunningService, column, failure_of, sha256_of, type_names
 
 State = dataset_pb2.Dataset.State
 pytestmark = pytest.mark.slow
@@ -381,3 +381,12 @@ async def test_names_with_dots_and_spaces_read_back(service: RunningService) -> 
     )
     assert table.column_names == ["petal width", "sepal.length"]
     assert table.column("sepal.length").to_pylist() == [5.1, 7.0]
+
+
+@pytest.mark.parametrize("dataset_id", ["a\x00b", "x" * 300, "line\nbreak"])
+async def test_ids_that_cannot_be_ids_are_refused(service: RunningService, dataset_id: str) -> None:
+    failure = await failure_of(service.client.get(dataset_id))
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DATASET_ID_INVALID",
+    )

@@ -9,11 +9,12 @@ PROTO_STAMP := modelyard/.generated
 # with their committed package-lock.json files.
 NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 NODE_TOOLS := tools/node_modules/.installed
+NODE_EXAMPLE := examples/node/node_modules/.installed
 BUF := tools/node_modules/.bin/buf
 
 .PHONY: install protos node node-check test test-fast lint format demo up down bench clean
 
-install: $(VENV)/.installed $(PROTO_STAMP) $(NODE_TOOLS)
+install: $(VENV)/.installed $(PROTO_STAMP) $(NODE_TOOLS) $(NODE_EXAMPLE)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +34,15 @@ node-check:
 	@command -v npm >/dev/null || { echo "installing Node.js and npm (Debian packages)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 
-node: $(NODE_TOOLS)
+node: $(NODE_TOOLS) $(NODE_EXAMPLE)
 
 $(NODE_TOOLS): tools/package.json tools/package-lock.json | node-check
 	cd tools && $(NPM_CI)
+	@touch $@
+
+# The Node.js example client (tests/e2e/test_e2e_node_client.py runs it).
+$(NODE_EXAMPLE): examples/node/package.json examples/node/package-lock.json | node-check
+	cd examples/node && $(NPM_CI)
 	@touch $@
 
 test: install
@@ -71,4 +77,4 @@ bench: install
 	$(PY) -m bench.quality
 
 clean:
-	rm -rf $(VENV) modelyard .modelyard tools/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) modelyard .modelyard tools/node_modules examples/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -6,7 +6,7 @@ On scikit-learn's bundled datasets (breast cancer, wine, iris with its string
 labels, diabetes) and on generated tables with categorical, missing and
 ID-like columns, each written to CSV and read back with pandas:
 
-- platform: `services.training.pipeline.train_model` (task detection, native
+- platform: `services.training.fit.pipeline.train_model` (task detection, native
   categoricals, ID/constant columns dropped, stratified split, early stopping);
 - baseline: a faithful copy of the original baseline - every text column
   label-encoded, `LGBMClassifier`/`LGBMRegressor` with 100 trees and learning
@@ -39,9 +39,9 @@ import pandas as pd
 from sklearn import datasets
 from sklearn.preprocessing import LabelEncoder
 
-from services.training.columns import columns_from_frame
-from services.training.pipeline import PipelineConfig, evaluate, prepare, train_model
-from services.training.targets import PRIMARY_METRICS, Task, target_present
+from services.training.fit.pipeline import PipelineConfig, evaluate, prepare, train_model
+from services.training.model.columns import columns_from_frame
+from services.training.model.targets import PRIMARY_METRICS, Task, target_present
 
 CONFIG = PipelineConfig()
 

@@ -31,7 +31,9 @@ def imported_modules(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             modules.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.append(node.module)
+            # `from a.b import c` counts as a.b.c: c may be a module (a.b's package is
+            # then all it imports), or a name of a.b (a.b.c is still inside a.b).
+            modules.extend(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             modules.append("<relative>")
     return modules
@@ -65,3 +67,33 @@ def test_only_the_trainer_imports_mlflow(package: str) -> None:
         if any(module.split(".")[0] == "mlflow" for module in imported_modules(path))
     ]
     assert offenders == []
+
+
+# Inside the Trainer, a request walks down one branch: Predict stays in serving/ and
+# model/; a job goes work/ -> fit/ -> tracking/. A part imports only the parts below it
+# (and the process's own settings and metrics), so each can grow without the others.
+TRAINER_PARTS = {
+    "model": {"model"},
+    "fit": {"model", "fit"},
+    "tracking": {"model", "fit", "tracking"},
+    "serving": {"model", "tracking", "serving"},
+    "work": {"model", "fit", "tracking", "work"},
+}
+TRAINER_PROCESS_MODULES = {"services.training.settings", "services.training.metrics"}
+
+
+@pytest.mark.parametrize("part", sorted(TRAINER_PARTS))
+def test_trainer_parts_import_only_the_parts_below_them(part: str) -> None:
+    allowed_parts = {f"services.training.{name}" for name in TRAINER_PARTS[part]}
+    violations = []
+    for path in sorted((REPO_ROOT / "services" / "training" / part).rglob("*.py")):
+        for module in imported_modules(path):
+            if not module.startswith("services.training"):
+                continue
+            if any(
+                module == allowed or module.startswith(allowed + ".")
+                for allowed in allowed_parts | TRAINER_PROCESS_MODULES
+            ):
+                continue
+            violations.append(f"{path.relative_to(REPO_ROOT)} imports {module}")
+    assert violations == []

@@ -8,8 +8,8 @@ import warnings
 
 from runtime.app import run_process
 from services.training.app import TrainerApp
-from services.training.credentials import redact_logs, redactor
 from services.training.settings import TrainerSettings
+from services.training.tracking.credentials import redact_logs, redactor
 
 
 def keep_secrets_out_of_logs(settings: TrainerSettings) -> None:

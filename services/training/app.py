@@ -26,16 +26,18 @@ from runtime.app import App
 from runtime.channels import open_channel
 from runtime.messaging import connect_at_start
 from runtime.server import GrpcServer
-from services.training.catalog import ModelCatalog
-from services.training.credentials import configure_mlflow_client, redactor
-from services.training.dataset_reader import DatasetReader
-from services.training.events import EventPublisher, trainer_source
-from services.training.job import JobRunner
-from services.training.locks import NatsChampionLock, locks_bucket
+from services.training.fit.dataset_reader import DatasetReader
 from services.training.servicer import TrainerServicer
+from services.training.serving.cache import ModelCache
+from services.training.serving.catalog import ModelCatalog
 from services.training.settings import TrainerSettings
-from services.training.tracking import MlflowTimings, MlflowUnavailable, Tracker
-from services.training.worker import TrainerWorker, training_executor
+from services.training.tracking.calls import MlflowTimings, MlflowUnavailable
+from services.training.tracking.credentials import configure_mlflow_client, redactor
+from services.training.tracking.runs import Tracker
+from services.training.work.events import EventPublisher, trainer_source
+from services.training.work.locks import NatsChampionLock, locks_bucket
+from services.training.work.runner import JobRunner
+from services.training.work.worker import TrainerWorker, training_executor
 
 logger = logging.getLogger("modelyard.trainer")
 
@@ -69,7 +71,9 @@ class TrainerApp(App):
 
         server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
         trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server(
-            TrainerServicer(settings, ModelCatalog(tracker.client, settings.predict_cache_size)),
+            TrainerServicer(
+                settings, ModelCatalog(tracker.client), ModelCache(settings.predict_cache_size)
+            ),
             server.server,
         )
         server.enable(trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"])

@@ -16,19 +16,23 @@ from google.protobuf import json_format, struct_pb2
 
 from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import invalid_argument
-from services.training import pyfunc_model
-from services.training.catalog import LoadedModel, ModelCatalog
-from services.training.champion import CHAMPION_ALIAS
-from services.training.params import as_strings, validate_params
+from services.training.model import pyfunc_model
+from services.training.model.params import as_strings, validate_params
+from services.training.serving.cache import LoadedModel, ModelCache
+from services.training.serving.catalog import ModelCatalog
 from services.training.settings import TrainerSettings
+from services.training.tracking.champion import CHAMPION_ALIAS
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no types)
 
 
 class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, settings: TrainerSettings, catalog: ModelCatalog) -> None:
+    def __init__(
+        self, settings: TrainerSettings, catalog: ModelCatalog, models: ModelCache
+    ) -> None:
         self._settings = settings
         self._catalog = catalog
+        self._models = models
 
     async def ValidateTrainingParams(
         self, request: trainer_service_pb2.ValidateTrainingParamsRequest, context: Context
@@ -61,7 +65,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         number = await asyncio.to_thread(
             self._catalog.resolve_version, request.model_name, version, alias
         )
-        model = await asyncio.to_thread(self._catalog.load, request.model_name, number)
+        model = await asyncio.to_thread(self._models.load, request.model_name, number)
         frame = rows_frame(request.rows)
         try:
             features = pyfunc_model.coerce_features(frame, model.spec)

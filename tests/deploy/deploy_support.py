@@ -28,7 +28,7 @@ from runtime.settings import CommonSettings
 from services.dataset.settings import DatasetSettings
 from services.jobs.settings import JobsSettings
 from services.training.settings import TrainerSettings
-from services.training.worker import FETCH_TIMEOUT_SECONDS, HAND_BACK_WAIT_SECONDS
+from services.training.work.worker import FETCH_TIMEOUT_SECONDS, HAND_BACK_WAIT_SECONDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -140,7 +140,7 @@ def shutdown_grace(process: Process, monkeypatch: pytest.MonkeyPatch) -> float:
 
 
 def trainer_stop_budget(process: Process, monkeypatch: pytest.MonkeyPatch) -> float:
-    """How long a Trainer may take to stop on SIGTERM (services/training/worker.py).
+    """How long a Trainer may take to stop on SIGTERM (services/training/work/worker.py).
 
     It stops fetching (a pull in flight ends within FETCH_TIMEOUT_SECONDS + 2), gives its
     running job the shutdown grace to finish, then stops it and waits up to

@@ -20,11 +20,11 @@ from runtime.errors import ServiceError
 from services.dataset.validation import validate_request_id as dataset_request_id
 from services.jobs.settings import JobsSettings
 from services.jobs.validation import validate_create, validate_job_id
-from services.training.catalog import validate_model_name as trainer_model_name
-from services.training.job import job_info
+from services.training.model.targets import TrainingFailure
+from services.training.serving.catalog import validate_model_name as trainer_model_name
 from services.training.settings import TrainerSettings
-from services.training.targets import TrainingFailure
-from services.training.tracking import derive_model_name
+from services.training.tracking.registry import derive_model_name
+from services.training.work.runner import job_info
 
 LONGEST_NAME = "m" * limits.MAX_MODEL_NAME_CHARS
 MODEL_NAMES = [

@@ -46,7 +46,7 @@ from runtime.messaging import (
     ensure_streams,
     job_events_subject,
 )
-from services.training.columns import columns_from_frame
+from services.training.model.columns import columns_from_frame
 
 # Fixed: test modules import this file under another name than pytest does.
 SERVICE_TOKEN = "trainer-tests-service-token"

@@ -7,7 +7,7 @@ import pytest
 from lightgbm.basic import _ConfigAliases
 
 from runtime.errors import ServiceError
-from services.training.params import ALLOWED_PARAMS, IO_PARAMS, as_strings, validate_params
+from services.training.model.params import ALLOWED_PARAMS, IO_PARAMS, as_strings, validate_params
 
 
 def refused(params: dict[str, str]) -> ServiceError:

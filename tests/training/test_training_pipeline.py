@@ -11,11 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from services.training import pyfunc_model
-from services.training.champion import beats_champion
-from services.training.columns import ColumnInfo, ColumnType, columns_from_frame
-from services.training.dataset_reader import decode_stream, to_pandas
-from services.training.pipeline import (
+from services.training.fit.dataset_reader import decode_stream, to_pandas
+from services.training.fit.pipeline import (
     PipelineConfig,
     TrainingResult,
     TrainingStopped,
@@ -24,8 +21,11 @@ from services.training.pipeline import (
     prepare,
     train_model,
 )
-from services.training.run_content import curve_steps
-from services.training.targets import PRIMARY_METRICS, Task, TrainingFailure
+from services.training.model import pyfunc_model
+from services.training.model.columns import ColumnInfo, ColumnType, columns_from_frame
+from services.training.model.targets import PRIMARY_METRICS, Task, TrainingFailure
+from services.training.tracking.champion import beats_champion
+from services.training.tracking.run_content import curve_steps
 from tests.training.conftest import messy_frame, sklearn_csv
 
 CONFIG = PipelineConfig(num_threads=2)

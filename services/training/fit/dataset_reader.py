@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from runtime.errors import error_reason
-from services.training.columns import ColumnInfo, ColumnType
-from services.training.targets import TrainingFailure
+from services.training.model.columns import ColumnInfo, ColumnType
+from services.training.model.targets import TrainingFailure
 
 # Columns the pipeline never uses as features: not worth streaming.
 _NOT_READ = (ColumnType.DATE, ColumnType.TIMESTAMP, ColumnType.ALL_NULL)

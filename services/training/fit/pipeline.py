@@ -27,11 +27,11 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 
-from services.training import pyfunc_model
-from services.training.columns import ColumnInfo, raw_example, select_features
-from services.training.params import ParamValue
-from services.training.pyfunc_model import FeatureSpec
-from services.training.targets import (
+from services.training.model import pyfunc_model
+from services.training.model.columns import ColumnInfo, raw_example, select_features
+from services.training.model.params import ParamValue
+from services.training.model.pyfunc_model import FeatureSpec
+from services.training.model.targets import (
     PRIMARY_METRICS,
     PrimaryMetric,
     Task,

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from services.training import pyfunc_model
-from services.training.pyfunc_model import FeatureSpec
+from services.training.model import pyfunc_model
+from services.training.model.pyfunc_model import FeatureSpec
 
 ID_LIKE_DISTINCT_SHARE = 0.9
 INPUT_EXAMPLE_ROWS = 5

@@ -233,5 +233,5 @@ class ModelyardModel(PythonModel):
 
 # MLflow loads this file as model code and reads the model it sets. The Trainer
 # imports the module for its functions only and sets nothing.
-if __name__ != "services.training.pyfunc_model":
+if __name__ != "services.training.model.pyfunc_model":
     mlflow.models.set_model(ModelyardModel())

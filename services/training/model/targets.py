@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from services.training import pyfunc_model
-from services.training.columns import ColumnType
+from services.training.model import pyfunc_model
+from services.training.model.columns import ColumnType
 
 MAX_NUMERIC_CLASSES = 10
 

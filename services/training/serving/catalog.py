@@ -1,24 +1,19 @@
-"""Registered models as TrainerService shows them, and the models Predict loads.
+"""Registered models as TrainerService shows them, and which version a Predict means.
 
-Blocking MLflow calls: TrainerService runs these methods in threads. Loaded
-models are kept in an LRU cache keyed by (name, version); an alias is resolved
-to its version on every call (one registry call), so a moved `champion` takes
-effect at once while the model behind each version is loaded only once.
+Blocking MLflow calls: TrainerService runs these methods in threads. An alias is
+resolved to its version on every call (one registry call), so a moved
+`champion` takes effect at once; the model behind each version is loaded only
+once (`cache.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import lightgbm as lgb
-import mlflow
 from google.protobuf import timestamp_pb2
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
@@ -29,15 +24,13 @@ from modelyard.training.v1 import model_pb2
 from runtime import limits
 from runtime.errors import (
     ServiceError,
-    failed_precondition,
     invalid_argument,
     not_found,
     unavailable,
 )
 from runtime.pagination import PAGE_TOKEN_INVALID, checked_page_size
-from services.training.champion import CHAMPION_ALIAS, version_metrics
-from services.training.pyfunc_model import FeatureSpec
-from services.training.tracking import JOB_TAG, MANAGED_TAG, MANAGED_VALUE
+from services.training.tracking.champion import CHAMPION_ALIAS, version_metrics
+from services.training.tracking.registry import JOB_TAG, MANAGED_TAG, MANAGED_VALUE
 
 logger = logging.getLogger("modelyard.trainer.catalog")
 
@@ -47,14 +40,6 @@ TASK_ENUMS = {
     "MULTICLASS": training_job_pb2.TrainingJob.Task.MULTICLASS,
     "REGRESSION": training_job_pb2.TrainingJob.Task.REGRESSION,
 }
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    name: str
-    version: int
-    booster: lgb.Booster
-    spec: FeatureSpec
 
 
 @contextmanager
@@ -78,12 +63,8 @@ _PAGE_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{1,1024}")
 
 
 class ModelCatalog:
-    def __init__(self, client: MlflowClient, cache_size: int) -> None:
+    def __init__(self, client: MlflowClient) -> None:
         self._client = client
-        self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._loading: dict[tuple[str, int], threading.Lock] = {}
 
     # -- listing -----------------------------------------------------------------------
 
@@ -161,40 +142,6 @@ class ModelCatalog:
                 "MODEL_VERSION_NOT_FOUND", f"model {name!r} has no {what}", model_name=name
             ) from error
         return int(found.version)
-
-    def load(self, name: str, version: int) -> LoadedModel:
-        """The model behind a version, loaded once (LRU cache)."""
-        key = (name, version)
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:  # concurrent calls for one version load it once
-            with self._cache_lock:
-                if key in self._cache:
-                    return self._cache[key]
-            loaded = self._load(name, version)
-            with self._cache_lock:
-                self._cache[key] = loaded
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-                self._loading.pop(key, None)
-        return loaded
-
-    def _load(self, name: str, version: int) -> LoadedModel:
-        with mlflow_errors(name):
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        try:
-            inner: Any = model.unwrap_python_model()
-            booster, spec = inner.booster, inner.spec
-        except (AttributeError, MlflowException) as error:
-            raise failed_precondition(
-                "MODEL_NOT_SUPPORTED",
-                f"{name} version {version} was not trained by modelyard; it cannot be served here",
-            ) from error
-        logger.info("model loaded for predictions", extra={"model": name, "version": version})
-        return LoadedModel(name=name, version=version, booster=booster, spec=spec)
 
 
 def validate_model_name(name: str) -> None:

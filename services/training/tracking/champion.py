@@ -16,7 +16,7 @@ from typing import Protocol
 
 from mlflow.entities.model_registry import ModelVersion
 
-from services.training.targets import PrimaryMetric
+from services.training.model.targets import PrimaryMetric
 
 CHAMPION_ALIAS = "champion"
 # Model versions carry their validation metrics as tags `metric.<name>`.

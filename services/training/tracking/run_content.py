@@ -12,8 +12,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import DataType
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from services.training import pyfunc_model
-from services.training.pipeline import TrainingResult
+from services.training.fit.pipeline import TrainingResult
+from services.training.model import pyfunc_model
 
 # Validation-curve points logged per metric at most (a few log_batch calls per job).
 CURVE_POINTS = 1000

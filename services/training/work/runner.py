@@ -33,21 +33,21 @@ from runtime.errors import ServiceError, make_status
 from runtime.logs import error_fields
 from runtime.tracing import tracer
 from services.training import metrics
-from services.training.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
-from services.training.events import EventPublisher, EventsUnavailable
-from services.training.params import as_strings, validate_params
-from services.training.pipeline import PipelineConfig, TrainingResult, TrainingStopped, train_model
-from services.training.settings import TrainerSettings
-from services.training.targets import Task, TaskDecision, TrainingFailure
-from services.training.tracking import (
-    JobInfo,
-    MlflowTimings,
-    MlflowUnavailable,
-    PublishedModel,
-    RunRef,
-    Tracker,
-    derive_model_name,
+from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
+from services.training.fit.pipeline import (
+    PipelineConfig,
+    TrainingResult,
+    TrainingStopped,
+    train_model,
 )
+from services.training.model.params import as_strings, validate_params
+from services.training.model.targets import Task, TaskDecision, TrainingFailure
+from services.training.settings import TrainerSettings
+from services.training.tracking.calls import MlflowTimings, MlflowUnavailable
+from services.training.tracking.records import JobInfo, PublishedModel, RunRef
+from services.training.tracking.registry import derive_model_name
+from services.training.tracking.runs import Tracker
+from services.training.work.events import EventPublisher, EventsUnavailable
 
 logger = logging.getLogger("modelyard.trainer.job")
 

@@ -44,9 +44,9 @@ from runtime.messaging import (
 )
 from runtime.tracing import context_from_headers, tracer
 from services.training import metrics
-from services.training.events import EventsUnavailable
-from services.training.job import Disposition, JobControl, JobRunner
 from services.training.settings import TrainerSettings
+from services.training.work.events import EventsUnavailable
+from services.training.work.runner import Disposition, JobControl, JobRunner
 
 logger = logging.getLogger("modelyard.trainer.worker")
 

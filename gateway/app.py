@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import reasons
 from gateway.auth import Authenticator
 from gateway.backends import Backends
 from gateway.descriptors import Comments, load_services
@@ -193,7 +194,7 @@ class Gateway(App):
             except Exception:
                 logger.exception("unhandled error")
                 response = error_response(
-                    make_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+                    make_status(grpc.StatusCode.INTERNAL, reasons.INTERNAL, "internal error")
                 )
             response.headers[REQUEST_ID_HEADER] = request_id
             if response.status_code >= 400:
@@ -222,13 +223,13 @@ class Gateway(App):
         except RouteNotFound:
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND,
-                "ROUTE_NOT_FOUND",
+                reasons.ROUTE_NOT_FOUND,
                 f"no route {request.method} {path}; see /openapi.json",
             ) from None
         except MethodNotAllowed as error:
             raise GatewayError(
                 grpc.StatusCode.UNIMPLEMENTED,
-                "METHOD_NOT_ALLOWED",
+                reasons.METHOD_NOT_ALLOWED,
                 f"{path} does not take {request.method}; it takes {', '.join(error.allowed)}",
                 http_status=405,
                 headers={"Allow": ", ".join(error.allowed)},
@@ -284,7 +285,7 @@ class Gateway(App):
             seconds = math.nan
         if not math.isfinite(seconds) or seconds <= 0:
             raise invalid_argument(
-                "REQUEST_TIMEOUT_INVALID",
+                reasons.REQUEST_TIMEOUT_INVALID,
                 "X-Request-Timeout must be a positive number of seconds",
                 value=raw[:64],
             )
@@ -295,7 +296,7 @@ class Gateway(App):
         if media_type and media_type != JSON_MEDIA_TYPE and not media_type.endswith("+json"):
             raise GatewayError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "UNSUPPORTED_MEDIA_TYPE",
+                reasons.UNSUPPORTED_MEDIA_TYPE,
                 f"the request body must be application/json, not {media_type}",
                 http_status=415,
                 metadata={"content_type": media_type},
@@ -315,7 +316,7 @@ class Gateway(App):
         if request.method not in ("GET", "HEAD"):
             raise GatewayError(
                 grpc.StatusCode.UNIMPLEMENTED,
-                "METHOD_NOT_ALLOWED",
+                reasons.METHOD_NOT_ALLOWED,
                 f"{path} takes GET",
                 http_status=405,
                 headers={"Allow": "GET"},
@@ -333,7 +334,9 @@ class Gateway(App):
             return self.docs.page()
         asset = self.docs.asset(path) if path.startswith(ASSET_PREFIX) else None
         if asset is None:
-            raise GatewayError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route {path}")
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND, reasons.ROUTE_NOT_FOUND, f"no route {path}"
+            )
         return asset
 
     def _openapi_for(self, server_url: str) -> bytes:
@@ -387,7 +390,7 @@ def _request_id(presented: str | None) -> str:
 def _body_too_large(limit: int) -> GatewayError:
     return GatewayError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "REQUEST_BODY_TOO_LARGE",
+        reasons.REQUEST_BODY_TOO_LARGE,
         f"the request body is larger than {limit} bytes",
         http_status=413,
         metadata={"limit_bytes": str(limit)},

@@ -11,6 +11,7 @@ import logging
 
 import grpc
 
+from gateway import reasons
 from gateway.errors import GatewayError
 from gateway.settings import GatewaySettings
 from runtime.secrets import load_or_create_secret, tokens_equal
@@ -50,13 +51,13 @@ class Authenticator:
             return
         if not authorization:
             raise _unauthenticated(
-                "API_TOKEN_MISSING", "this API needs 'Authorization: Bearer <token>'"
+                reasons.API_TOKEN_MISSING, "this API needs 'Authorization: Bearer <token>'"
             )
         scheme, _, presented = authorization.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
             raise _unauthenticated(
-                "API_TOKEN_MISSING", "the Authorization header must be 'Bearer <token>'"
+                reasons.API_TOKEN_MISSING, "the Authorization header must be 'Bearer <token>'"
             )
         # Compare with every token, always: the time taken says nothing of which matched.
         matched = False
@@ -64,7 +65,7 @@ class Authenticator:
             matched |= tokens_equal(presented, token)
         if not matched:
             raise _unauthenticated(
-                "API_TOKEN_INVALID",
+                reasons.API_TOKEN_INVALID,
                 "the bearer token is not valid",
                 challenge='Bearer realm="modelyard", error="invalid_token"',
             )

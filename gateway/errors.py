@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (ErrorInfo in the pool)
 from starlette.responses import Response
 
+from gateway import reasons
 from runtime.errors import code_from_number, make_status, status_from_rpc_error, status_reason
 
 # google/rpc/code.proto, "HTTP Mapping" of each code.
@@ -48,9 +49,10 @@ HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
 # Reasons for a backend status that came without an ErrorInfo (a transport failure,
 # a deadline hit on the gateway's side): the code's own name unless listed here.
 _REASON_WITHOUT_DETAILS = {
-    grpc.StatusCode.UNAVAILABLE: "BACKEND_UNAVAILABLE",
-    grpc.StatusCode.UNKNOWN: "BACKEND_ERROR",
-    grpc.StatusCode.INTERNAL: "BACKEND_ERROR",
+    grpc.StatusCode.DEADLINE_EXCEEDED: reasons.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE: reasons.BACKEND_UNAVAILABLE,
+    grpc.StatusCode.UNKNOWN: reasons.BACKEND_ERROR,
+    grpc.StatusCode.INTERNAL: reasons.BACKEND_ERROR,
 }
 
 ERROR_MEDIA_TYPE = "application/json"

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway import reasons
 from gateway.errors import GatewayError, error_json, status_of_rpc_error
 from gateway.routes import Route
 from gateway.transcoding import merge_query, to_json
@@ -73,7 +74,7 @@ async def upload(
         call.cancel()
         logger.info("client went away during an upload; the call is cancelled")
         raise GatewayError(
-            grpc.StatusCode.CANCELLED, "CLIENT_DISCONNECTED", "the client closed the upload"
+            grpc.StatusCode.CANCELLED, reasons.CLIENT_DISCONNECTED, "the client closed the upload"
         ) from None
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the backend ended the call early (a limit, a bad header): its status says why
@@ -92,7 +93,7 @@ def _check_upload_type(route: Route, content_type: str | None) -> None:
     if media_type and media_type not in route.media.upload_types:
         raise GatewayError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            "UNSUPPORTED_MEDIA_TYPE",
+            reasons.UNSUPPORTED_MEDIA_TYPE,
             f"the upload body must be one of {', '.join(route.media.upload_types)}, "
             f"not {media_type}",
             http_status=415,

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from gateway import reasons
 from gateway.descriptors import descriptor_of, find_field, is_map, is_repeated
 from gateway.errors import invalid_argument
 from gateway.routes import Route
@@ -78,12 +79,13 @@ class RequestBuilder:
             _merge_body(message, route.body, body)
         elif route.body_required:
             raise invalid_argument(
-                "REQUEST_BODY_INVALID", "this route needs a JSON body with the request's fields"
+                reasons.REQUEST_BODY_INVALID,
+                "this route needs a JSON body with the request's fields",
             )
         if query:
             if not route.accepts_query:
                 raise invalid_argument(
-                    "QUERY_PARAMETER_INVALID",
+                    reasons.QUERY_PARAMETER_INVALID,
                     "this route takes its request from the JSON body, not query parameters",
                     parameter=query[0][0],
                 )
@@ -107,7 +109,7 @@ class RequestBuilder:
         try:
             json_format.ParseDict(document, message)
         except Exception as error:  # anything the parser raises is about the client's input
-            raise invalid_argument("PATH_PARAMETER_INVALID", _parse_message(error)) from error
+            raise invalid_argument(reasons.PATH_PARAMETER_INVALID, _parse_message(error)) from error
 
 
 def _leaf_field(message: Descriptor, path: Sequence[str]) -> FieldDescriptor:
@@ -116,13 +118,13 @@ def _leaf_field(message: Descriptor, path: Sequence[str]) -> FieldDescriptor:
     for name in path:
         found = find_field(current, name) if current is not None else None
         if found is None:
-            raise invalid_argument("PATH_PARAMETER_INVALID", f"no field {'.'.join(path)}")
+            raise invalid_argument(reasons.PATH_PARAMETER_INVALID, f"no field {'.'.join(path)}")
         current = found.message_type
     assert found is not None
     return found
 
 
-def parse_json(body: bytes, reason: str = "REQUEST_BODY_INVALID") -> Any:
+def parse_json(body: bytes, reason: str = reasons.REQUEST_BODY_INVALID) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
@@ -133,18 +135,20 @@ def _merge_body(message: Message, body_field: str, body: bytes) -> None:
     document = parse_json(body)
     if body_field == "*":
         if not isinstance(document, dict):
-            raise invalid_argument("REQUEST_BODY_INVALID", "the request body must be a JSON object")
+            raise invalid_argument(
+                reasons.REQUEST_BODY_INVALID, "the request body must be a JSON object"
+            )
     else:
         document = {body_field: document}
     problem = _enum_number(descriptor_of(message), document, "")
     if problem:
         raise invalid_argument(
-            "REQUEST_BODY_INVALID", f"{problem}: enum values are written as their names"
+            reasons.REQUEST_BODY_INVALID, f"{problem}: enum values are written as their names"
         )
     try:
         json_format.ParseDict(document, message)
     except Exception as error:  # anything the parser raises is about the client's input
-        raise invalid_argument("REQUEST_BODY_INVALID", _parse_message(error)) from error
+        raise invalid_argument(reasons.REQUEST_BODY_INVALID, _parse_message(error)) from error
 
 
 def _enum_number(message: Descriptor, document: Any, path: str) -> str | None:
@@ -193,7 +197,7 @@ def merge_query(
     try:
         json_format.ParseDict(document, message)
     except Exception as error:  # anything the parser raises is about the client's input
-        raise invalid_argument("QUERY_PARAMETER_INVALID", _parse_message(error)) from error
+        raise invalid_argument(reasons.QUERY_PARAMETER_INVALID, _parse_message(error)) from error
 
 
 def _place(
@@ -255,7 +259,7 @@ def _query_value(field: FieldDescriptor, value: str, key: str) -> Any:
 
 
 def _query_error(key: str, message: str) -> Exception:
-    return invalid_argument("QUERY_PARAMETER_INVALID", message, parameter=key)
+    return invalid_argument(reasons.QUERY_PARAMETER_INVALID, message, parameter=key)
 
 
 def _parse_message(error: Exception) -> str:

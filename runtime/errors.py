@@ -80,6 +80,16 @@ def status_reason(status: status_pb2.Status) -> str | None:
     return None
 
 
+def status_metadata(status: status_pb2.Status) -> dict[str, str]:
+    """The ErrorInfo metadata of a status (empty when it has no ErrorInfo)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return dict(info.metadata)
+    return {}
+
+
 def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The full status of a failed call, rebuilt from its trailers when it has none."""
     for key, value in error.trailing_metadata() or ():
@@ -90,6 +100,10 @@ def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
 
 def error_reason(error: grpc.aio.AioRpcError) -> str | None:
     return status_reason(status_from_rpc_error(error))
+
+
+def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    return status_metadata(status_from_rpc_error(error))
 
 
 def code_from_number(number: int) -> grpc.StatusCode:

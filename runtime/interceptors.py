@@ -22,6 +22,7 @@ from google.rpc import status_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from runtime import reasons
 from runtime.errors import STATUS_DETAILS_KEY, ServiceError, code_from_number, make_status
 from runtime.logs import log_context
 from runtime.metrics import record_call
@@ -68,7 +69,7 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodH
         return None
     status = make_status(
         grpc.StatusCode.UNAUTHENTICATED,
-        "SERVICE_TOKEN_INVALID",
+        reasons.SERVICE_TOKEN_INVALID,
         "this call needs a valid service token: metadata 'authorization: Bearer <token>'",
     )
 
@@ -152,7 +153,7 @@ async def _abort_for(
         logger.exception("unhandled error in %s", method)
         _log_done(method, "INTERNAL", started)
         await abort_with_status(
-            context, make_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+            context, make_status(grpc.StatusCode.INTERNAL, reasons.INTERNAL, "internal error")
         )
     _log_done(method, "CANCELLED", started)
 

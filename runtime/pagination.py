@@ -26,14 +26,12 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from runtime.errors import invalid_argument
+from runtime.reasons import PAGE_SIZE_INVALID, PAGE_TOKEN_INVALID
 
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-
-PAGE_SIZE_INVALID = "PAGE_SIZE_INVALID"
-PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
 
 
 @dataclass(frozen=True)

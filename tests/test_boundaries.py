@@ -79,7 +79,11 @@ TRAINER_PARTS = {
     "serving": {"model", "tracking", "serving"},
     "work": {"model", "fit", "tracking", "work"},
 }
-TRAINER_PROCESS_MODULES = {"services.training.settings", "services.training.metrics"}
+TRAINER_PROCESS_MODULES = {
+    "services.training.settings",
+    "services.training.metrics",
+    "services.training.reasons",
+}
 
 
 @pytest.mark.parametrize("part", sorted(TRAINER_PARTS))

@@ -1,7 +1,12 @@
 """Reason codes the Dataset service puts in google.rpc.ErrorInfo (stable; clients match on them).
 
-The README lists each with its gRPC code and meaning; keep the two in step.
+The README lists each with its gRPC code and the ErrorInfo metadata keys it carries;
+`tests/test_reasons.py` keeps the two in step.
 """
+
+# Raised by the runtime for this service: INTERNAL, SERVICE_TOKEN_INVALID (UNAUTHENTICATED),
+# PAGE_TOKEN_INVALID and PAGE_SIZE_INVALID (INVALID_ARGUMENT, runtime.pagination).
+from runtime.reasons import INTERNAL, PAGE_SIZE_INVALID, PAGE_TOKEN_INVALID, SERVICE_TOKEN_INVALID
 
 # Upload stream and header (INVALID_ARGUMENT unless noted)
 HEADER_MISSING = "HEADER_MISSING"
@@ -36,6 +41,7 @@ FIELD_TOO_LARGE = "FIELD_TOO_LARGE"
 ROW_TOO_LARGE = "ROW_TOO_LARGE"
 
 # Lookups and reads
+DATASET_ID_REQUIRED = "DATASET_ID_REQUIRED"  # INVALID_ARGUMENT: empty (as in Jobs)
 DATASET_ID_INVALID = "DATASET_ID_INVALID"  # INVALID_ARGUMENT
 DATASET_NOT_FOUND = "DATASET_NOT_FOUND"  # NOT_FOUND
 DATASET_NOT_READY = "DATASET_NOT_READY"  # FAILED_PRECONDITION
@@ -43,10 +49,9 @@ DATASET_BUSY = "DATASET_BUSY"  # FAILED_PRECONDITION (delete while uploading)
 COLUMN_NOT_FOUND = "COLUMN_NOT_FOUND"  # INVALID_ARGUMENT
 COLUMN_REPEATED = "COLUMN_REPEATED"  # INVALID_ARGUMENT
 BATCH_ROWS_INVALID = "BATCH_ROWS_INVALID"  # INVALID_ARGUMENT
-PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"  # INVALID_ARGUMENT (from runtime.pagination)
-PAGE_SIZE_INVALID = "PAGE_SIZE_INVALID"  # INVALID_ARGUMENT (from runtime.pagination)
 
 # Infrastructure
 BLOB_STORE_UNAVAILABLE = "BLOB_STORE_UNAVAILABLE"  # UNAVAILABLE
 INGEST_INTERRUPTED = "INGEST_INTERRUPTED"  # recorded on a dataset whose process died
-INTERNAL = "INTERNAL"  # INTERNAL
+
+__all__ = ["INTERNAL", "PAGE_SIZE_INVALID", "PAGE_TOKEN_INVALID", "SERVICE_TOKEN_INVALID"]

@@ -57,7 +57,7 @@ def validate_sheet(sheet: str) -> str:
 
 def validate_dataset_id(dataset_id: str) -> str:
     if not dataset_id:
-        raise invalid_argument(reasons.DATASET_ID_INVALID, "dataset_id is required")
+        raise invalid_argument(reasons.DATASET_ID_REQUIRED, "dataset_id is required")
     # Ids are 32 hexadecimal characters; anything far off (a NUL, which PostgreSQL
     # refuses outright) is no id.
     if len(dataset_id) > MAX_DISPLAY_NAME_CHARS or _has_control_characters(dataset_id):
@@ -68,6 +68,8 @@ def validate_dataset_id(dataset_id: str) -> str:
 
 
 def validate_reference(reference: str) -> str:
+    if not reference:
+        raise invalid_argument(reasons.DATASET_ID_REQUIRED, "a dataset reference is required")
     too_long = len(reference) > MAX_DISPLAY_NAME_CHARS + 24
     # No id or name holds a control character (and PostgreSQL refuses a NUL outright).
     if not reference.strip() or too_long or _has_control_characters(reference):

@@ -31,6 +31,7 @@ from runtime.errors import (
     status_reason,
     unavailable,
 )
+from services.jobs import reasons
 
 logger = logging.getLogger("modelyard.jobs.dependencies")
 
@@ -103,7 +104,7 @@ class DatasetChecker:
         if dataset.state != Dataset.READY:
             state = Dataset.State.Name(dataset.state)
             raise failed_precondition(
-                "DATASET_NOT_READY",
+                reasons.DATASET_NOT_READY,
                 f"dataset {dataset_id} is {state}, not READY: only a READY dataset can be "
                 "trained on",
                 dataset_id=dataset_id,
@@ -144,7 +145,7 @@ def _dataset_error(dataset_id: str, error: grpc.aio.AioRpcError) -> ServiceError
     code = error.code()
     if code == grpc.StatusCode.NOT_FOUND:
         return not_found(
-            "DATASET_NOT_FOUND",
+            reasons.DATASET_NOT_FOUND,
             f"no dataset has the id or name {dataset_id!r} (a name may end in @version)",
             dataset_id=dataset_id,
         )
@@ -155,7 +156,7 @@ def _dataset_error(dataset_id: str, error: grpc.aio.AioRpcError) -> ServiceError
         extra={"dataset_id": dataset_id, "code": code.name, "details": error.details()},
     )
     return unavailable(
-        "DATASET_SERVICE_UNAVAILABLE",
+        reasons.DATASET_SERVICE_UNAVAILABLE,
         f"the Dataset service could not be asked about dataset {dataset_id} ({code.name}); "
         "retry later",
         dataset_id=dataset_id,
@@ -171,7 +172,7 @@ def _column_not_found(dataset: ReadyDataset, column: str) -> ServiceError:
     suffix = f" and {more} more" if more > 0 else ""
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return invalid_argument(
-        "TARGET_COLUMN_NOT_FOUND",
+        reasons.TARGET_COLUMN_NOT_FOUND,
         f"dataset {dataset.dataset_id} has no column {column!r}{hint} (columns: {shown}{suffix})",
         dataset_id=dataset.dataset_id,
         column=column,
@@ -200,6 +201,6 @@ class ParamsChecker:
                 extra={"code": error.code().name, "details": error.details()},
             )
             raise unavailable(
-                "TRAINER_UNAVAILABLE",
+                reasons.TRAINER_UNAVAILABLE,
                 f"the Trainer could not check the parameters ({error.code().name}); retry later",
             ) from error

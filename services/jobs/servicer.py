@@ -25,9 +25,10 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
     WatchTrainingJobResponse,
 )
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
-from runtime.errors import failed_precondition, invalid_argument, not_found, unavailable
+from runtime.errors import failed_precondition, invalid_argument, unavailable
 from runtime.logs import error_fields, log_context
 from runtime.pagination import page_tail, parse_page
+from services.jobs import reasons
 from services.jobs.dependencies import DatasetChecker, ParamsChecker, ReadyDataset
 from services.jobs.outbox import cancel_flag_entry, job_event_entry, training_request_entry
 from services.jobs.relay import OutboxRelay
@@ -35,7 +36,12 @@ from services.jobs.settings import JobsSettings
 from services.jobs.state_machine import apply_event, cancel_event, is_final
 from services.jobs.store import DuplicateRequestId, JobStore
 from services.jobs.transitions import ConflictError, Decision, change_job
-from services.jobs.validation import max_run_duration, validate_create, validate_job_id
+from services.jobs.validation import (
+    job_not_found,
+    max_run_duration,
+    validate_create,
+    validate_job_id,
+)
 from services.jobs.watch import JobWatcher
 
 logger = logging.getLogger("modelyard.jobs.servicer")
@@ -132,14 +138,16 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         job_id = validate_job_id(request.job_id)
         found = await self._store.get(job_id)
         if found is None:
-            raise _job_not_found(job_id)
+            raise job_not_found(job_id)
         return found.job
 
     async def ListTrainingJobs(
         self, request: ListTrainingJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ListTrainingJobsResponse:
         if request.state and request.state not in STATES:
-            raise invalid_argument("STATE_INVALID", f"state {request.state} is not a job state")
+            raise invalid_argument(
+                reasons.STATE_INVALID, f"state {request.state} is not a job state"
+            )
         filters = {"state": request.state, "dataset_id": request.dataset_id}
         page = parse_page(request.page_size, request.page_token, filters)
         jobs, next_token = page_tail(
@@ -161,8 +169,9 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         def decide(job: TrainingJob) -> Decision | None:
             if is_final(job.state):
                 raise failed_precondition(
-                    "JOB_ALREADY_FINISHED",
+                    reasons.JOB_ALREADY_FINISHED,
                     f"training job {job_id} is already {TrainingJob.State.Name(job.state)}",
+                    job_id=job_id,
                     state=TrainingJob.State.Name(job.state),
                 )
             event = cancel_event(job, now)
@@ -178,10 +187,12 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
                 outcome = await change_job(self._store, job_id, decide)
             except ConflictError as error:
                 raise unavailable(
-                    "JOB_BUSY", f"training job {job_id} kept changing; retry the cancel"
+                    reasons.JOB_BUSY,
+                    f"training job {job_id} kept changing; retry the cancel",
+                    job_id=job_id,
                 ) from error
             if outcome.job is None:
-                raise _job_not_found(job_id)
+                raise job_not_found(job_id)
             if outcome.changed:
                 self._relay.wake()
                 await self._raise_cancel_flag(job_id)
@@ -212,10 +223,6 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         with log_context(job_id=job_id):
             async for job in self._watcher.watch(job_id):
                 yield WatchTrainingJobResponse(training_job=job)
-
-
-def _job_not_found(job_id: str) -> Exception:
-    return not_found("JOB_NOT_FOUND", f"training job {job_id} does not exist", job_id=job_id)
 
 
 def _training_request(job: TrainingJob) -> TrainingRequest:

@@ -26,6 +26,7 @@ from google.rpc import status_pb2
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import make_status
+from services.jobs import reasons
 
 FINAL_STATES = frozenset({TrainingJob.SUCCEEDED, TrainingJob.FAILED, TrainingJob.CANCELLED})
 ACTIVE_STATES = frozenset({TrainingJob.RUNNING, TrainingJob.CANCELLING})
@@ -109,7 +110,7 @@ def _failed(job: TrainingJob, event: JobEvent) -> None:
         job.error.CopyFrom(
             make_status(
                 grpc.StatusCode.UNKNOWN,
-                "TRAINING_FAILED",
+                reasons.TRAINING_FAILED,
                 f"{event.source or 'the Trainer'} reported a failure without details",
             )
         )

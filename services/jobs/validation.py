@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
-from runtime.errors import invalid_argument
-from runtime.limits import check_model_name, check_request_id, check_resource_id
+from runtime.errors import ServiceError, invalid_argument, not_found
+from runtime.limits import check_model_name, check_request_id, check_resource_id, echo
+from services.jobs import reasons
 from services.jobs.settings import JobsSettings
 
 MAX_PARAMS = 100
@@ -20,7 +21,12 @@ TASKS = frozenset(TrainingJob.Task.values())
 
 
 def validate_job_id(job_id: str) -> str:
-    return check_resource_id(job_id, "job_id", "JOB_ID_REQUIRED", "JOB_ID_INVALID")
+    return check_resource_id(job_id, "job_id", reasons.JOB_ID_REQUIRED, reasons.JOB_ID_INVALID)
+
+
+def job_not_found(job_id: str) -> ServiceError:
+    """NOT_FOUND for a job id that passed `validate_job_id`, whichever RPC asked."""
+    return not_found(reasons.JOB_NOT_FOUND, f"training job {job_id} does not exist", job_id=job_id)
 
 
 def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
@@ -28,8 +34,8 @@ def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -
     _validate_task(request.task)
     _validate_params(dict(request.params))
     if request.registered_model_name:
-        check_model_name(request.registered_model_name, "REGISTERED_MODEL_NAME_INVALID")
-    check_request_id(request.request_id, "REQUEST_ID_INVALID")
+        check_model_name(request.registered_model_name, reasons.REGISTERED_MODEL_NAME_INVALID)
+    check_request_id(request.request_id, reasons.REQUEST_ID_INVALID)
     if request.HasField("max_run_duration"):
         _validate_max_run_duration(request, settings)
 
@@ -43,20 +49,21 @@ def max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) 
 
 def _validate_dataset_and_target(request: CreateTrainingJobRequest) -> None:
     if not request.dataset_id:
-        raise invalid_argument("DATASET_ID_REQUIRED", "dataset_id is required")
+        raise invalid_argument(reasons.DATASET_ID_REQUIRED, "dataset_id is required")
     if len(request.dataset_id) > MAX_DATASET_REFERENCE:
         raise invalid_argument(
-            "DATASET_ID_INVALID",
+            reasons.DATASET_ID_INVALID,
             f"dataset_id (an id, a name or name@version) is longer than "
             f"{MAX_DATASET_REFERENCE} characters",
+            dataset_id=echo(request.dataset_id),
         )
     if not request.target_column:
         raise invalid_argument(
-            "TARGET_COLUMN_REQUIRED", "target_column is required: the column to predict"
+            reasons.TARGET_COLUMN_REQUIRED, "target_column is required: the column to predict"
         )
     if len(request.target_column) > MAX_TARGET_COLUMN:
         raise invalid_argument(
-            "TARGET_COLUMN_INVALID",
+            reasons.TARGET_COLUMN_INVALID,
             f"target_column is longer than {MAX_TARGET_COLUMN} characters",
         )
 
@@ -64,7 +71,7 @@ def _validate_dataset_and_target(request: CreateTrainingJobRequest) -> None:
 def _validate_task(task: int) -> None:
     if task not in TASKS:
         raise invalid_argument(
-            "TASK_INVALID",
+            reasons.TASK_INVALID,
             f"task {task} is not one of AUTO, BINARY, MULTICLASS, REGRESSION",
             task=str(task),
         )
@@ -74,15 +81,15 @@ def _validate_params(params: dict[str, str]) -> None:
     """Only sizes here: what a parameter may be is the Trainer's allow-list."""
     if len(params) > MAX_PARAMS:
         raise invalid_argument(
-            "PARAMS_TOO_MANY", f"{len(params)} params given; at most {MAX_PARAMS} are allowed"
+            reasons.PARAMS_TOO_MANY, f"{len(params)} params given; at most {MAX_PARAMS} are allowed"
         )
     for key, value in params.items():
         if not key or len(key) > MAX_PARAM_KEY or len(value) > MAX_PARAM_VALUE:
             raise invalid_argument(
-                "PARAM_INVALID",
+                reasons.PARAM_INVALID,
                 f"param names must be 1 to {MAX_PARAM_KEY} characters and values at most "
                 f"{MAX_PARAM_VALUE}",
-                param=key[:MAX_PARAM_KEY],
+                params=key[:MAX_PARAM_KEY],
             )
 
 
@@ -94,14 +101,14 @@ def _validate_max_run_duration(request: CreateTrainingJobRequest, settings: Jobs
         or (duration.seconds == 0 and duration.nanos == 0)
     ):
         raise invalid_argument(
-            "MAX_RUN_DURATION_INVALID", "max_run_duration must be positive when given"
+            reasons.MAX_RUN_DURATION_INVALID, "max_run_duration must be positive when given"
         )
     if duration.nanos >= 1_000_000_000:
-        raise invalid_argument("MAX_RUN_DURATION_INVALID", "max_run_duration is malformed")
+        raise invalid_argument(reasons.MAX_RUN_DURATION_INVALID, "max_run_duration is malformed")
     limit = settings.max_run_duration_limit_seconds
     if duration.seconds + duration.nanos / 1e9 > limit:
         raise invalid_argument(
-            "MAX_RUN_DURATION_TOO_LONG",
+            reasons.MAX_RUN_DURATION_TOO_LONG,
             f"max_run_duration may be at most {limit:g} seconds",
             limit_seconds=f"{limit:g}",
         )

@@ -40,12 +40,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
-from runtime.errors import not_found, unavailable
+from runtime.errors import unavailable
 from runtime.logs import error_fields
 from runtime.messaging import job_events_subject
+from services.jobs import reasons
 from services.jobs.consumer import parse_event
 from services.jobs.state_machine import apply_event, is_final
 from services.jobs.store import JobStore
+from services.jobs.validation import job_not_found
 
 logger = logging.getLogger("modelyard.jobs.watch")
 
@@ -84,7 +86,7 @@ class JobWatcher:
             await self._flush()
             current = await self._store.get(job_id)
             if current is None:
-                raise not_found("JOB_NOT_FOUND", f"training job {job_id} does not exist")
+                raise job_not_found(job_id)
             job = current.job
             yield job
             while not is_final(job.state):
@@ -135,7 +137,7 @@ class JobWatcher:
         while True:
             current = await self._store.get(job_id)
             if current is None:
-                raise not_found("JOB_NOT_FOUND", f"training job {job_id} does not exist")
+                raise job_not_found(job_id)
             if is_final(current.job.state):
                 return Update(current.job, from_store=True)
             message = await self._next_message(queue, wait)
@@ -148,7 +150,9 @@ class JobWatcher:
     async def _next_message(self, queue: asyncio.Queue[Msg | None], within: float) -> Msg | None:
         """The next NATS message of the watch, or None after `within` seconds without one."""
         if self._closed:
-            raise unavailable("SERVER_SHUTTING_DOWN", "the server is shutting down; watch again")
+            raise unavailable(
+                reasons.SERVER_SHUTTING_DOWN, "the server is shutting down; watch again"
+            )
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation of a call whose client went away.
@@ -157,7 +161,9 @@ class JobWatcher:
         except TimeoutError:
             return None
         if message is _CLOSED:
-            raise unavailable("SERVER_SHUTTING_DOWN", "the server is shutting down; watch again")
+            raise unavailable(
+                reasons.SERVER_SHUTTING_DOWN, "the server is shutting down; watch again"
+            )
         return message
 
     async def _reread(self, job_id: str, job: TrainingJob) -> TrainingJob | None:

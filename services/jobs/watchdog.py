@@ -25,6 +25,7 @@ import grpc
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import make_status
 from runtime.logs import log_context
+from services.jobs import reasons
 from services.jobs.backoff import Backoff
 from services.jobs.outbox import cancel_flag_entry, job_event_entry
 from services.jobs.settings import JobsSettings
@@ -108,7 +109,7 @@ class DeadlineWatchdog:
         if job.start_time.ToDatetime(tzinfo=UTC) + limit + self._grace > now:
             return None
         return (
-            "DEADLINE_EXCEEDED",
+            reasons.DEADLINE_EXCEEDED,
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"the job ran past its max_run_duration of {limit.total_seconds():g}s "
             f"(attempt {job.attempt}) and its Trainer did not stop it",
@@ -123,7 +124,7 @@ class DeadlineWatchdog:
         if job.create_time.ToDatetime(tzinfo=UTC) + self._max_queued > now:
             return None
         return (
-            "QUEUED_TOO_LONG",
+            reasons.QUEUED_TOO_LONG,
             grpc.StatusCode.UNAVAILABLE,
             f"no Trainer took the job within {self._max_queued.total_seconds():g}s",
         )

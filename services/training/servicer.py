@@ -16,6 +16,7 @@ from google.protobuf import json_format, struct_pb2
 
 from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import invalid_argument
+from services.training import reasons
 from services.training.model import pyfunc_model
 from services.training.model.params import as_strings, validate_params
 from services.training.serving.cache import LoadedModel, ModelCache
@@ -70,12 +71,10 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         try:
             features = pyfunc_model.coerce_features(frame, model.spec)
         except pyfunc_model.InvalidModelInput as error:
-            raise invalid_argument(
-                error.reason,
-                str(error),
-                column=error.column,
-                rows=",".join(str(row) for row in error.rows),
-            ) from error
+            where = {"column": error.column}
+            if error.rows:  # a missing column is missing from every row: no rows to name
+                where["rows"] = ",".join(str(row) for row in error.rows)
+            raise invalid_argument(error.reason, str(error), **where) from error
         output = await asyncio.to_thread(
             pyfunc_model.predict_frame, model.booster, model.spec, features
         )
@@ -83,10 +82,10 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
 
     def _check_rows(self, request: trainer_service_pb2.PredictRequest) -> None:
         if not request.rows:
-            raise invalid_argument("PREDICT_ROWS_EMPTY", "rows must hold at least one row")
+            raise invalid_argument(reasons.PREDICT_ROWS_EMPTY, "rows must hold at least one row")
         if len(request.rows) > self._settings.max_predict_rows:
             raise invalid_argument(
-                "PREDICT_TOO_MANY_ROWS",
+                reasons.PREDICT_TOO_MANY_ROWS,
                 f"{len(request.rows)} rows; at most {self._settings.max_predict_rows} per call",
                 limit=str(self._settings.max_predict_rows),
             )
@@ -100,7 +99,7 @@ def rows_frame(rows: Any) -> pd.DataFrame:
         for column, value in record.items():
             if isinstance(value, dict | list):
                 raise invalid_argument(
-                    "PREDICT_VALUE_INVALID",
+                    reasons.PREDICT_VALUE_INVALID,
                     f"column {column!r} at row index {index} holds a nested "
                     f"{type(value).__name__}; values must be numbers, text, booleans or null",
                     column=column,

@@ -164,7 +164,7 @@ async def test_unknown_and_failed_datasets_cannot_be_read(service: RunningServic
     missing = await failure_of(service.client.read("0" * 32))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "DATASET_NOT_FOUND")
     empty = await failure_of(service.client.get(""))
-    assert (empty.code, empty.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DATASET_ID_INVALID")
+    assert (empty.code, empty.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DATASET_ID_REQUIRED")
 
     refused = await service.client.upload_failure(b"a,b\n1,2\n3\n")
     failed = await service.client.get(refused.metadata["dataset_id"])

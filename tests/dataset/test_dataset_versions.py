@@ -84,7 +84,7 @@ async def test_lookups_that_find_nothing(service: RunningService) -> None:
         failure = await failure_of(lookup(service.client, reference))
         assert (failure.code, failure.reason) == (grpc.StatusCode.NOT_FOUND, "DATASET_NOT_FOUND")
     failure = await failure_of(lookup(service.client, ""))
-    assert failure.reason == "DATASET_ID_INVALID"
+    assert failure.reason == "DATASET_ID_REQUIRED"  # as CreateTrainingJob says of it
 
 
 @pytest.mark.parametrize("reference", ["name\x00", "?\u00f7d\x00x", "tab\tname"])

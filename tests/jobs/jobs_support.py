@@ -123,7 +123,7 @@ class FakeTrainerService(trainer_service_pb2_grpc.TrainerServiceServicer):
         for name in request.params:
             if name not in self.ALLOWED:
                 raise invalid_argument(
-                    "PARAM_NOT_ALLOWED", f"parameter {name!r} is not allowed", param=name
+                    "PARAM_NOT_ALLOWED", f"parameter {name!r} is not allowed", params=name
                 )
         return trainer_service_pb2.ValidateTrainingParamsResponse(params=request.params)
 

@@ -22,7 +22,7 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
 )
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.db import create_engine, migrate
-from runtime.errors import error_reason, make_status, status_reason
+from runtime.errors import error_metadata, error_reason, make_status, status_reason
 from runtime.messaging import job_events_subject
 from services.jobs.app import MIGRATIONS_DIR
 from services.jobs.store import JobStore
@@ -237,10 +237,16 @@ async def test_unknown_or_malformed_job_ids(
         jobs.stub.CancelTrainingJob(CancelTrainingJobRequest(job_id=job_id), timeout=5),
         collect(jobs, job_id),
     ]
+    details = []
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert (caught.value.code(), error_reason(caught.value)) == (code, reason)
+        details.append(error_metadata(caught.value))
+    # The same error has the same details whichever RPC answered (Watch had no job_id).
+    assert details[0] == details[1] == details[2]
+    if reason == "JOB_NOT_FOUND":
+        assert details[0] == {"job_id": job_id}
 
 
 # -- watch ---------------------------------------------------------------------------------

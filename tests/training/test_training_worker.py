@@ -22,7 +22,7 @@ from devstack.components import MlflowServer
 from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1 import training_job_pb2
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
-from runtime.errors import error_reason
+from runtime.errors import error_metadata, error_reason
 from runtime.messaging import cancellations
 from tests.training.conftest import (
     SERVICE_TOKEN,
@@ -440,12 +440,18 @@ async def test_trainer_service_lists_models_and_predicts(
                 "10000",
             ),
         ]
+        details = []
         for request, code, reason, named in failures:
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await stub.Predict(request, metadata=METADATA)
             assert failure.value.code() == code, reason
             assert error_reason(failure.value) == reason
             assert named in (failure.value.details() or "")
+            details.append(error_metadata(failure.value))
+        # The details say what was missing, and nothing empty.
+        assert details[0] == {"column": "size,count"}
+        assert details[3] == {"model_name": "messy-service", "version": "99"}
+        assert details[4] == {"model_name": "messy-service", "alias": "staging"}
 
 
 async def test_mlflow_password_never_reaches_logs_or_events(

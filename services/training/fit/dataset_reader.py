@@ -23,6 +23,8 @@ import pyarrow as pa
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from runtime.errors import error_reason
+from runtime.limits import echo
+from services.training import reasons
 from services.training.model.columns import ColumnInfo, ColumnType
 from services.training.model.targets import TrainingFailure
 
@@ -86,10 +88,11 @@ class DatasetReader:
         except grpc.aio.AioRpcError as error:
             raise _failure(error, dataset_id) from error
         if dataset.state != dataset_pb2.Dataset.State.READY:
+            state = dataset_pb2.Dataset.State.Name(dataset.state)
             raise TrainingFailure(
-                "DATASET_NOT_READY",
-                f"dataset {dataset_id} is {dataset_pb2.Dataset.State.Name(dataset.state)}, "
-                "not READY",
+                reasons.DATASET_NOT_READY,
+                f"dataset {dataset_id} is {state}, not READY",
+                metadata={"dataset_id": dataset_id, "state": state},
             )
         return dataset
 
@@ -98,9 +101,10 @@ class DatasetReader:
         columns = column_infos(dataset)
         if target not in {column.name for column in columns}:
             raise TrainingFailure(
-                "TARGET_COLUMN_NOT_FOUND",
+                reasons.TARGET_COLUMN_NOT_FOUND,
                 f"dataset {dataset.dataset_id} has no column {target!r}",
                 invalid_argument=True,
+                metadata={"dataset_id": dataset.dataset_id, "column": echo(target)},
             )
         wanted = [c.name for c in columns if c.type not in _NOT_READ or c.name == target]
         request = dataset_service_pb2.ReadDatasetRequest(
@@ -124,18 +128,23 @@ class DatasetReader:
 
 def _failure(error: grpc.aio.AioRpcError, dataset_id: str) -> Exception:
     code = error.code()
+    about = {"dataset_id": dataset_id}
     if code == grpc.StatusCode.NOT_FOUND:
         return TrainingFailure(
-            "DATASET_NOT_FOUND", f"dataset {dataset_id} does not exist", code="NOT_FOUND"
+            reasons.DATASET_NOT_FOUND,
+            f"dataset {dataset_id} does not exist",
+            code="NOT_FOUND",
+            metadata=about,
         )
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        reason = error_reason(error) or "DATASET_NOT_READY"
-        return TrainingFailure(reason, f"dataset {dataset_id}: {error.details()}")
+        reason = error_reason(error) or reasons.DATASET_NOT_READY
+        return TrainingFailure(reason, f"dataset {dataset_id}: {error.details()}", metadata=about)
     if code in _TRANSIENT_CODES:
         return DatasetUnavailable(f"DatasetService: {code.name}: {error.details()}")
     return TrainingFailure(
-        error_reason(error) or "DATASET_READ_FAILED",
+        error_reason(error) or reasons.DATASET_READ_FAILED,
         f"reading dataset {dataset_id} failed: {code.name}: {error.details()}",
+        metadata=about,
     )
 
 
@@ -192,7 +201,7 @@ async def decode_stream(chunks: AsyncIterator[bytes]) -> pa.Table:
         return await decoding
     except (pa.ArrowInvalid, OSError) as error:
         raise TrainingFailure(
-            "DATASET_READ_FAILED", f"the dataset stream is invalid: {error}"
+            reasons.DATASET_READ_FAILED, f"the dataset stream is invalid: {error}"
         ) from error
 
 

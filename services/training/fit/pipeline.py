@@ -27,6 +27,8 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 
+from runtime.limits import echo
+from services.training import reasons
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo, raw_example, select_features
 from services.training.model.params import ParamValue
@@ -178,21 +180,22 @@ def prepare(
     by_name = {column.name: column for column in columns}
     if target not in by_name or target not in frame.columns:
         raise TrainingFailure(
-            "TARGET_COLUMN_NOT_FOUND",
+            reasons.TARGET_COLUMN_NOT_FOUND,
             f"the dataset has no column {target!r}",
             invalid_argument=True,
+            metadata={"column": echo(target)},
         )
     present = target_present(frame[target])
     rows_dropped = int((~present).sum())
     if rows_dropped:
         frame = frame.loc[present.to_numpy()].reset_index(drop=True)
     if len(frame) == 0:
-        raise TrainingFailure("TARGET_ALL_MISSING", f"every value of {target!r} is missing")
+        raise TrainingFailure(reasons.TARGET_ALL_MISSING, f"every value of {target!r} is missing")
     decision = decide_task(frame[target], by_name[target].type, requested_task, config.max_classes)
     labels = encode_target(frame[target], decision)
     if len(frame) < MIN_TRAINING_ROWS:
         raise TrainingFailure(
-            "DATASET_TOO_SMALL",
+            reasons.DATASET_TOO_SMALL,
             f"{len(frame)} rows with a target; at least {MIN_TRAINING_ROWS} are needed",
         )
     if decision.task != Task.REGRESSION:
@@ -201,7 +204,7 @@ def prepare(
     if not features:
         detail = ", ".join(f"{name} ({why})" for name, why in dropped) or "none"
         raise TrainingFailure(
-            "NO_USABLE_FEATURES",
+            reasons.NO_USABLE_FEATURES,
             f"no column besides the target can be used as a feature; left out: {detail}",
         )
     spec: FeatureSpec = {
@@ -245,7 +248,7 @@ def split_rows(
         )
     except ValueError as error:
         raise TrainingFailure(
-            "DATASET_TOO_SMALL", f"cannot hold out a validation split: {error}"
+            reasons.DATASET_TOO_SMALL, f"cannot hold out a validation split: {error}"
         ) from error
     return np.sort(train_index), np.sort(valid_index)
 
@@ -263,7 +266,7 @@ def check_params_for_task(params: dict[str, ParamValue], task: Task) -> None:
 
 def _param_for_task(names: Sequence[str], why: str) -> TrainingFailure:
     return TrainingFailure(
-        "PARAM_INVALID_VALUE", f"{', '.join(names)} {why}", invalid_argument=True
+        reasons.PARAM_INVALID_VALUE, f"{', '.join(names)} {why}", invalid_argument=True
     )
 
 

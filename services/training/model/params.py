@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runtime.errors import invalid_argument
+from services.training import reasons
 
 ParamValue = int | float | bool | str
 
@@ -156,7 +157,7 @@ def validate_params(raw: Mapping[str, str], *, max_threads: int) -> dict[str, Pa
             f"{', '.join(io)} read or write files or open sockets; " if io else ""
         ) + "the allowed parameters are listed in services/training/README.md"
         raise invalid_argument(
-            "PARAM_NOT_ALLOWED",
+            reasons.PARAM_NOT_ALLOWED,
             f"parameter(s) not allowed: {', '.join(refused)} ({why})",
             params=",".join(refused),
         )
@@ -167,7 +168,7 @@ def validate_params(raw: Mapping[str, str], *, max_threads: int) -> dict[str, Pa
         spec = SPECS_BY_NAME[_normalise_name(name)]
         if spec.name in accepted:
             raise invalid_argument(
-                "PARAM_DUPLICATE",
+                reasons.PARAM_DUPLICATE,
                 f"{given_as[spec.name]} and {name} both set {spec.name}",
                 params=f"{given_as[spec.name]},{name}",
             )
@@ -178,7 +179,7 @@ def validate_params(raw: Mapping[str, str], *, max_threads: int) -> dict[str, Pa
         given_as[spec.name] = name
     if problems:
         raise invalid_argument(
-            "PARAM_INVALID_VALUE",
+            reasons.PARAM_INVALID_VALUE,
             "invalid parameter value(s): " + "; ".join(problems),
             params=",".join(problem.split(":", 1)[0] for problem in problems),
         )

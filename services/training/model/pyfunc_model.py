@@ -59,6 +59,13 @@ _ROWS_NAMED_IN_ERRORS = 5
 FeatureSpec = dict[str, Any]
 
 
+# Reason codes of Predict's errors. This file stands alone (MLflow loads it without the
+# rest of the Trainer), so it spells them itself; services/training/reasons.py has the
+# same values and tests/test_reasons.py checks they agree.
+COLUMNS_MISSING = "PREDICT_COLUMNS_MISSING"
+VALUE_INVALID = "PREDICT_VALUE_INVALID"
+
+
 class InvalidModelInput(ValueError):
     """Rows the model cannot score; `reason` is a stable code, `column` and `rows` say where."""
 
@@ -87,7 +94,7 @@ def coerce_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     missing = [name for name in feature_names(spec) if name not in frame.columns]
     if missing:
         raise InvalidModelInput(
-            "PREDICT_COLUMNS_MISSING",
+            COLUMNS_MISSING,
             f"missing column(s): {', '.join(missing)}",
             column=",".join(missing),
         )
@@ -207,7 +214,7 @@ def _refuse_unparsed(
     rows = tuple(int(row) for row in np.flatnonzero(invalid.to_numpy())[:_ROWS_NAMED_IN_ERRORS])
     example = values.iloc[rows[0]]
     raise InvalidModelInput(
-        "PREDICT_VALUE_INVALID",
+        VALUE_INVALID,
         f"column {name!r} expects {expected}; got {example!r} at row index "
         + ", ".join(str(row) for row in rows),
         column=name,

@@ -8,6 +8,7 @@ checked against the target. Failures carry a stable reason code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from services.training import reasons
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnType
 
@@ -43,11 +45,14 @@ class TrainingFailure(Exception):
         *,
         invalid_argument: bool = False,
         code: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.code = code or ("INVALID_ARGUMENT" if invalid_argument else "FAILED_PRECONDITION")
+        # ErrorInfo metadata: the same keys the other services use for the same thing.
+        self.metadata = dict(metadata or {})
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ def decide_task(
     """Which task to train, and why, from the target's non-missing values."""
     if column_type in (ColumnType.DATE, ColumnType.TIMESTAMP):
         raise TrainingFailure(
-            "TARGET_UNSUPPORTED_TYPE",
+            reasons.TARGET_UNSUPPORTED_TYPE,
             f"the target is a {column_type.value.lower()} column; predict a number or a label",
             invalid_argument=True,
         )
@@ -108,13 +113,13 @@ def decide_task(
     distinct = np.sort(pd.unique(values.to_numpy())) if numeric else _sorted_labels(values)
     if len(distinct) < 2:
         raise TrainingFailure(
-            "TARGET_CONSTANT",
+            reasons.TARGET_CONSTANT,
             f"the target has a single value ({_label_repr(distinct[0])}); nothing to learn",
         )
     if requested == Task.REGRESSION:
         if not numeric:
             raise TrainingFailure(
-                "TARGET_NOT_NUMERIC",
+                reasons.TARGET_NOT_NUMERIC,
                 f"REGRESSION needs a numeric target; this one holds {column_type.value.lower()} "
                 "values (use AUTO, BINARY or MULTICLASS)",
                 invalid_argument=True,
@@ -167,13 +172,13 @@ def _auto_task(
 
 
 def _mismatch(message: str) -> TrainingFailure:
-    return TrainingFailure("TASK_TARGET_MISMATCH", message, invalid_argument=True)
+    return TrainingFailure(reasons.TASK_TARGET_MISMATCH, message, invalid_argument=True)
 
 
 def _check_class_count(count: int, max_classes: int) -> None:
     if count > max_classes:
         raise TrainingFailure(
-            "TARGET_TOO_MANY_CLASSES",
+            reasons.TARGET_TOO_MANY_CLASSES,
             f"the target has {count} classes; at most {max_classes} are supported "
             "(is it an identifier, or a number to predict with REGRESSION?)",
         )
@@ -234,7 +239,7 @@ def check_class_sizes(labels: np.ndarray[Any, Any], decision: TaskDecision, min_
     ]
     if small:
         raise TrainingFailure(
-            "TARGET_CLASS_TOO_SMALL",
+            reasons.TARGET_CLASS_TOO_SMALL,
             f"every class needs at least {min_rows} rows to be trained and "
             f"validated; too few: {', '.join(small)}",
         )

@@ -17,6 +17,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from runtime.errors import failed_precondition
+from services.training import reasons
 from services.training.model.pyfunc_model import FeatureSpec
 from services.training.serving.catalog import mlflow_errors
 
@@ -66,8 +67,10 @@ class ModelCache:
             booster, spec = inner.booster, inner.spec
         except (AttributeError, MlflowException) as error:
             raise failed_precondition(
-                "MODEL_NOT_SUPPORTED",
+                reasons.MODEL_NOT_SUPPORTED,
                 f"{name} version {version} was not trained by modelyard; it cannot be served here",
+                model_name=name,
+                version=str(version),
             ) from error
         logger.info("model loaded for predictions", extra={"model": name, "version": version})
         return LoadedModel(name=name, version=version, booster=booster, spec=spec)

@@ -28,7 +28,9 @@ from runtime.errors import (
     not_found,
     unavailable,
 )
-from runtime.pagination import PAGE_TOKEN_INVALID, checked_page_size
+from runtime.limits import echo
+from runtime.pagination import checked_page_size
+from services.training import reasons
 from services.training.tracking.champion import CHAMPION_ALIAS, version_metrics
 from services.training.tracking.registry import JOB_TAG, MANAGED_TAG, MANAGED_VALUE
 
@@ -52,11 +54,17 @@ def mlflow_errors(model_name: str) -> Iterator[None]:
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise not_found(
-                "MODEL_NOT_FOUND", f"no registered model {model_name!r}", model_name=model_name
+                reasons.MODEL_NOT_FOUND,
+                f"no registered model {model_name!r}",
+                model_name=model_name,
             ) from error
-        raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
+        raise registry_unavailable() from error
     except OSError as error:
-        raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
+        raise registry_unavailable() from error
+
+
+def registry_unavailable() -> ServiceError:
+    return unavailable(reasons.MLFLOW_UNAVAILABLE, "the model registry did not answer")
 
 
 _PAGE_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{1,1024}")
@@ -73,7 +81,7 @@ class ModelCatalog:
         size = checked_page_size(page_size)
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             # MLflow's tokens are base64; anything else would make its server fail (500).
-            raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid")
+            raise invalid_argument(reasons.PAGE_TOKEN_INVALID, "page_token is not valid")
         try:
             page = self._client.search_registered_models(
                 filter_string=f"tags.{MANAGED_TAG} = '{MANAGED_VALUE}'",
@@ -83,8 +91,10 @@ class ModelCatalog:
             )
         except MlflowException as error:
             if error.error_code == "INVALID_PARAMETER_VALUE" and page_token:
-                raise invalid_argument(PAGE_TOKEN_INVALID, "page_token is not valid") from error
-            raise unavailable("MLFLOW_UNAVAILABLE", "the model registry did not answer") from error
+                raise invalid_argument(
+                    reasons.PAGE_TOKEN_INVALID, "page_token is not valid"
+                ) from error
+            raise registry_unavailable() from error
         models = list(page)
         versions = self._versions_of([model.name for model in models])
         listed = []
@@ -132,20 +142,27 @@ class ModelCatalog:
                 found = self._client.get_model_version_by_alias(name, alias or CHAMPION_ALIAS)
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise unavailable(
-                    "MLFLOW_UNAVAILABLE", "the model registry did not answer"
-                ) from error
+                raise registry_unavailable() from error
             with mlflow_errors(name):
                 self._client.get_registered_model(name)  # NOT_FOUND MODEL_NOT_FOUND if absent
-            what = f"version {version}" if version is not None else f"alias {alias!r}"
+            # Which version was asked for, under the key the request used.
+            asked = (
+                {"version": str(version)}
+                if version is not None
+                else {"alias": echo(alias or CHAMPION_ALIAS)}
+            )
+            what = " ".join(next(iter(asked.items())))
             raise not_found(
-                "MODEL_VERSION_NOT_FOUND", f"model {name!r} has no {what}", model_name=name
+                reasons.MODEL_VERSION_NOT_FOUND,
+                f"model {name!r} has no {what}",
+                model_name=name,
+                **asked,
             ) from error
         return int(found.version)
 
 
 def validate_model_name(name: str) -> None:
-    limits.check_model_name(name, "MODEL_NAME_INVALID", field="model_name")
+    limits.check_model_name(name, reasons.MODEL_NAME_INVALID, field="model_name")
 
 
 def _champion(model: RegisteredModel) -> int:

@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from runtime import limits
 from runtime.errors import ServiceError, make_status
 from runtime.logs import error_fields
 from runtime.tracing import tracer
-from services.training import metrics
+from services.training import metrics, reasons
 from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
 from services.training.fit.pipeline import (
     PipelineConfig,
@@ -185,7 +185,7 @@ class JobRunner:
         logger.warning("attempts exhausted", extra={"max_attempts": self._settings.max_attempts})
         status = make_status(
             grpc.StatusCode.ABORTED,
-            "ATTEMPTS_EXHAUSTED",
+            reasons.ATTEMPTS_EXHAUSTED,
             f"delivered {attempt} times; a job is tried at most "
             f"{self._settings.max_attempts} times (a Trainer died or was stopped each time)",
         )
@@ -233,7 +233,7 @@ class JobRunner:
             return await self._train(state)
         except TrainingFailure as failure:
             code = grpc.StatusCode[failure.code]
-            return await self._fail(state, code, failure.reason, failure.message)
+            return await self._fail(state, code, failure.reason, failure.message, failure.metadata)
         except TrainingStopped as stop:
             return await self._stopped(state, stop.why)
         except (MlflowUnavailable, DatasetUnavailable) as error:
@@ -245,7 +245,7 @@ class JobRunner:
             return await self._fail(
                 state,
                 grpc.StatusCode.INTERNAL,
-                "TRAINING_INTERNAL_ERROR",
+                reasons.TRAINING_INTERNAL_ERROR,
                 f"the Trainer failed unexpectedly: {type(error).__name__}: {error}",
             )
 
@@ -256,7 +256,9 @@ class JobRunner:
                 request.params, max_threads=self._settings.resolved_num_threads()
             )
         except ServiceError as error:
-            raise TrainingFailure(error.reason, error.message, invalid_argument=True) from error
+            raise TrainingFailure(
+                error.reason, error.message, invalid_argument=True, metadata=error.metadata
+            ) from error
         dataset = await self._until_stopped(state, self._reader.get(request.dataset_id))
         state.job = job_info(request, state.attempt, dataset)
         if state.attempt > 1 and await self._recovered(state):
@@ -343,14 +345,18 @@ class JobRunner:
     # -- outcomes -------------------------------------------------------------------------------
 
     async def _fail(
-        self, state: _Attempt, code: grpc.StatusCode, reason: str, message: str
+        self,
+        state: _Attempt,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
     ) -> Disposition:
         logger.info("job failed", extra={"reason": reason, "error": message})
         await self._close_run(state, "FAILED", reason)
         await self._flush_progress(state)
-        await self._events.failed(
-            state.job_id, state.attempt, make_status(code, reason, message), self._mlflow(state)
-        )
+        status = make_status(code, reason, message, metadata)
+        await self._events.failed(state.job_id, state.attempt, status, self._mlflow(state))
         return Disposition.ACK
 
     async def _stopped(self, state: _Attempt, why: str) -> Disposition:
@@ -358,7 +364,7 @@ class JobRunner:
             return await self._fail(
                 state,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "DEADLINE_EXCEEDED",
+                reasons.DEADLINE_EXCEEDED,
                 "the job ran longer than its max_run_duration and was stopped",
             )
         if why == "shutdown":
@@ -373,7 +379,9 @@ class JobRunner:
 
     async def _transient(self, state: _Attempt, error: Exception) -> Disposition:
         reason = (
-            "MLFLOW_UNAVAILABLE" if isinstance(error, MlflowUnavailable) else "DATASET_UNAVAILABLE"
+            reasons.MLFLOW_UNAVAILABLE
+            if isinstance(error, MlflowUnavailable)
+            else reasons.DATASET_UNAVAILABLE
         )
         if state.attempt < self._settings.max_attempts:
             logger.warning(
@@ -445,9 +453,10 @@ def job_info(
     )
     if not limits.is_model_name(model_name):
         raise TrainingFailure(
-            "MODEL_NAME_INVALID",
+            reasons.REGISTERED_MODEL_NAME_INVALID,
             f"registered model name {limits.echo(model_name)!r} must be {limits.MODEL_NAME_RULE}",
             invalid_argument=True,
+            metadata={"registered_model_name": limits.echo(model_name)},
         )
     return JobInfo(
         job_id=request.job_id,

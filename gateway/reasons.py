@@ -1,0 +1,27 @@
+"""Reason codes the gateway itself answers with (a backend's own reasons pass through
+unchanged). The README's table lists each with its HTTP status, gRPC code and the
+ErrorInfo metadata keys it carries; `tests/test_reasons.py` keeps the two in step."""
+
+from runtime.reasons import INTERNAL
+
+# The caller (401)
+API_TOKEN_MISSING = "API_TOKEN_MISSING"
+API_TOKEN_INVALID = "API_TOKEN_INVALID"
+
+# The request (400, 404, 405, 413, 415)
+ROUTE_NOT_FOUND = "ROUTE_NOT_FOUND"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+REQUEST_BODY_INVALID = "REQUEST_BODY_INVALID"
+QUERY_PARAMETER_INVALID = "QUERY_PARAMETER_INVALID"
+PATH_PARAMETER_INVALID = "PATH_PARAMETER_INVALID"
+REQUEST_TIMEOUT_INVALID = "REQUEST_TIMEOUT_INVALID"
+REQUEST_BODY_TOO_LARGE = "REQUEST_BODY_TOO_LARGE"
+UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
+
+# A backend that answered without an ErrorInfo (other codes: the code's own name)
+BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+BACKEND_ERROR = "BACKEND_ERROR"
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+__all__ = ["INTERNAL"]

@@ -36,6 +36,7 @@ from gateway.backends import Backends
 from gateway.descriptors import Comments, load_services
 from gateway.docs import ASSET_PREFIX, DocsPage
 from gateway.errors import ErrorResponse, GatewayError, error_response, invalid_argument
+from gateway.legacy import LegacyError, LegacyErrorResponse, LegacyRoutes
 from gateway.openapi import build_document, document_json, with_server
 from gateway.routes import (
     HTTP_BODY,
@@ -114,8 +115,23 @@ class Gateway(App):
         self.builders = {route: RequestBuilder(route) for route in self.routes}
         self.backends = Backends(settings, self.routes)
         self.auth = Authenticator.from_settings(settings)
+        self.legacy = (
+            LegacyRoutes(
+                {route.grpc_path: route for route in self.routes},
+                self.backends.stub,
+                settings.mlflow_ui_url,
+                settings.upload_chunk_bytes,
+                settings.max_body_bytes,
+            )
+            if settings.legacy_routes
+            else None
+        )
         self.openapi = build_document(
-            self.routes, Comments.load(), title=API_TITLE, version=API_VERSION
+            self.routes,
+            Comments.load(),
+            title=API_TITLE,
+            version=API_VERSION,
+            legacy_routes=settings.legacy_routes,
         )
         # One serialised document per server URL it was asked for (a handful in practice:
         # every name the gateway is reached by); bounded, since Host is the client's word.
@@ -208,10 +224,30 @@ class Gateway(App):
         path: str = request.scope["path"]
         if path in PROBE_PATHS or path == "/openapi.json" or path.startswith("/docs"):
             return await self._open_endpoint(request, path)
+        if self.legacy is not None and self.legacy.serves(path):
+            return await self._legacy(self.legacy, request, request_id, exchange)
         self.auth.check(request.headers.get("authorization"))
         match = self._match(request)
         exchange.route = match.route
         return await self._call(request, match, request_id)
+
+    async def _legacy(
+        self, legacy: LegacyRoutes, request: Request, request_id: str, exchange: Exchange
+    ) -> Response:
+        """The predecessor's routes: the same token and calls, its error shape."""
+        route = legacy.route_of(request.scope["path"])
+        exchange.route = route
+        try:
+            self.auth.check(request.headers.get("authorization"))
+            options = CallOptions(
+                timeout=self._timeout(request, route),
+                metadata=((REQUEST_ID_KEY, request_id),),
+            )
+            return await legacy.respond(request, options)
+        except GatewayError as error:
+            return LegacyError.of_status(error.status, error.headers).response()
+        except LegacyError as error:
+            return error.response()
 
     def _match(self, request: Request) -> Match:
         raw_path = request.scope.get("raw_path")
@@ -374,7 +410,7 @@ class Gateway(App):
         }
         if route is not None:
             extra["rpc"] = route.grpc_path
-        if isinstance(response, ErrorResponse):
+        if isinstance(response, ErrorResponse | LegacyErrorResponse):
             extra["reason"] = response.reason
         access_logger.log(
             level, "%s %s %s", request.method, path, response.status_code, extra=extra

@@ -16,6 +16,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from gateway import legacy
 from gateway.descriptors import Comments, find_field, is_map, is_repeated
 from gateway.errors import HTTP_STATUS_BY_CODE
 from gateway.routes import Route, RouteKind
@@ -290,6 +291,7 @@ def build_document(
     title: str,
     version: str,
     server_url: str | None = None,
+    legacy_routes: bool = False,
 ) -> dict[str, Any]:
     """The document; `servers` is left out without `server_url` (`with_server` adds it
     when the document is served, from the settings or the request)."""
@@ -306,6 +308,8 @@ def build_document(
         operation_ids.add(operation["operationId"])
         paths.setdefault(route.template.openapi_path(), {})[route.http_method.lower()] = operation
     paths.update(_probe_paths())
+    if legacy_routes:
+        paths.update(legacy.openapi_paths())
     services = sorted({route.service for route in routes}, key=lambda s: s.full_name)
     document = {
         "openapi": OPENAPI_VERSION,
@@ -314,11 +318,20 @@ def build_document(
             {"name": service.name, "description": comments.get(service.full_name)}
             for service in services
         ]
-        + [{"name": "Probes", "description": "Liveness and readiness; no token needed."}],
+        + [{"name": "Probes", "description": "Liveness and readiness; no token needed."}]
+        + (
+            [{"name": "Legacy", "description": "The predecessor's routes, deprecated."}]
+            if legacy_routes
+            else []
+        ),
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
-            "schemas": {**dict(sorted(schemas.schemas.items())), **_gateway_schemas()},
+            "schemas": {
+                **dict(sorted(schemas.schemas.items())),
+                **_gateway_schemas(),
+                **(legacy.openapi_schemas() if legacy_routes else {}),
+            },
             "responses": {
                 "Error": {
                     "description": "An error: a google.rpc.Status with an ErrorInfo reason.",

@@ -67,9 +67,22 @@ async def upload(
 ) -> Message:
     _check_upload_type(route, request.headers.get("content-type"))
     first = _upload_header(route, request)
+    return await send_upload(route, stub, first, request.stream(), options, chunk_bytes)
+
+
+async def send_upload(
+    route: Route,
+    stub: Any,
+    first: Message,
+    body: AsyncIterator[bytes],
+    options: CallOptions,
+    chunk_bytes: int,
+) -> Message:
+    """The upload call: `first` (the header message), then `body` cut into chunk messages
+    as it arrives; the backend's answer, or BackendError."""
     call = stub(timeout=options.timeout, metadata=options.metadata)
     try:
-        await _send_upload(call, route, first, request.stream(), chunk_bytes)
+        await _send_upload(call, route, first, body, chunk_bytes)
     except ClientDisconnect:
         call.cancel()
         logger.info("client went away during an upload; the call is cancelled")

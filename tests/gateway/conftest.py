@@ -59,6 +59,7 @@ async def dev_gateway(
         {
             "MODELYARD_GATEWAY_DEV_MODE": "true",
             "MODELYARD_GATEWAY_PUBLIC_URL": PUBLIC_URL + "/",
+            "MODELYARD_GATEWAY_LEGACY_ROUTES": "false",
         },
     )
     yield started

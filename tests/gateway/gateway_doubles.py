@@ -39,6 +39,8 @@ BODY_LIMIT = 64 * 1024
 DOWNLOAD_CHUNKS = (b"a,b,label\n", b"1,2,yes\n" * 1000, b"3,4,no\n")
 ARROW_PIECES = (b"ARROW-SCHEMA", b"BATCH-1", b"BATCH-2")
 ERROR_PREFIX = "error-"
+# The id of a dataset or job the fakes answer NOT_FOUND with the services' own reason.
+MISSING = "missing"
 
 
 @dataclass
@@ -261,6 +263,10 @@ class FakeJobs(jobs_service_pb2_grpc.JobsServiceServicer):
         self.recorder.record("CreateTrainingJob", request, context)
         if not request.dataset_id or not request.target_column:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "FIELD_REQUIRED", "missing")
+        if request.dataset_id == MISSING:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, "DATASET_NOT_FOUND", "dataset missing does not exist"
+            )
         job = training_job_pb2.TrainingJob(
             job_id="job-new",
             dataset_id=request.dataset_id,
@@ -284,6 +290,10 @@ class FakeJobs(jobs_service_pb2_grpc.JobsServiceServicer):
         error = _error_for(request.job_id)
         if error:
             raise error
+        if request.job_id == MISSING:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND", "training job missing does not exist"
+            )
         if request.job_id == "slow":
             await asyncio.sleep(5)
         return sample_job(request.job_id)

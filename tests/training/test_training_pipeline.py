@@ -76,6 +76,27 @@ def test_few_whole_numbers_are_classes_and_many_are_a_regression(tmp_path: Path)
     assert forced.decision.task == Task.REGRESSION
 
 
+def test_classification_is_binary_or_multiclass_never_regression() -> None:
+    rows = 240
+    frame = pd.DataFrame(
+        {
+            "x": np.arange(rows) % 12,
+            "grade": np.arange(rows) % 12,  # 12 whole numbers: AUTO would say REGRESSION
+            "flag": np.arange(rows) % 2,
+        }
+    )
+    columns = columns_from_frame(frame)
+    many = train_model(frame, columns, "grade", Task.CLASSIFICATION, {}, CONFIG)
+    assert many.decision.task == Task.MULTICLASS
+    assert many.decision.reason.startswith("CLASSIFICATION: 12 ")
+    assert "accuracy" in many.metrics
+    flags = frame.drop(columns="grade")
+    two = train_model(flags, columns_from_frame(flags), "flag", Task.CLASSIFICATION, {}, CONFIG)
+    assert two.decision.task == Task.BINARY
+    auto = train_model(frame, columns, "grade", Task.AUTO, {}, CONFIG)
+    assert auto.decision.task == Task.REGRESSION
+
+
 def test_messy_columns_are_dropped_with_reasons_and_categories_are_native(tmp_path: Path) -> None:
     frame = messy_frame()
     columns = columns_from_frame(frame)

@@ -92,6 +92,7 @@ async def test_binary_job_is_trained_logged_registered_and_loadable(
     assert logged.data.tags["modelyard.dataset_id"] == dataset_id
     assert logged.data.params["learning_rate"] == "0.1"
     assert logged.data.params["objective"] == "binary"
+    assert logged.data.params["n_estimators"] == str(summary.best_iteration)  # trees kept
     assert logged.data.metrics["roc_auc"] == pytest.approx(succeeded.metrics["roc_auc"])
     curve = await in_thread(mlflow_client.get_metric_history, run.run_id, "validation_auc")
     assert [point.step for point in curve] == list(range(1, len(curve) + 1))

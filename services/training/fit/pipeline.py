@@ -468,7 +468,7 @@ def _hooks_callback(hooks: TrainingHooks, total: int) -> Callable[..., None]:
 def evaluate(
     task: Task, labels: np.ndarray[Any, Any], raw: np.ndarray[Any, Any]
 ) -> dict[str, float]:
-    """The task's validation metrics, keyed as DESIGN.md names them."""
+    """The task's validation metrics, keyed as TrainingJob.metrics documents them."""
     if task == Task.REGRESSION:
         mse = float(skm.mean_squared_error(labels, raw))
         return {

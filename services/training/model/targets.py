@@ -2,8 +2,9 @@
 
 AUTO decides from the target's non-missing values: two distinct labels are
 BINARY; three or more text or boolean labels, or at most ten distinct whole
-numbers, are MULTICLASS; other numbers are REGRESSION. An explicit task is
-checked against the target. Failures carry a stable reason code.
+numbers, are MULTICLASS; other numbers are REGRESSION. CLASSIFICATION is AUTO
+without REGRESSION: two labels are BINARY, more are MULTICLASS, numbers too. An
+explicit task is checked against the target. Failures carry a stable reason code.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Task(StrEnum):
     BINARY = "BINARY"
     MULTICLASS = "MULTICLASS"
     REGRESSION = "REGRESSION"
+    CLASSIFICATION = "CLASSIFICATION"  # asked for only: trained as BINARY or MULTICLASS
 
 
 class TrainingFailure(Exception):
@@ -132,6 +134,13 @@ def decide_task(
         if count != 2:
             raise _mismatch(f"BINARY needs exactly 2 classes; the target has {count}")
         return TaskDecision(Task.BINARY, f"BINARY requested; 2 {kind} labels", labels)
+    if requested == Task.CLASSIFICATION:
+        if count == 2:
+            return TaskDecision(Task.BINARY, f"CLASSIFICATION: 2 {kind} labels → BINARY", labels)
+        _check_class_count(count, max_classes)
+        return TaskDecision(
+            Task.MULTICLASS, f"CLASSIFICATION: {count} {kind} labels → MULTICLASS", labels
+        )
     if requested == Task.MULTICLASS:
         if count < 3:
             raise _mismatch("MULTICLASS needs 3 or more classes; the target has 2 (use BINARY)")

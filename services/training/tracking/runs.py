@@ -324,6 +324,10 @@ class Tracker:
             Param("target_column", result.spec["target_column"]),
             Param("task", result.decision.task.value),
             Param("features", str(len(result.features))),
+            # The names the predecessor's users query (learning_rate is among the
+            # effective params): the boosting rounds the model keeps, early stopping
+            # included, as scikit-learn's n_estimators would say.
+            Param("n_estimators", str(result.best_iteration)),
         ]
         final = [
             Metric(name, value, now, 0, model_id=run.model_id)

@@ -59,6 +59,7 @@ TASKS = {
     training_job_pb2.TrainingJob.Task.BINARY: Task.BINARY,
     training_job_pb2.TrainingJob.Task.MULTICLASS: Task.MULTICLASS,
     training_job_pb2.TrainingJob.Task.REGRESSION: Task.REGRESSION,
+    training_job_pb2.TrainingJob.Task.CLASSIFICATION: Task.CLASSIFICATION,
 }
 TASK_ENUMS = {task: number for number, task in TASKS.items() if number}
 

@@ -228,8 +228,6 @@ class Stack:
             "MODELYARD_GATEWAY_API_TOKENS": self.api_token,
             "MODELYARD_GATEWAY_DEV_MODE": "true" if self.options.dev_mode else "false",
         }
-        if self.mlflow is not None:  # the link POST /models/train gives (no credential)
-            env["MODELYARD_GATEWAY_MLFLOW_UI_URL"] = self.mlflow.url
         return env | self.options.extra_env.get("gateway", {})
 
     def start_gateway(self) -> ManagedProcess:

@@ -119,7 +119,6 @@ class Gateway(App):
             LegacyRoutes(
                 {route.grpc_path: route for route in self.routes},
                 self.backends.stub,
-                settings.mlflow_ui_url,
                 settings.upload_chunk_bytes,
                 settings.max_body_bytes,
             )

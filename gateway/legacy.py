@@ -122,6 +122,7 @@ def job_view(job: TrainingJob) -> dict[str, Any]:
         "metrics": {key: _finite(value) for key, value in sorted(job.metrics.items())},
         "error_message": error_message,
         "created_at": _time(job, "create_time"),
+        "mlflow_ui": job.mlflow.run_url or None,  # beside the predecessor's fields
     }
 
 
@@ -137,11 +138,14 @@ def dataset_view(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def train_view(job: TrainingJob, mlflow_ui_url: str) -> dict[str, Any]:
+def train_view(job: TrainingJob) -> dict[str, Any]:
+    """CreateTrainingJob's answer. `mlflow_ui` is the run's link, which exists once a
+    Trainer has started the job: null here, in GET /models/jobs/{job_id} from then on.
+    (Only the Trainer knows MLflow; the gateway has no MLflow setting of its own.)"""
     return {
         "job_id": job.job_id,
         "status": STATUS_OF_STATE.get(job.state, "PENDING"),
-        "mlflow_ui": mlflow_ui_url or None,
+        "mlflow_ui": job.mlflow.run_url or None,
     }
 
 
@@ -370,13 +374,11 @@ class LegacyRoutes:
         self,
         routes: Mapping[str, Route],
         stub: Callable[[Route], Stub],
-        mlflow_ui_url: str,
         upload_chunk_bytes: int,
         max_body_bytes: int,
     ) -> None:
         self._routes = {name: routes[path] for name, path in GRPC_PATHS.items()}
         self._stub = stub
-        self._mlflow_ui_url = mlflow_ui_url
         self._chunk_bytes = upload_chunk_bytes
         self._max_body_bytes = max_body_bytes
 
@@ -401,7 +403,7 @@ class LegacyRoutes:
             if path == "/datasets/upload":
                 return _json(dataset_view(await self._upload(request, options)))
             if path == "/models/train":
-                return _json(train_view(await self._train(request, options), self._mlflow_ui_url))
+                return _json(train_view(await self._train(request, options)))
             match = self.JOB_PATH.match(path)
             assert match is not None
             return _json(job_view(await self._get_job(match["job_id"], options)))
@@ -645,6 +647,7 @@ def openapi_schemas() -> dict[str, Any]:
                 },
                 "error_message": _NULLABLE_STRING,
                 "created_at": _NULLABLE_STRING,
+                "mlflow_ui": _NULLABLE_STRING,
             },
         },
     }

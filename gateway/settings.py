@@ -86,13 +86,6 @@ class GatewaySettings(CommonSettings, DatasetClientSettings, TrainerClientSettin
             "GET /models/jobs/{job_id}) beside /v1; false answers them 404."
         ),
     )
-    mlflow_ui_url: str = Field(
-        default="",
-        description=(
-            "MLflow UI URL given as `mlflow_ui` by POST /models/train (a link, no credential); "
-            "null when empty."
-        ),
-    )
     readiness_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of each backend health check behind /readyz."
     )

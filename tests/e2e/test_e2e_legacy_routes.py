@@ -75,7 +75,7 @@ def test_acceptance_classification(
     dataset_id = upload(client, "iris.csv", IRIS.read_bytes())
     started = client.post("/models/train", json={"dataset_id": dataset_id, "target_col": "species"})
     assert started.status_code == 200, started.text
-    assert started.json()["mlflow_ui"] == stack.mlflow.url if stack.mlflow else None
+    assert started.json()["mlflow_ui"] is None  # no run yet: the job's view gives the link
     job = train_to_completion(client, {"dataset_id": dataset_id, "target_col": "species"})
     assert (job["dataset_id"], job["target_col"], job["task_type"]) == (
         dataset_id,
@@ -84,6 +84,9 @@ def test_acceptance_classification(
     )
     assert 0.0 <= job["metrics"]["accuracy"] <= 1.0
     assert job["error_message"] is None
+    assert stack.mlflow is not None
+    assert job["mlflow_ui"].startswith(stack.mlflow.url)
+    assert job["mlflow_ui"].endswith(f"/runs/{job['mlflow_run_id']}")
     assert job["created_at"]
 
     # What the acceptance reads in the MLflow UI.

@@ -271,6 +271,7 @@ async def test_get_job_is_get_training_job_in_the_old_shape(gateway: GatewayProc
         "metrics": {"accuracy": 0.93, "roc_auc": None},  # NaN has no JSON: null
         "error_message": None,
         "created_at": "2023-11-14T22:13:20+00:00",
+        "mlflow_ui": None,
     }
 
 

@@ -23,6 +23,7 @@ from services.training.fit.pipeline import (
 )
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo, ColumnType, columns_from_frame
+from services.training.model.pyfunc_model import coerce_features, feature_names
 from services.training.model.targets import PRIMARY_METRICS, Task, TrainingFailure
 from services.training.tracking.champion import beats_champion
 from services.training.tracking.run_content import curve_steps
@@ -106,15 +107,22 @@ def test_messy_columns_are_dropped_with_reasons_and_categories_are_native(tmp_pa
         "customer_id": "id_like",
         "row_number": "id_like",
         "constant": "constant",
-        "signup": "unsupported_type",
     }
     kinds = {feature["name"]: feature["kind"] for feature in result.spec["features"]}
     assert kinds == {
         "color": "categorical",
         "size": "numeric",
         "count": "numeric",
+        "signup": "datetime",
         "flag": "boolean",
     }
+    assert [name for name in feature_names(result.spec) if name.startswith("signup")] == [
+        "signup__year",
+        "signup__month",
+        "signup__day",
+        "signup__dayofweek",
+        "signup__elapsed_days",
+    ]
     assert result.rows_dropped_missing_target == int(frame["label"].isna().sum()) > 0
     assert result.rows_used + result.rows_dropped_missing_target == len(frame)
     assert result.booster.pandas_categorical == [["blue", "green", "red", "violet"]]
@@ -317,3 +325,49 @@ async def test_arrow_stream_is_decoded_whatever_the_chunking() -> None:
     assert isinstance(loaded["color"].dtype, pd.CategoricalDtype)
     assert loaded["color"].astype(str).tolist() == frame["color"].astype(str).tolist()
     assert loaded["size"].equals(frame["size"])
+
+
+def test_dates_become_features_and_flagged_row_numbers_are_left_out() -> None:
+    """A date written day-first and a timestamp carry the signal; row numbers do not count."""
+    rng = np.random.default_rng(5)
+    rows = 800
+    days = pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 730, rows), unit="D")
+    hours = rng.integers(0, 24, rows)
+    moments = days + pd.to_timedelta(hours, unit="h")
+    # Weekends and evenings are busy: only the date and time parts can tell.
+    busy = (days.dayofweek >= 5) | (hours >= 18)
+    frame = pd.DataFrame(
+        {
+            "unnamed_0": np.arange(rows),
+            "day": days.strftime("%d/%m/%Y"),
+            "at": moments,
+            "noise": rng.normal(0, 1, rows),
+            "busy": np.where(busy, "yes", "no"),
+        }
+    )
+    columns = [
+        ColumnInfo("unnamed_0", ColumnType.INTEGER, row_number=True),
+        ColumnInfo("day", ColumnType.DATE, date_format="%d/%m/%Y"),
+        ColumnInfo("at", ColumnType.TIMESTAMP),
+        ColumnInfo("noise", ColumnType.FLOAT),
+        ColumnInfo("busy", ColumnType.STRING),
+    ]
+    result = train_model(frame, columns, "busy", Task.AUTO, {}, CONFIG)
+
+    assert dict(result.dropped_columns) == {"unnamed_0": "row_number"}
+    assert "at__hour" in feature_names(result.spec)
+    assert "day__hour" not in feature_names(result.spec)
+    assert result.metrics["accuracy"] > 0.9
+    scored = coerce_features(
+        pd.DataFrame(
+            {
+                "day": ["25/03/2024", "2024-03-26"],
+                "at": ["2024-03-25 20:00:00", None],
+                "noise": [0.0, 0.0],
+            }
+        ),
+        result.spec,
+    )
+    assert scored["day__dayofweek"].tolist() == [0.0, 1.0]  # Monday, then Tuesday (ISO)
+    assert scored["at__hour"].tolist()[0] == 20.0
+    assert np.isnan(scored["at__hour"].tolist()[1])

@@ -199,9 +199,10 @@ async def test_regression_and_messy_columns(
         "customer_id": "id_like",
         "row_number": "id_like",
         "constant": "constant",
-        "signup": "unsupported_type",
     }
-    assert set(summary.features) == {"color", "size", "count", "flag"}
+    assert set(summary.features) == {"color", "size", "count", "flag"} | {
+        f"signup__{part}" for part in ("year", "month", "day", "dayofweek", "elapsed_days")
+    }
     assert summary.rows_dropped_missing_target > 0
     assert summary.rows_used == 600 - summary.rows_dropped_missing_target
     assert list(classified.task_detection.class_names) == ["no", "yes"]

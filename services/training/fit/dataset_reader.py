@@ -26,10 +26,11 @@ from runtime.errors import error_reason
 from runtime.limits import echo
 from services.training import reasons
 from services.training.model.columns import ColumnInfo, ColumnType
+from services.training.model.pyfunc_model import ISO_8601
 from services.training.model.targets import TrainingFailure
 
 # Columns the pipeline never uses as features: not worth streaming.
-_NOT_READ = (ColumnType.DATE, ColumnType.TIMESTAMP, ColumnType.ALL_NULL)
+_NOT_READ = (ColumnType.ALL_NULL,)
 _QUEUED_CHUNKS = 8
 _BATCH_ROWS = 65_536
 _TRANSIENT_CODES = (
@@ -69,6 +70,8 @@ def column_infos(dataset: dataset_pb2.Dataset) -> list[ColumnInfo]:
             if column.data_type
             else ColumnType.STRING,
             id_like=column.id_like,
+            row_number=column.row_number,
+            date_format=column.profile.date_format or ISO_8601,
         )
         for column in dataset.columns
     ]
@@ -106,7 +109,11 @@ class DatasetReader:
                 invalid_argument=True,
                 metadata={"dataset_id": dataset.dataset_id, "column": echo(target)},
             )
-        wanted = [c.name for c in columns if c.type not in _NOT_READ or c.name == target]
+        wanted = [
+            c.name
+            for c in columns
+            if (c.type not in _NOT_READ and not c.row_number) or c.name == target
+        ]
         request = dataset_service_pb2.ReadDatasetRequest(
             dataset_id=dataset.dataset_id, columns=wanted, batch_rows=_BATCH_ROWS
         )
@@ -224,5 +231,5 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
         array = table.column(index)
         if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
             array = array.dictionary_encode()
-        columns[name] = array.to_pandas()
+        columns[name] = array.to_pandas(date_as_object=False)  # dates as datetime64
     return pd.DataFrame(columns, copy=False)

@@ -2,9 +2,11 @@
 
 Numbers stay numbers (missing values stay missing), booleans become 0/1, text
 becomes a pandas `category` with its levels sorted (LightGBM's native
-categorical splits). Left out, with why: columns with no value (`all_null`),
-a single value (`constant`), identifiers (`id_like`) and dates/timestamps
-(`unsupported_type`).
+categorical splits), dates and timestamps become their year, month, day, day
+of week, hour (timestamps) and days since 1970-01-01. Left out, with why:
+columns with no value (`all_null`), a single value (`constant`), identifiers
+(`id_like`) and the row numbers a spreadsheet or data-frame export adds
+(`row_number`, as the Dataset service flags them).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class ColumnInfo:
     type: ColumnType
     # The Dataset service's judgement that nearly every value is distinct.
     id_like: bool = False
+    # The Dataset service's judgement that the column numbers the rows (1..n or 0..n-1).
+    row_number: bool = False
+    # DATE and TIMESTAMP: how the text was written ("ISO 8601" or a strftime pattern).
+    date_format: str = pyfunc_model.ISO_8601
 
 
 def select_features(
@@ -57,7 +63,7 @@ def select_features(
     for column in columns:
         if column.name == target:
             continue
-        why = _reason_from_type(column.type)
+        why = "row_number" if column.row_number else _reason_from_type(column.type)
         if why is None and column.name not in frame.columns:
             why = "not_read"
         if why is None:
@@ -71,6 +77,16 @@ def select_features(
             )
         elif column.type == ColumnType.BOOLEAN:
             features.append({"name": column.name, "kind": pyfunc_model.BOOLEAN})
+        elif column.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
+            timestamp = column.type == ColumnType.TIMESTAMP
+            features.append(
+                {
+                    "name": column.name,
+                    "kind": pyfunc_model.DATETIME,
+                    "format": column.date_format or pyfunc_model.ISO_8601,
+                    "parts": pyfunc_model.datetime_parts(timestamp),
+                }
+            )
         else:
             features.append({"name": column.name, "kind": pyfunc_model.NUMERIC})
     return features, dropped
@@ -79,8 +95,6 @@ def select_features(
 def _reason_from_type(column_type: ColumnType) -> str | None:
     if column_type == ColumnType.ALL_NULL:
         return "all_null"
-    if column_type in (ColumnType.DATE, ColumnType.TIMESTAMP):
-        return "unsupported_type"
     return None
 
 
@@ -95,6 +109,8 @@ def _reason_to_drop(values: pd.Series[Any], column: ColumnInfo) -> str | None:
         if column.type == ColumnType.INTEGER and _integer_id(numbers, column.name, present):
             return "id_like"
         return None
+    if column.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
+        return "constant" if values.nunique(dropna=True) <= 1 else None
     distinct = _distinct_count(values)
     if distinct <= 1:
         return "constant"
@@ -129,7 +145,7 @@ def _levels(values: pd.Series[Any]) -> list[str]:
 
 def raw_example(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """A few rows as a user would pass them: text as text, numbers as numbers."""
-    rows = frame[pyfunc_model.feature_names(spec)].head(INPUT_EXAMPLE_ROWS).copy()
+    rows = frame[pyfunc_model.input_names(spec)].head(INPUT_EXAMPLE_ROWS).copy()
     for feature in spec["features"]:
         name = feature["name"]
         if feature["kind"] == pyfunc_model.CATEGORICAL:
@@ -137,7 +153,13 @@ def raw_example(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
             rows[name] = rows[name].map(lambda value: None if value is None else str(value))
         elif feature["kind"] == pyfunc_model.NUMERIC:
             rows[name] = rows[name].astype("float64")
+        elif feature["kind"] == pyfunc_model.DATETIME:  # as ISO text: what a CSV holds
+            rows[name] = rows[name].map(_iso_text, na_action="ignore")
     return rows.reset_index(drop=True)
+
+
+def _iso_text(value: Any) -> str:
+    return str(value.isoformat()) if hasattr(value, "isoformat") else str(value)
 
 
 def columns_from_frame(frame: pd.DataFrame) -> list[ColumnInfo]:

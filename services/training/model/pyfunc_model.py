@@ -8,10 +8,14 @@ same way at training time, in TrainerService.Predict and in a user's notebook.
 
 Artifacts: `booster` (LightGBM model.txt, saved at the best iteration) and
 `preprocessing` (JSON, see `FeatureSpec` below): feature columns with their
-kind (numeric, boolean, categorical with its levels), class labels, dropped
-columns. Input: raw rows, as `pandas.read_csv` gives them (text columns as
-str/object). Numbers in text form are parsed, categories unseen in training
-become missing values, extra columns are ignored. Output: a DataFrame with a
+kind (numeric, boolean, categorical with its levels, datetime with how its
+text is written), class labels, dropped columns. Input: raw rows, as
+`pandas.read_csv` gives them (text columns as str/object). Numbers in text
+form are parsed, categories unseen in training become missing values, dates
+and times become their parts (year, month, day, day of week, hour for
+timestamps, and days since 1970-01-01), parsed from text written the way the
+training data wrote them (ISO 8601, or a pattern such as `%d/%m/%Y`), extra
+columns are ignored. Output: a DataFrame with a
 `prediction` column (class label or value) and, for classification, one
 `probability_<class>` column per class.
 """
@@ -37,6 +41,13 @@ PREPROCESSING_ARTIFACT = "preprocessing"
 NUMERIC = "numeric"
 BOOLEAN = "boolean"
 CATEGORICAL = "categorical"
+DATETIME = "datetime"
+
+ISO_8601 = "ISO 8601"
+DATE_PARTS = ("year", "month", "day", "dayofweek")
+TIME_PARTS = ("hour",)
+ELAPSED_DAYS = "elapsed_days"
+_EPOCH = pd.Timestamp("1970-01-01")
 
 BINARY = "binary"
 MULTICLASS = "multiclass"
@@ -52,8 +63,10 @@ _ROWS_NAMED_IN_ERRORS = 5
 # The preprocessing spec, as stored in the `preprocessing` artifact:
 # {"format_version": 1, "task": "binary" | "multiclass" | "regression",
 #  "target_column": str,
-#  "features": [{"name": str, "kind": "numeric" | "boolean" | "categorical",
-#                "categories": [str, ...]  (categorical only)}],
+#  "features": [{"name": str, "kind": "numeric" | "boolean" | "categorical" | "datetime",
+#                "categories": [str, ...]  (categorical only),
+#                "format": "ISO 8601" | strftime pattern, "parts": [str, ...] (datetime only:
+#                the model columns are "<name>__<part>")}],
 #  "class_labels": [label, ...]  (classification: typed JSON values, model order),
 #  "dropped_columns": [{"name": str, "reason": str}]}
 FeatureSpec = dict[str, Any]
@@ -85,13 +98,34 @@ def load_spec(path: str | Path) -> FeatureSpec:
     return spec
 
 
-def feature_names(spec: FeatureSpec) -> list[str]:
+def input_names(spec: FeatureSpec) -> list[str]:
+    """The columns a caller passes: one for each feature."""
     return [feature["name"] for feature in spec["features"]]
+
+
+def feature_names(spec: FeatureSpec) -> list[str]:
+    """The model's columns: a datetime feature is several, one for each of its parts."""
+    names: list[str] = []
+    for feature in spec["features"]:
+        if feature["kind"] == DATETIME:
+            names.extend(part_column(feature["name"], part) for part in feature["parts"])
+        else:
+            names.append(feature["name"])
+    return names
+
+
+def part_column(name: str, part: str) -> str:
+    return f"{name}__{part}"
+
+
+def datetime_parts(timestamp: bool) -> list[str]:
+    """The parts a date (or a timestamp, with its hour) becomes."""
+    return [*DATE_PARTS, *(TIME_PARTS if timestamp else ()), ELAPSED_DAYS]
 
 
 def coerce_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """The model's feature matrix from raw rows; InvalidModelInput names what is wrong."""
-    missing = [name for name in feature_names(spec) if name not in frame.columns]
+    missing = [name for name in input_names(spec) if name not in frame.columns]
     if missing:
         raise InvalidModelInput(
             COLUMNS_MISSING,
@@ -106,6 +140,8 @@ def coerce_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
             columns[name] = _numeric(values, name)
         elif feature["kind"] == BOOLEAN:
             columns[name] = _boolean(values, name)
+        elif feature["kind"] == DATETIME:
+            columns.update(_datetime_columns(values, feature))
         else:
             columns[name] = _categorical(values, feature["categories"])
     return pd.DataFrame(columns, copy=False)
@@ -175,6 +211,55 @@ def _boolean_value(value: Any) -> float:
     if not text:
         return math.nan
     return math.nan
+
+
+def _datetime_columns(values: pd.Series[Any], feature: dict[str, Any]) -> dict[str, Any]:
+    """A date or time column as the numbers the model takes, one column per part."""
+    moments = _moments(values, feature["name"], feature.get("format", ISO_8601))
+    return {
+        part_column(feature["name"], part): _part(moments, part).astype("float64")
+        for part in feature["parts"]
+    }
+
+
+def _part(moments: pd.Series[Any], part: str) -> pd.Series[Any]:
+    if part == ELAPSED_DAYS:
+        elapsed: pd.Series[Any] = (moments - _EPOCH).dt.total_seconds() / 86400.0
+        return elapsed
+    # year, month, day, dayofweek (Monday is 0), hour
+    values: pd.Series[Any] = getattr(moments.dt, part)
+    return values
+
+
+def _moments(values: pd.Series[Any], name: str, written: str) -> pd.Series[Any]:
+    """Timestamps (naive, UTC for values with an offset) from dates, times or their text."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parsed = pd.to_datetime(values, utc=True)
+    else:
+        objects = values.astype("object").where(values.notna(), None)
+        is_text = objects.map(lambda value: isinstance(value, str))
+        blank = objects.map(lambda value: isinstance(value, str) and not value.strip())
+        objects = objects.where(~blank.astype(bool), None)
+        text_format = "ISO8601" if written == ISO_8601 else written
+        parsed = pd.Series(pd.NaT, index=objects.index, dtype="datetime64[ns, UTC]")
+        texts = is_text.astype(bool) & objects.notna()
+        if texts.any():
+            text = objects[texts].str.strip()
+            parsed[texts] = pd.to_datetime(text, format=text_format, errors="coerce", utc=True)
+            if written != ISO_8601:  # ISO 8601 is unambiguous: taken too
+                retry = texts & parsed.isna()
+                if retry.any():
+                    parsed[retry] = pd.to_datetime(
+                        objects[retry].str.strip(), format="ISO8601", errors="coerce", utc=True
+                    )
+        others = ~texts & objects.notna()
+        if others.any():
+            parsed[others] = pd.to_datetime(objects[others], errors="coerce", utc=True)
+        expected = f"a date or time written {written}" + (
+            "" if written == ISO_8601 else " or in ISO 8601"
+        )
+        _refuse_unparsed(values, parsed.isna() & objects.notna(), name, expected)
+    return parsed.dt.tz_localize(None)
 
 
 def _categorical(values: pd.Series[Any], categories: list[str]) -> pd.Series[Any]:

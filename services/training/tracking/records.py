@@ -21,6 +21,8 @@ class JobInfo:
     target_column: str
     requested_task: str
     model_name: str
+    # The version of the named dataset (its display name) trained on; 0 when unknown.
+    dataset_version: int = 0
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,8 @@ class Tracker:
             "modelyard.job_id": job.job_id,
             "modelyard.attempt": str(job.attempt),
             "modelyard.dataset_id": job.dataset_id,
+            "modelyard.dataset_name": job.dataset_name[:5000],
+            "modelyard.dataset_version": str(job.dataset_version),
             "modelyard.dataset_sha256": job.dataset_sha256,
             "modelyard.target_column": job.target_column,
             "modelyard.requested_task": job.requested_task,
@@ -366,12 +368,13 @@ class Tracker:
         ]
 
     def _dataset_input(self, job: JobInfo) -> DatasetInput:
+        named = job.dataset_name[:480] or job.dataset_id
         dataset = MlflowDataset(
-            name=job.dataset_name[:500] or job.dataset_id,
+            name=f"{named}@{job.dataset_version}" if job.dataset_version else named,
             # MLflow keeps at most 36 characters of digest; the full sha256 is in the profile.
             digest=job.dataset_sha256[:36],
             source_type="modelyard",
-            source=json.dumps({"dataset_id": job.dataset_id}),
+            source=json.dumps({"dataset_id": job.dataset_id, "version": job.dataset_version}),
             profile=json.dumps({"sha256": job.dataset_sha256, "num_rows": job.dataset_rows}),
         )
         return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])

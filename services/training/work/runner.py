@@ -469,6 +469,7 @@ def job_info(
         target_column=request.target_column,
         requested_task=TASKS.get(request.task, Task.AUTO).value,
         model_name=model_name,
+        dataset_version=dataset.version,
     )
 
 

@@ -66,6 +66,7 @@ def mlflow_user(stack: Stack) -> Iterator[None]:
     os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
     os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
     mlflow.set_tracking_uri(stack.mlflow.url)
+    mlflow.set_registry_uri(stack.mlflow.url)  # other tests of the session may set another
     yield
     for key, value in saved.items():
         if value is None:

@@ -376,8 +376,12 @@ async def test_trainer_service_lists_models_and_predicts(
         assert newest.metrics["roc_auc"] == pytest.approx(succeeded.metrics["roc_auc"])
 
         rows = [
-            struct({"color": "red", "size": 14.0, "count": 3, "flag": True}),
-            struct({"color": "orange", "size": None, "count": "7", "flag": "false"}),
+            struct(
+                {"color": "red", "size": 14.0, "count": 3, "flag": True, "signup": "2024-03-01"}
+            ),
+            struct(
+                {"color": "orange", "size": None, "count": "7", "flag": "false", "signup": None}
+            ),
         ]
         predicted = await stub.Predict(
             trainer_service_pb2.PredictRequest(model_name="messy-service", rows=rows),

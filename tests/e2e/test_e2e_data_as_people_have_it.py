@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import mlflow
+import mlflow.tracking._model_registry.utils as registry_utils
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,7 +67,13 @@ def mlflow_user(stack: Stack) -> Iterator[None]:
     os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
     os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
     mlflow.set_tracking_uri(stack.mlflow.url)
+    # Registered models resolve through the registry URI, which other tests of the
+    # session may have pointed elsewhere: ours while this test runs, theirs after.
+    saved_registry = registry_utils._registry_uri
+    saved["MLFLOW_REGISTRY_URI"] = os.environ.get("MLFLOW_REGISTRY_URI")
+    mlflow.set_registry_uri(stack.mlflow.url)
     yield
+    registry_utils._registry_uri = saved_registry
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -116,8 +123,6 @@ def test_a_pandas_export_with_dates_trains_by_name_and_predicts_from_the_same_st
     labels = [item["value"] for item in predicted.json()["predictions"]]
     assert labels == ["yes", "no"]
 
-    # The logged model itself (resolved through the tracking server, whatever registry
-    # URI other tests of the session set).
     model = mlflow.pyfunc.load_model(job["mlflow"]["modelUri"])
     scored = model.predict(pd.read_csv(io.StringIO(pd.DataFrame(rows).to_csv(index=False))))
     assert list(pd.DataFrame(scored)["prediction"]) == ["yes", "no"]

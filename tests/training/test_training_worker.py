@@ -455,7 +455,7 @@ async def test_trainer_service_lists_models_and_predicts(
             assert named in (failure.value.details() or "")
             details.append(error_metadata(failure.value))
         # The details say what was missing, and nothing empty.
-        assert details[0] == {"column": "size,count"}
+        assert details[0] == {"column": "size,count,signup"}
         assert details[3] == {"model_name": "messy-service", "version": "99"}
         assert details[4] == {"model_name": "messy-service", "alias": "staging"}
 

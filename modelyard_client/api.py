@@ -344,18 +344,56 @@ class Client:
         registered_model_name: str | None = None,
         request_id: str | None = None,
         max_run_duration_seconds: float | None = None,
+        search_budget_seconds: float | None = None,
+        search_max_trials: int | None = None,
     ) -> Json:
-        """Queue a training job; returns it, QUEUED."""
-        body: Json = {"datasetId": dataset_id, "targetColumn": target_column, "task": task}
-        if params:
-            body["params"] = {str(k): str(v) for k, v in params.items()}
-        if registered_model_name:
-            body["registeredModelName"] = registered_model_name
-        if request_id:
-            body["requestId"] = request_id
-        if max_run_duration_seconds is not None:
-            body["maxRunDuration"] = _duration(max_run_duration_seconds)
+        """Queue a training job; returns it, QUEUED. With a search budget and/or
+        max trials the Trainer searches LightGBM configurations."""
+        body = _job_body(
+            dataset_id,
+            target_column,
+            task=task,
+            params=params,
+            registered_model_name=registered_model_name,
+            request_id=request_id,
+            max_run_duration_seconds=max_run_duration_seconds,
+            search_budget_seconds=search_budget_seconds,
+            search_max_trials=search_max_trials,
+        )
         return self._json("POST", "/v1/trainingJobs", json=body)
+
+    def estimate_training_job(
+        self,
+        dataset_id: str,
+        target_column: str,
+        *,
+        task: str = "AUTO",
+        params: Mapping[str, str | int | float] | None = None,
+        search_budget_seconds: float | None = None,
+        search_max_trials: int | None = None,
+    ) -> Json:
+        """A quote for a job (wall time, peak memory, trials); nothing is queued."""
+        body = _job_body(
+            dataset_id,
+            target_column,
+            task=task,
+            params=params,
+            search_budget_seconds=search_budget_seconds,
+            search_max_trials=search_max_trials,
+        )
+        return self._json("POST", "/v1/trainingJobs:estimate", json=body)
+
+    def list_trials(self, job_id: str, page_size: int = 100) -> Iterator[Json]:
+        """The configurations a searching job tried, by trial number."""
+        path = f"/v1/trainingJobs/{_segment(job_id)}/trials"
+        return self._pages(path, "trials", {"pageSize": page_size})
+
+    def replay_training_job(self, job_id: str, request_id: str | None = None) -> Json:
+        """Retrain a job's recorded configuration as a new job; returns it, QUEUED."""
+        body: Json = {"requestId": request_id} if request_id else {}
+        response = self._json("POST", f"/v1/trainingJobs/{_segment(job_id)}:replay", json=body)
+        job: Json = response["trainingJob"]
+        return job
 
     def get_training_job(self, job_id: str) -> Json:
         return self._json("GET", f"/v1/trainingJobs/{_segment(job_id)}")
@@ -472,6 +510,38 @@ class Client:
         if alias:
             body["alias"] = alias
         return self._json("POST", f"/v1/models/{_segment(model_name)}:predict", json=body)
+
+
+def _job_body(
+    dataset_id: str,
+    target_column: str,
+    *,
+    task: str,
+    params: Mapping[str, str | int | float] | None,
+    registered_model_name: str | None = None,
+    request_id: str | None = None,
+    max_run_duration_seconds: float | None = None,
+    search_budget_seconds: float | None = None,
+    search_max_trials: int | None = None,
+) -> Json:
+    """The body of a create (and of an estimate, which takes the same)."""
+    body: Json = {"datasetId": dataset_id, "targetColumn": target_column, "task": task}
+    if params:
+        body["params"] = {str(k): str(v) for k, v in params.items()}
+    if registered_model_name:
+        body["registeredModelName"] = registered_model_name
+    if request_id:
+        body["requestId"] = request_id
+    if max_run_duration_seconds is not None:
+        body["maxRunDuration"] = _duration(max_run_duration_seconds)
+    if search_budget_seconds is not None or search_max_trials is not None:
+        search: Json = {}
+        if search_budget_seconds is not None:
+            search["budget"] = _duration(search_budget_seconds)
+        if search_max_trials is not None:
+            search["maxTrials"] = search_max_trials
+        body["search"] = search
+    return body
 
 
 def _segment(value: str) -> str:

@@ -48,6 +48,7 @@ from modelyard_client.api import FINAL_STATES, Client, Json, ModelyardError, rea
 
 EXIT_ERROR, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_AUTH, EXIT_UNAVAILABLE = 1, 3, 4, 5, 6
 EXIT_JOB_FAILED, EXIT_JOB_CANCELLED, EXIT_INTERRUPTED = 7, 8, 130
+EXIT_REPLAY_DIFFERS = 9
 EXIT_BY_STATUS = {
     "NOT_FOUND": EXIT_NOT_FOUND,
     "INVALID_ARGUMENT": EXIT_INVALID,
@@ -398,14 +399,45 @@ def train(
     max_run_seconds: Annotated[
         float | None, typer.Option(min=1, metavar="SECONDS", help="Longest run time.")
     ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="Search LightGBM configurations for this long (e.g. 60)."
+        ),
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option(metavar="N", help="Search at most N configurations.")
+    ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate", help="Only quote the job (time, memory, trials); queue nothing."
+        ),
+    ] = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job to its end, with a progress bar.")
     ] = False,
     output: OutputOption = None,
 ) -> None:
-    """Queue a training job; with --wait, follow it live and print its metrics."""
+    """Queue a training job; with --wait, follow it live and print its metrics.
+
+    With --budget and/or --max-trials the Trainer searches configurations with
+    cross-validation and keeps the best; --estimate only prints the quote."""
     params = dict(parse_param(p) for p in param or [])
     with use(output) as api:
+        if estimate:
+            quote = call(
+                api.estimate_training_job,
+                dataset_id,
+                target,
+                task=task.value,
+                params=params,
+                search_budget_seconds=budget,
+                search_max_trials=max_trials,
+            )
+            if as_json():
+                return emit_json(quote)
+            return stdout.print(render.estimate_card(quote))
         job = call(
             api.create_training_job,
             dataset_id,
@@ -415,6 +447,8 @@ def train(
             registered_model_name=model_name,
             request_id=request_id,
             max_run_duration_seconds=max_run_seconds,
+            search_budget_seconds=budget,
+            search_max_trials=max_trials,
         )
         if not wait:
             show_job(job)
@@ -473,6 +507,49 @@ def jobs_cancel(
             announce(job)
             job = follow(api, job_id, announced=job)
     show_job(job)
+
+
+@jobs_app.command("trials")
+def jobs_trials(
+    job_id: str,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
+    output: OutputOption = None,
+) -> None:
+    """The configurations a searching job tried, by trial number (the best marked)."""
+    with use(output) as api:
+        trials = take(api.list_trials(job_id), limit)
+    if as_json():
+        return emit_json(trials)
+    if not trials:
+        return stdout.print(f"job {job_id} has no trials (it did not search, or has not yet)")
+    stdout.print(render.trials_table(trials))
+
+
+@jobs_app.command("replay")
+def jobs_replay(
+    job_id: str,
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the replay to its end and tell the hash.")
+    ] = False,
+    output: OutputOption = None,
+) -> None:
+    """Retrain a job's recorded configuration on its recorded dataset version, as a new
+    job; with --wait, say whether the model file's sha256 matched (exit 9 if not)."""
+    with use(output) as api:
+        job = call(api.replay_training_job, job_id, request_id)
+        if not wait:
+            show_job(job)
+            return
+        announce(job)
+        job = follow(api, job["jobId"], announced=job)
+    replay = job.get("replay") or {}
+    if job.get("state") == "SUCCEEDED" and not replay.get("modelSha256Matches"):
+        show_job(job)
+        if not as_json():
+            stderr.print("[bold red]the replayed model's sha256 differs from the original's[/]")
+        raise typer.Exit(EXIT_REPLAY_DIFFERS)
+    finish(job)
 
 
 def announce(job: Json) -> None:
@@ -547,6 +624,8 @@ def show_progress(progress: Progress, bar: TaskID, job: Json) -> None:
         return
     done, total = int(training.get("iteration", 0)), int(training.get("totalIterations", 0))
     count = f"{done}/{total} iterations" if total else f"{done} iterations"
+    if "trial" in training or "trialsDone" in training or "bestMetricName" in training:
+        count = render.search_progress(training)
     best = int((job.get("summary") or {}).get("bestIteration", 0))
     if state == "SUCCEEDED" and best:
         # Progress comes at most twice a second, so the last one seen may be well

@@ -220,6 +220,17 @@ def job_card(job: Json) -> Table:
         lines.add_row("error", f"[red]{escape(status_text(job['error']))}[/]")
     if job.get("summary"):
         lines.add_row("data", data_summary(job["summary"]))
+    search = job.get("search") or {}
+    if search:
+        lines.add_row("search", search_request(search))
+    outcome = (job.get("summary") or {}).get("search") or {}
+    if outcome:
+        lines.add_row("searched", search_outcome(outcome))
+    replay = job.get("replay") or {}
+    if replay:
+        lines.add_row("replay of", replay_text(job, replay))
+    if (job.get("summary") or {}).get("modelSha256"):
+        lines.add_row("model sha256", job["summary"]["modelSha256"])
     run = job.get("mlflow") or {}
     if run.get("registeredModelName"):
         champion = ", now the champion" if run.get("promotedToChampion") else ""
@@ -401,3 +412,85 @@ def took(job: Json) -> str:
     if seconds < 60:
         return f"took {seconds:.1f} s"
     return f"took {int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def search_request(search: Json) -> str:
+    parts = []
+    if search.get("budget"):
+        parts.append(f"budget {search['budget']}")
+    if search.get("maxTrials"):
+        parts.append(f"at most {search['maxTrials']} trials")
+    return ", ".join(parts)
+
+
+def search_outcome(outcome: Json) -> str:
+    trials, best = int(outcome.get("trials", 0)), int(outcome.get("bestTrial", 0))
+    validation = outcome.get("validation", "")
+    folds = int(outcome.get("folds", 0))
+    how = f"{folds}-fold cross-validation" if validation == "cv" else "holdout"
+    text = (
+        f"{trials} trials ({how}), best #{best}, objective {escape(outcome.get('objective', ''))}"
+    )
+    stopped = outcome.get("stoppedBy", "")
+    if stopped == "deadline":
+        text += " [yellow](max_run_duration reached: the best model so far was kept)[/]"
+    elif stopped:
+        text += f" [dim](stopped by {stopped})[/]"
+    return text
+
+
+def replay_text(job: Json, replay: Json) -> str:
+    text = str(replay.get("sourceJobId", ""))
+    if job.get("state") == "SUCCEEDED":
+        matched = replay.get("modelSha256Matches")
+        text += " — model sha256 " + ("[green]matches[/]" if matched else "[red]differs[/]")
+    return text
+
+
+def search_progress(progress: Json) -> str:
+    """Trial N, best so far, time left: the bar's text while a job searches."""
+    trial, done = int(progress.get("trial", 0)), int(progress.get("trialsDone", 0))
+    most = int(progress.get("maxTrials", 0))
+    text = f"trial {trial}" + (f"/{most}" if most else "") + f" ({done} done)"
+    if progress.get("bestMetricName") and "bestMetricValue" in progress:
+        text += f", best {escape(progress['bestMetricName'])} {metric(progress['bestMetricValue'])}"
+    if progress.get("timeLeft"):
+        text += f", {progress['timeLeft']} left"
+    return text
+
+
+def trials_table(trials: list[Json]) -> Table:
+    table = listing("#", "state", "metric", "value", "± folds", "objective", "rounds", "time")
+    for trial in trials:
+        folds = [float(v) for v in trial.get("foldMetricValues") or []]
+        spread = ""
+        if len(folds) > 1:
+            mean = sum(folds) / len(folds)
+            spread = metric((sum((v - mean) ** 2 for v in folds) / len(folds)) ** 0.5)
+        best = " [green]best so far[/]" if trial.get("bestSoFar") else ""
+        table.add_row(
+            str(trial.get("number", 0)),
+            str(trial.get("state", "")).removeprefix("STATE_").lower() + best,
+            escape(trial.get("metricName", "")),
+            metric(trial.get("metricValue")) if "metricValue" in trial else "",
+            spread,
+            escape(trial.get("objective", "")),
+            str(trial.get("rounds", "")),
+            str(trial.get("duration", "")),
+        )
+    return table
+
+
+def estimate_card(quote: Json) -> Table:
+    lines = card()
+    lines.add_row("dataset", quote.get("datasetId", ""))
+    lines.add_row("wall time", str(quote.get("wallTime", "")))
+    mib = 1024 * 1024
+    peak, limit = int(quote.get("peakMemoryBytes", 0)), int(quote.get("memoryLimitBytes", 0))
+    fits = "fits" if quote.get("fitsMemoryLimit") else "[red]exceeds[/]"
+    lines.add_row(
+        "peak memory", f"{peak / mib:,.0f} MiB ({fits} the limit of {limit / mib:,.0f} MiB)"
+    )
+    lines.add_row("trials", str(quote.get("trials", 1)))
+    lines.add_row("basis", escape(quote.get("basis", "")))
+    return lines

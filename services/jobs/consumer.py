@@ -134,6 +134,9 @@ class EventsConsumer:
         with log_context(job_id=event.job_id), span:
             try:
                 outcome = await apply_event_to_store(self._store, event)
+                if outcome.job is not None and event.HasField("trial"):
+                    event.trial.attempt = event.attempt
+                    await self._store.save_trial(event.job_id, event.trial)
             except Exception:
                 logger.exception("applying a job event failed; it will be redelivered")
                 await _quietly(message.nak(delay=1.0))

@@ -19,7 +19,11 @@ from google.rpc import status_pb2
 from modelyard.dataset.v1.dataset_pb2 import Dataset
 from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest, LookupDatasetRequest
 from modelyard.dataset.v1.dataset_service_pb2_grpc import DatasetServiceStub
-from modelyard.training.v1.trainer_service_pb2 import ValidateTrainingParamsRequest
+from modelyard.training.v1.trainer_service_pb2 import (
+    EstimateTrainingRequest,
+    EstimateTrainingResponse,
+    ValidateTrainingParamsRequest,
+)
 from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
 from runtime.errors import (
     ServiceError,
@@ -56,6 +60,8 @@ class PassThroughError(ServiceError):
 class ReadyDataset:
     dataset_id: str
     columns: tuple[str, ...]
+    # Rows x columns: whether a create asks the Trainer for a quote (estimate_min_cells).
+    cells: int = 0
 
 
 class DatasetChecker:
@@ -110,7 +116,11 @@ class DatasetChecker:
                 dataset_id=dataset_id,
                 state=state,
             )
-        ready = ReadyDataset(dataset.dataset_id, tuple(column.name for column in dataset.columns))
+        ready = ReadyDataset(
+            dataset.dataset_id,
+            tuple(column.name for column in dataset.columns),
+            cells=int(dataset.row_count) * len(dataset.columns),
+        )
         if self._cache_seconds > 0 and dataset.dataset_id == dataset_id:
             self._cache[dataset_id] = (time.monotonic(), ready)
             self._evict_expired()
@@ -180,7 +190,8 @@ def _column_not_found(dataset: ReadyDataset, column: str) -> ServiceError:
 
 
 class ParamsChecker:
-    """Asks the Trainer whether parameter overrides are allowed."""
+    """Asks the Trainer whether parameter overrides are allowed, and for a quote
+    (EstimateTraining: wall time, peak memory, trials) of a job."""
 
     def __init__(self, stub: TrainerServiceStub, timeout: float) -> None:
         self._stub = stub
@@ -203,4 +214,28 @@ class ParamsChecker:
             raise unavailable(
                 reasons.TRAINER_UNAVAILABLE,
                 f"the Trainer could not check the parameters ({error.code().name}); retry later",
+            ) from error
+
+    async def quote(self, request: EstimateTrainingRequest) -> EstimateTrainingResponse:
+        """The Trainer's estimate; its INVALID_ARGUMENT and FAILED_PRECONDITION (a bad
+        param, a dataset it cannot read) pass through, anything else is UNAVAILABLE."""
+        try:
+            response: EstimateTrainingResponse = await self._stub.EstimateTraining(
+                request, timeout=self._timeout
+            )
+            return response
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+            ):
+                raise PassThroughError(status_from_rpc_error(error)) from error
+            logger.warning(
+                "TrainerService.EstimateTraining failed",
+                extra={"code": error.code().name, "details": error.details()},
+            )
+            raise unavailable(
+                "TRAINER_UNAVAILABLE",
+                f"the Trainer could not estimate the job ({error.code().name}); retry later",
             ) from error

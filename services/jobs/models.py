@@ -97,6 +97,9 @@ class TrainingJobRow(Base):
     summary: Mapped[bytes | None] = mapped_column(LargeBinary)
     mlflow: Mapped[bytes | None] = mapped_column(LargeBinary)
     metrics: Mapped[str | None] = mapped_column(Text, doc="JSON object of string to number")
+    # The request's TrainingSearch (immutable) and, for a replay, its Replay (serialized).
+    search: Mapped[bytes | None] = mapped_column(LargeBinary)
+    replay: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         Index("uq_training_jobs_request_id", "request_id", unique=True),
@@ -137,3 +140,17 @@ class OutboxRow(Base):
             sqlite_where=text("published_time IS NOT NULL"),
         ),
     )
+
+
+class TrialRow(Base):
+    """One trial of a searching job, as the Trainer reported it (ListTrials reads
+    these, never MLflow). Written once per (job, attempt, number)."""
+
+    __tablename__ = "training_trials"
+
+    job_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The serialized modelyard.jobs.v1.Trial.
+    trial: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -13,19 +13,30 @@ from typing import Any
 import grpc
 from nats.js.kv import KeyValue
 
-from modelyard.dispatch.v1.dispatch_pb2 import TrainingRequest
+from modelyard.dispatch.v1.dispatch_pb2 import ReplayConfiguration, TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
 from modelyard.jobs.v1.jobs_service_pb2 import (
     CancelTrainingJobRequest,
     CreateTrainingJobRequest,
+    EstimateTrainingJobRequest,
+    EstimateTrainingJobResponse,
     GetTrainingJobRequest,
     ListTrainingJobsRequest,
     ListTrainingJobsResponse,
+    ListTrialsRequest,
+    ListTrialsResponse,
+    ReplayTrainingJobRequest,
+    ReplayTrainingJobResponse,
     WatchTrainingJobRequest,
     WatchTrainingJobResponse,
 )
-from modelyard.jobs.v1.training_job_pb2 import TrainingJob
-from runtime.errors import failed_precondition, invalid_argument, unavailable
+from modelyard.jobs.v1.training_job_pb2 import Replay, TrainingJob
+from modelyard.training.v1.trainer_service_pb2 import (
+    EstimateTrainingRequest,
+    EstimateTrainingResponse,
+)
+from runtime.errors import ServiceError, failed_precondition, invalid_argument, unavailable
+from runtime.limits import check_request_id
 from runtime.logs import error_fields, log_context
 from runtime.pagination import page_tail, parse_page
 from services.jobs import reasons
@@ -81,6 +92,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             if existing is not None:
                 return existing
         dataset = await self._check_dependencies(request)
+        await self._check_quote(request, dataset)
         job = self._new_job(request, dataset)
         try:
             await self._store.insert(job, [training_request_entry(_training_request(job))])
@@ -112,6 +124,23 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             raise params
         return dataset
 
+    async def _check_quote(self, request: CreateTrainingJobRequest, dataset: ReadyDataset) -> None:
+        """A searching job, or one on a big table, is refused when the Trainer expects it
+        to need more memory than its limit. Best effort: with the Trainer unreachable the
+        job is queued unquoted (as jobs always could be while Trainers restart)."""
+        searching = request.HasField("search")
+        if not searching and dataset.cells < self._settings.estimate_min_cells:
+            return
+        try:
+            quote = await self._params.quote(_estimate_request(request, dataset.dataset_id))
+        except ServiceError as error:
+            if error.reason != "TRAINER_UNAVAILABLE":
+                raise
+            logger.warning("job queued without a quote: the Trainer did not answer")
+            return
+        if not quote.fits_memory_limit:
+            raise _over_memory_limit(quote)
+
     def _new_job(self, request: CreateTrainingJobRequest, dataset: ReadyDataset) -> TrainingJob:
         job = TrainingJob(
             job_id=uuid.uuid4().hex,
@@ -125,6 +154,8 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             attempt=0,
         )
         job.max_run_duration.FromTimedelta(max_run_duration(request, self._settings))
+        if request.HasField("search"):
+            job.search.CopyFrom(request.search)
         now = datetime.now(UTC)
         job.create_time.FromDatetime(now)
         job.update_time.FromDatetime(now)
@@ -157,6 +188,117 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             filters=filters,
         )
         return ListTrainingJobsResponse(training_jobs=jobs, next_page_token=next_token)
+
+    async def ListTrials(
+        self, request: ListTrialsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ListTrialsResponse:
+        job_id = validate_job_id(request.job_id)
+        filters = {"job_id": job_id}
+        page = parse_page(request.page_size, request.page_token, filters)
+        found = await self._store.get(job_id)
+        if found is None:
+            raise job_not_found(job_id)
+        trials, next_token = page_tail(
+            await self._store.list_trials(job_id, found.job.attempt, page),
+            page,
+            key=lambda trial: (trial.number, ""),
+            filters=filters,
+        )
+        return ListTrialsResponse(trials=trials, next_page_token=next_token)
+
+    # -- estimate ----------------------------------------------------------------------
+
+    async def EstimateTrainingJob(
+        self, request: EstimateTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> EstimateTrainingJobResponse:
+        job = request.job
+        validate_create(job, self._settings)
+        dataset = await self._check_dependencies(job)
+        quote = await self._params.quote(_estimate_request(job, dataset.dataset_id))
+        response = EstimateTrainingJobResponse(
+            dataset_id=dataset.dataset_id,
+            peak_memory_bytes=quote.peak_memory_bytes,
+            trials=quote.trials,
+            memory_limit_bytes=quote.memory_limit_bytes,
+            fits_memory_limit=quote.fits_memory_limit,
+            basis=quote.basis,
+        )
+        response.wall_time.CopyFrom(quote.wall_time)
+        return response
+
+    # -- replay ------------------------------------------------------------------------
+
+    async def ReplayTrainingJob(
+        self, request: ReplayTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ReplayTrainingJobResponse:
+        source_id = validate_job_id(request.job_id)
+        check_request_id(request.request_id, "REQUEST_ID_INVALID")
+        if request.request_id:
+            existing = await self._store.find_by_request_id(request.request_id)
+            if existing is not None:
+                return ReplayTrainingJobResponse(training_job=existing)
+        found = await self._store.get(source_id)
+        if found is None:
+            raise job_not_found(source_id)
+        source = found.job
+        _check_replayable(source)
+        await self._check_dataset_kept(source)
+        job, replay = self._replay_job(source, request.request_id)
+        try:
+            await self._store.insert(job, [training_request_entry(_training_request(job, replay))])
+        except DuplicateRequestId:
+            existing = await self._store.find_by_request_id(request.request_id)
+            assert existing is not None
+            return ReplayTrainingJobResponse(training_job=existing)
+        self._relay.wake(traced_msg_id=job.job_id)
+        with log_context(job_id=job.job_id):
+            logger.info("replay queued", extra={"source_job_id": source_id})
+        return ReplayTrainingJobResponse(training_job=job)
+
+    async def _check_dataset_kept(self, source: TrainingJob) -> None:
+        try:
+            await self._datasets.check(source.dataset_id, source.target_column)
+        except ServiceError as error:
+            if error.reason in ("DATASET_NOT_FOUND", "DATASET_NOT_READY"):
+                raise failed_precondition(
+                    "REPLAY_DATASET_GONE",
+                    f"training job {source.job_id} was trained on dataset version "
+                    f"{source.dataset_id}, which no longer exists (or is not READY): "
+                    "it cannot be replayed",
+                    dataset_id=source.dataset_id,
+                ) from error
+            raise
+
+    def _replay_job(
+        self, source: TrainingJob, request_id: str
+    ) -> tuple[TrainingJob, ReplayConfiguration]:
+        job = TrainingJob(
+            job_id=uuid.uuid4().hex,
+            dataset_id=source.dataset_id,
+            target_column=source.target_column,
+            task=source.task,
+            params=source.params,
+            registered_model_name=source.mlflow.registered_model_name
+            or source.registered_model_name,
+            request_id=request_id,
+            state=TrainingJob.QUEUED,
+            attempt=0,
+            replay=Replay(
+                source_job_id=source.job_id,
+                expected_model_sha256=source.summary.model_sha256,
+            ),
+        )
+        job.max_run_duration.CopyFrom(source.max_run_duration)
+        now = datetime.now(UTC)
+        job.create_time.FromDatetime(now)
+        job.update_time.FromDatetime(now)
+        replay = ReplayConfiguration(
+            source_job_id=source.job_id, expected_model_sha256=source.summary.model_sha256
+        )
+        if source.HasField("search"):
+            # The recorded final configuration, refit on every row: no search again.
+            replay.refit_params.update(source.summary.effective_params)
+        return job, replay
 
     # -- cancel ------------------------------------------------------------------------
 
@@ -225,7 +367,52 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
                 yield WatchTrainingJobResponse(training_job=job)
 
 
-def _training_request(job: TrainingJob) -> TrainingRequest:
+def _check_replayable(source: TrainingJob) -> None:
+    if source.state != TrainingJob.SUCCEEDED:
+        state = TrainingJob.State.Name(source.state)
+        raise failed_precondition(
+            "JOB_NOT_SUCCEEDED",
+            f"training job {source.job_id} is {state}: only a SUCCEEDED job can be replayed",
+            state=state,
+        )
+    if not source.summary.model_sha256:
+        raise failed_precondition(
+            "JOB_NOT_REPLAYABLE",
+            f"training job {source.job_id} recorded no model sha256 (it was trained before "
+            "modelyard recorded them): there is nothing to compare a replay with",
+        )
+
+
+def _estimate_request(
+    request: CreateTrainingJobRequest, dataset_id: str
+) -> EstimateTrainingRequest:
+    estimate = EstimateTrainingRequest(
+        dataset_id=dataset_id,
+        target_column=request.target_column,
+        params=request.params,
+        search=request.HasField("search"),
+        search_max_trials=request.search.max_trials,
+    )
+    if request.search.HasField("budget"):
+        estimate.search_budget.CopyFrom(request.search.budget)
+    return estimate
+
+
+def _over_memory_limit(quote: EstimateTrainingResponse) -> ServiceError:
+    mib = 1024 * 1024
+    return failed_precondition(
+        "TRAINING_MEMORY_LIMIT_EXCEEDED",
+        f"the Trainer expects this job to need {quote.peak_memory_bytes / mib:,.0f} MiB at its "
+        f"peak, more than its limit of {quote.memory_limit_bytes / mib:,.0f} MiB "
+        f"({quote.basis}); use fewer rows or columns, or raise MODELYARD_TRAINER_MEMORY_LIMIT_MIB",
+        peak_memory_bytes=str(quote.peak_memory_bytes),
+        memory_limit_bytes=str(quote.memory_limit_bytes),
+    )
+
+
+def _training_request(
+    job: TrainingJob, replay: ReplayConfiguration | None = None
+) -> TrainingRequest:
     request = TrainingRequest(
         job_id=job.job_id,
         dataset_id=job.dataset_id,
@@ -236,4 +423,8 @@ def _training_request(job: TrainingJob) -> TrainingRequest:
     )
     request.max_run_duration.CopyFrom(job.max_run_duration)
     request.create_time.CopyFrom(job.create_time)
+    if job.HasField("search"):
+        request.search.CopyFrom(job.search)
+    if replay is not None:
+        request.replay.CopyFrom(replay)
     return request

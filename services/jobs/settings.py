@@ -69,6 +69,25 @@ class JobsSettings(
             "in the Trainer)."
         ),
     )
+    max_search_budget_seconds: float = Field(
+        default=3600.0,
+        ge=1,
+        description="The largest search budget a job may ask for (SEARCH_BUDGET_TOO_LONG).",
+    )
+    max_search_trials: int = Field(
+        default=1000,
+        ge=1,
+        description="The largest max_trials a search may ask for (SEARCH_MAX_TRIALS_INVALID).",
+    )
+    estimate_min_cells: int = Field(
+        default=1_000_000,
+        ge=0,
+        description=(
+            "A create asks the Trainer for a quote (and is refused when its peak memory "
+            "exceeds the Trainer's limit) when the job searches or its dataset has at least "
+            "this many cells (rows x columns); smaller default jobs are queued without one."
+        ),
+    )
     deadline_grace_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -9,7 +9,10 @@ the same sequence of states. The rules (docs: the Jobs ↔ Trainer contract):
 - an event of an older attempt than the job's is ignored (stale Trainer);
 - an event of a newer attempt starts that attempt: the job is RUNNING again
   (a CANCELLING job stays CANCELLING) with that attempt and a fresh start time;
-- progress only moves forward within an attempt;
+- progress only moves forward within an attempt (a search's by trial, then iteration);
+- a search's trial changes nothing on the job itself (the events consumer keeps it
+  for ListTrials);
+- a replay's success records whether its model hash matched the original's;
 - applying an event twice changes nothing the second time.
 """
 
@@ -82,7 +85,8 @@ def _started(job: TrainingJob, event: JobEvent) -> None:
 def _progress(job: TrainingJob, event: JobEvent) -> None:
     if job.state not in ACTIVE_STATES:
         return
-    if job.HasField("progress") and event.progress.iteration < job.progress.iteration:
+    old, new = job.progress, event.progress
+    if job.HasField("progress") and (new.trial, new.iteration) < (old.trial, old.iteration):
         return  # an older report overtaken by a newer one
     job.progress.CopyFrom(event.progress)
 
@@ -98,6 +102,10 @@ def _succeeded(job: TrainingJob, event: JobEvent) -> None:
         job.summary.CopyFrom(succeeded.summary)
     if succeeded.HasField("task_detection"):
         job.task_detection.CopyFrom(succeeded.task_detection)
+    if job.HasField("replay"):
+        job.replay.model_sha256_matches = bool(job.summary.model_sha256) and (
+            job.summary.model_sha256 == job.replay.expected_model_sha256
+        )
     _end(job, event)
 
 
@@ -131,6 +139,10 @@ def _cancel_requested(job: TrainingJob, event: JobEvent) -> None:
         job.state = TrainingJob.CANCELLING
 
 
+def _trial(job: TrainingJob, event: JobEvent) -> None:
+    return None  # kept apart from the job (ListTrials); progress events carry the count
+
+
 def _end(job: TrainingJob, event: JobEvent) -> None:
     job.end_time.CopyFrom(event.event_time)
 
@@ -142,6 +154,7 @@ _APPLY: dict[str, Callable[[TrainingJob, JobEvent], None]] = {
     "failed": _failed,
     "cancelled": _cancelled,
     "cancel_requested": _cancel_requested,
+    "trial": _trial,
 }
 
 

@@ -27,20 +27,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from modelyard.jobs.v1.training_job_pb2 import (
     MlflowRun,
+    Replay,
     TaskDetection,
     TrainingJob,
     TrainingProgress,
+    TrainingSearch,
     TrainingSummary,
+    Trial,
 )
 from runtime.db import is_postgresql
 from runtime.pagination import Page
-from services.jobs.models import OutboxRow, TrainingJobRow
+from services.jobs.models import OutboxRow, TrainingJobRow, TrialRow
 from services.jobs.outbox import OutboxEntry
 from services.jobs.pg_hot_path import PostgresHotPath
 from services.jobs.state_machine import ACTIVE_STATES
 
 JOBS = cast(Table, TrainingJobRow.__table__)
 OUTBOX = cast(Table, OutboxRow.__table__)
+TRIALS = cast(Table, TrialRow.__table__)
 
 # Columns holding a serialized message, and the message type of each.
 _MESSAGE_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -49,6 +53,8 @@ _MESSAGE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("progress", TrainingProgress),
     ("summary", TrainingSummary),
     ("mlflow", MlflowRun),
+    ("search", TrainingSearch),
+    ("replay", Replay),
 )
 
 
@@ -103,6 +109,7 @@ def mutable_values(job: TrainingJob) -> dict[str, Any]:
         "summary": _message_bytes(job, "summary"),
         "mlflow": _message_bytes(job, "mlflow"),
         "metrics": json.dumps(dict(job.metrics)) if job.metrics else None,
+        "replay": _message_bytes(job, "replay"),
     }
 
 
@@ -120,6 +127,7 @@ def insert_values(job: TrainingJob) -> dict[str, Any]:
         "registered_model_name": job.registered_model_name,
         "max_run_duration_seconds": job.max_run_duration.ToTimedelta().total_seconds(),
         "create_time": _datetime(job.create_time),
+        "search": _message_bytes(job, "search"),
         "version": 1,
         **mutable_values(job),
     }
@@ -281,6 +289,34 @@ class JobStore:
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
         return [row_to_job(row._mapping) for row in rows]
+
+    async def save_trial(self, job_id: str, trial: Trial) -> bool:
+        """Keep a trial the Trainer reported; False when it was already kept (redelivery)."""
+        values = {
+            "job_id": job_id,
+            "attempt": trial.attempt,
+            "number": trial.number,
+            "trial": trial.SerializeToString(),
+            "create_time": datetime.now(UTC),
+        }
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(insert(TRIALS), values)
+        except IntegrityError:
+            return False
+        return True
+
+    async def list_trials(self, job_id: str, attempt: int, page: Page) -> list[Trial]:
+        """One page of a job attempt's trials by number; one more when there is a next page."""
+        statement = select(TRIALS.c.trial).where(
+            TRIALS.c.job_id == job_id, TRIALS.c.attempt == attempt
+        )
+        if (after := page.after_number()) is not None:
+            statement = statement.where(TRIALS.c.number > after)
+        statement = statement.order_by(TRIALS.c.number).limit(page.size + 1)
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(statement)).scalars().all()
+        return [Trial.FromString(row) for row in rows]
 
     async def overdue_job_ids(self, deadline_before: datetime, limit: int = 100) -> list[str]:
         """RUNNING or CANCELLING jobs whose run deadline is before `deadline_before`."""

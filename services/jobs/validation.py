@@ -38,6 +38,8 @@ def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -
     check_request_id(request.request_id, reasons.REQUEST_ID_INVALID)
     if request.HasField("max_run_duration"):
         _validate_max_run_duration(request, settings)
+    if request.HasField("search"):
+        _validate_search(request, settings)
 
 
 def max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) -> timedelta:
@@ -111,4 +113,42 @@ def _validate_max_run_duration(request: CreateTrainingJobRequest, settings: Jobs
             reasons.MAX_RUN_DURATION_TOO_LONG,
             f"max_run_duration may be at most {limit:g} seconds",
             limit_seconds=f"{limit:g}",
+        )
+
+
+def _validate_search(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
+    search = request.search
+    if not search.HasField("budget") and not search.max_trials:
+        raise invalid_argument(
+            "SEARCH_LIMIT_REQUIRED", "a search needs a budget, a max_trials, or both"
+        )
+    if search.max_trials < 0 or search.max_trials > settings.max_search_trials:
+        raise invalid_argument(
+            "SEARCH_MAX_TRIALS_INVALID",
+            f"search.max_trials must be between 1 and {settings.max_search_trials}",
+            limit=str(settings.max_search_trials),
+        )
+    if not search.HasField("budget"):
+        return
+    budget = search.budget
+    if budget.seconds < 0 or budget.nanos < 0 or budget.nanos >= 1_000_000_000:
+        raise invalid_argument("SEARCH_BUDGET_INVALID", "search.budget is malformed or negative")
+    seconds = budget.seconds + budget.nanos / 1e9
+    if seconds < 1:
+        raise invalid_argument(
+            "SEARCH_BUDGET_TOO_SHORT", "search.budget must be at least 1 second", minimum="1s"
+        )
+    limit = settings.max_search_budget_seconds
+    if seconds > limit:
+        raise invalid_argument(
+            "SEARCH_BUDGET_TOO_LONG",
+            f"search.budget may be at most {limit:g} seconds",
+            limit_seconds=f"{limit:g}",
+        )
+    run_limit = max_run_duration(request, settings).total_seconds()
+    if seconds >= run_limit:
+        raise invalid_argument(
+            "SEARCH_BUDGET_EXCEEDS_MAX_RUN_DURATION",
+            f"search.budget ({seconds:g} s) must be shorter than the job's max_run_duration "
+            f"({run_limit:g} s), which also has to cover reading the data and the final model",
         )

@@ -27,6 +27,7 @@ from runtime.channels import open_channel
 from runtime.messaging import connect_at_start
 from runtime.server import GrpcServer
 from services.training.fit.dataset_reader import DatasetReader
+from services.training.fit.estimate import CostBook
 from services.training.servicer import TrainerServicer
 from services.training.serving.cache import ModelCache
 from services.training.serving.catalog import ModelCatalog
@@ -70,9 +71,18 @@ class TrainerApp(App):
             await asyncio.to_thread(tracker.experiment_id, MlflowTimings())
 
         server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
+        # Quotes read dataset profiles; jobs read rows (the channel connects when used).
+        dataset_channel = open_channel(settings.dataset_service_address, settings)
+        stack.push_async_callback(dataset_channel.close)
+        self.datasets = DatasetReader(dataset_channel, settings.rpc_timeout_seconds)
+        self.costs = CostBook(settings.resolved_work_dir())
         trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server(
             TrainerServicer(
-                settings, ModelCatalog(tracker.client), ModelCache(settings.predict_cache_size)
+                settings,
+                ModelCatalog(tracker.client),
+                ModelCache(settings.predict_cache_size),
+                self.datasets,
+                self.costs,
             ),
             server.server,
         )
@@ -117,14 +127,13 @@ class TrainerApp(App):
         tracker.set_champion_lock(
             NatsChampionLock(await locks_bucket(js), asyncio.get_running_loop())
         )
-        dataset_channel = open_channel(settings.dataset_service_address, settings)
-        stack.push_async_callback(dataset_channel.close)
         runner = JobRunner(
             settings,
             EventPublisher(js, source, redact),
-            DatasetReader(dataset_channel, settings.rpc_timeout_seconds),
+            self.datasets,
             tracker,
             executor,
+            self.costs,
         )
         return TrainerWorker(settings, nats, runner)
 

@@ -8,32 +8,122 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 from google.protobuf import json_format, struct_pb2
 
+from modelyard.dataset.v1 import dataset_pb2
 from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
-from runtime.errors import invalid_argument
+from runtime.errors import ServiceError, failed_precondition, invalid_argument, unavailable
 from services.training import reasons
+from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable
+from services.training.fit.estimate import CostBook, TableShape, estimate
 from services.training.model import pyfunc_model
 from services.training.model.params import as_strings, validate_params
+from services.training.model.targets import MAX_NUMERIC_CLASSES, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from services.training.serving.catalog import ModelCatalog
 from services.training.settings import TrainerSettings
 from services.training.tracking.champion import CHAMPION_ALIAS
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no types)
+PROFILE_CACHE_SECONDS = 60.0
+_NOT_FEATURES = (
+    dataset_pb2.Column.DATE,
+    dataset_pb2.Column.TIMESTAMP,
+    dataset_pb2.Column.ALL_NULL,
+)
+
+
+def table_shape(dataset: dataset_pb2.Dataset, target: str) -> tuple[TableShape, int]:
+    """Rows, likely features and trees a round, from the dataset's profile; and the
+    columns the Trainer reads (all but dates and empty ones)."""
+    read = [c for c in dataset.columns if c.data_type not in _NOT_FEATURES or c.name == target]
+    features = [c for c in read if c.name != target and not c.id_like and not c.row_number]
+    classes = 1
+    for column in dataset.columns:
+        if column.name != target:
+            continue
+        distinct = column.profile.distinct_count
+        numeric = column.data_type in (dataset_pb2.Column.INTEGER, dataset_pb2.Column.FLOAT)
+        whole = column.data_type == dataset_pb2.Column.INTEGER
+        if distinct > 2 and (not numeric or (whole and distinct <= MAX_NUMERIC_CLASSES)):
+            classes = int(distinct)
+    return TableShape(int(dataset.row_count), max(1, len(features)), classes), len(read)
 
 
 class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     def __init__(
-        self, settings: TrainerSettings, catalog: ModelCatalog, models: ModelCache
+        self,
+        settings: TrainerSettings,
+        catalog: ModelCatalog,
+        models: ModelCache,
+        datasets: DatasetReader | None = None,
+        costs: CostBook | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
         self._models = models
+        self._datasets = datasets
+        self._costs = costs or CostBook(settings.resolved_work_dir())
+        # READY datasets never change: their profiles are kept a while for quotes.
+        self._profiles: dict[str, tuple[float, dataset_pb2.Dataset]] = {}
+
+    async def EstimateTraining(
+        self, request: trainer_service_pb2.EstimateTrainingRequest, context: Context
+    ) -> trainer_service_pb2.EstimateTrainingResponse:
+        params = validate_params(request.params, max_threads=self._settings.resolved_num_threads())
+        dataset = await self._dataset(request.dataset_id)
+        shape, columns_read = table_shape(dataset, request.target_column)
+        budget = (
+            request.search_budget.ToTimedelta().total_seconds()
+            if request.HasField("search_budget")
+            else None
+        )
+        quote = estimate(
+            self._costs.costs,
+            shape,
+            columns_read,
+            num_iterations=int(params.get("num_iterations", 0)),
+            search=request.search,
+            budget_seconds=budget,
+            max_trials=request.search_max_trials or None,
+        )
+        limit = self._settings.resolved_memory_limit_bytes()
+        response = trainer_service_pb2.EstimateTrainingResponse(
+            peak_memory_bytes=quote.peak_memory_bytes,
+            trials=quote.trials,
+            memory_limit_bytes=limit,
+            fits_memory_limit=quote.peak_memory_bytes <= limit,
+            basis=quote.basis,
+        )
+        response.wall_time.FromNanoseconds(int(quote.wall_seconds * 1e9))
+        return response
+
+    async def _dataset(self, dataset_id: str) -> dataset_pb2.Dataset:
+        if self._datasets is None:
+            raise failed_precondition(
+                "DATASET_UNAVAILABLE", "this Trainer has no DatasetService to read profiles from"
+            )
+        cached = self._profiles.get(dataset_id)
+        if cached is not None and time.monotonic() - cached[0] < PROFILE_CACHE_SECONDS:
+            return cached[1]
+        try:
+            dataset = await self._datasets.get(dataset_id)
+        except TrainingFailure as failure:
+            raise ServiceError(
+                grpc.StatusCode[failure.code], failure.reason, failure.message
+            ) from failure
+        except DatasetUnavailable as error:
+            raise unavailable("DATASET_UNAVAILABLE", str(error)) from error
+        if len(self._profiles) > 1024:
+            self._profiles.clear()
+        self._profiles[dataset_id] = (time.monotonic(), dataset)
+        return dataset
 
     async def ValidateTrainingParams(
         self, request: trainer_service_pb2.ValidateTrainingParamsRequest, context: Context

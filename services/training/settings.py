@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -102,6 +103,14 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
     progress_interval_seconds: float = Field(
         default=0.5, gt=0, description="At most one progress event per this interval."
     )
+    memory_limit_mib: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Peak memory a job may be expected to need: a job whose estimate exceeds it is "
+            "refused at create (TRAINING_MEMORY_LIMIT_EXCEEDED); 0 means the machine's memory."
+        ),
+    )
     predict_cache_size: int = Field(
         default=8, ge=1, description="Loaded model versions kept in memory for Predict."
     )
@@ -114,6 +123,11 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
 
     def resolved_num_threads(self) -> int:
         return self.num_threads or os.cpu_count() or 1
+
+    def resolved_memory_limit_bytes(self) -> int:
+        if self.memory_limit_mib:
+            return self.memory_limit_mib * 1024 * 1024
+        return int(psutil.virtual_memory().total)
 
     def mlflow_ui_url(self) -> str:
         return (self.mlflow_public_url or self.mlflow_tracking_uri).rstrip("/")

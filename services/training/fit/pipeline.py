@@ -14,6 +14,7 @@ measure the task's metrics on it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -127,6 +128,17 @@ class TrainingResult:
     importance: dict[str, float]
     input_example: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    # What a search tried and chose (fit/search.py); None for the default job.
+    search: Any = None
+
+    @property
+    def model_text(self) -> str:
+        """The model file (LightGBM's model.txt at the kept iteration), exactly as saved."""
+        return str(self.booster.model_to_string(num_iteration=self.best_iteration))
+
+    @property
+    def model_sha256(self) -> str:
+        return hashlib.sha256(self.model_text.encode()).hexdigest()
 
     @property
     def features(self) -> list[str]:
@@ -177,6 +189,44 @@ def prepare(
     requested_task: Task,
     config: PipelineConfig,
 ) -> PreparedData:
+    table = prepare_table(frame, columns, target, requested_task, config)
+    train_index, valid_index = split_rows(table.labels, table.decision.task, config)
+    return PreparedData(
+        decision=table.decision,
+        spec=table.spec,
+        train_features=table.features.iloc[train_index],
+        train_labels=table.labels[train_index],
+        valid_features=table.features.iloc[valid_index],
+        valid_labels=table.labels[valid_index],
+        rows_used=table.rows_used,
+        rows_dropped_missing_target=table.rows_dropped_missing_target,
+        dropped_columns=table.dropped_columns,
+        input_example=table.input_example,
+    )
+
+
+@dataclass
+class PreparedTable:
+    """Every usable row as features and encoded labels, before any split (a search
+    splits it into folds; the default job into training and validation rows)."""
+
+    decision: TaskDecision
+    spec: FeatureSpec
+    features: pd.DataFrame
+    labels: np.ndarray[Any, Any]
+    rows_used: int
+    rows_dropped_missing_target: int
+    dropped_columns: list[tuple[str, str]]
+    input_example: pd.DataFrame
+
+
+def prepare_table(
+    frame: pd.DataFrame,
+    columns: list[ColumnInfo],
+    target: str,
+    requested_task: Task,
+    config: PipelineConfig,
+) -> PreparedTable:
     by_name = {column.name: column for column in columns}
     if target not in by_name or target not in frame.columns:
         raise TrainingFailure(
@@ -215,20 +265,15 @@ def prepare(
         "class_labels": [json_label(label) for label in decision.class_labels],
         "dropped_columns": [{"name": name, "reason": why} for name, why in dropped],
     }
-    feature_frame = pyfunc_model.coerce_features(frame, spec)
-    example = raw_example(frame, spec)
-    train_index, valid_index = split_rows(labels, decision.task, config)
-    return PreparedData(
+    return PreparedTable(
         decision=decision,
         spec=spec,
-        train_features=feature_frame.iloc[train_index],
-        train_labels=labels[train_index],
-        valid_features=feature_frame.iloc[valid_index],
-        valid_labels=labels[valid_index],
+        features=pyfunc_model.coerce_features(frame, spec),
+        labels=labels,
         rows_used=len(frame),
         rows_dropped_missing_target=rows_dropped,
         dropped_columns=dropped,
-        input_example=example,
+        input_example=raw_example(frame, spec),
     )
 
 

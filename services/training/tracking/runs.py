@@ -28,7 +28,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 from runtime.logs import error_fields
 from services.training.fit.pipeline import TrainingResult
+from services.training.fit.search import SearchOutcome, TrialRecord
 from services.training.model import pyfunc_model
 from services.training.model.params import as_strings
 from services.training.tracking.calls import MlflowCalls, MlflowTimings, MlflowUnavailable
@@ -62,6 +63,7 @@ from services.training.tracking.records import JobInfo, PublishedModel, Recovere
 from services.training.tracking.recovery import JOB_RESULT_ARTIFACT, JOB_RESULT_TAG, Recovery
 from services.training.tracking.registry import Registry
 from services.training.tracking.run_content import curve_steps, importance_chart, model_signature
+from services.training.tracking.trials import log_trial, write_leaderboard
 
 logger = logging.getLogger("modelyard.trainer.mlflow")
 
@@ -312,6 +314,8 @@ class Tracker:
             json.dumps({"importance_type": "gain", "features": result.importance}, indent=2)
         )
         importance_chart(result.importance, run_files / "feature_importance.png")
+        if result.search is not None:
+            write_leaderboard(result.search, result.primary_metric.higher_is_better, run_files)
         if not fits:
             (run_files / JOB_RESULT_ARTIFACT).write_text(job_result)
         uploads.futures += self._upload_dir(run_files, run.artifact_uri, timings)
@@ -352,11 +356,14 @@ class Tracker:
                 "modelyard.rows_dropped_missing_target", str(result.rows_dropped_missing_target)
             ),
             RunTag("modelyard.validation_rows", str(result.validation_rows)),
+            RunTag("modelyard.model_sha256", result.model_sha256),
             RunTag(
                 "modelyard.dropped_columns",
                 json.dumps(dict(result.dropped_columns))[:5000],
             ),
         ]
+        if result.search is not None:
+            tags += search_tags(result.search)
         tags += [RunTag(key, value) for key, value in extra_tags.items()]
         # As much as fits in one call; the rest of the curve in parallel calls.
         room = min(_METRICS_PER_CALL, _ENTITIES_PER_CALL - len(params) - len(tags)) - len(final)
@@ -383,7 +390,8 @@ class Tracker:
         artifacts_dir = path.parent / "model-artifacts"
         artifacts_dir.mkdir()
         booster_path = artifacts_dir / "model.txt"
-        result.booster.save_model(str(booster_path), num_iteration=result.best_iteration)
+        # The text the job's model_sha256 was computed from, byte for byte.
+        booster_path.write_bytes(result.model_text.encode())
         spec_path = artifacts_dir / "preprocessing.json"
         spec_path.write_text(json.dumps(result.spec))
         mlflow_model = Model(
@@ -427,6 +435,24 @@ class Tracker:
             )
         return uploads
 
+    # -- a search's trials ------------------------------------------------------------
+
+    def log_trial(
+        self, run: RunRef, job: JobInfo, trial: TrialRecord, then: Callable[[str], None]
+    ) -> Future[None]:
+        """The trial's child run, logged in the pool; `then` gets its run id ("" when
+        MLflow did not take it: a trial is not worth failing the job over)."""
+
+        def log_and_then() -> None:
+            run_id = ""
+            try:
+                run_id = log_trial(self._mlflow, run.experiment_id, run.run_id, job.job_id, trial)
+            except Exception as error:
+                logger.warning("could not log a trial's MLflow run", extra=error_fields(error))
+            then(run_id)
+
+        return self._mlflow.submit_untimed(log_and_then)
+
     # -- a job redelivered after its model was registered ---------------------------
 
     def recover_job(self, job: JobInfo, timings: MlflowTimings) -> RecoveredJob | None:
@@ -438,3 +464,16 @@ class Tracker:
     def _ensure_work_dir(self) -> Path:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         return self._work_dir
+
+
+def search_tags(outcome: SearchOutcome) -> list[RunTag]:
+    best = outcome.trials[outcome.best_trial]
+    return [
+        RunTag("modelyard.search.trials", str(len(outcome.trials))),
+        RunTag("modelyard.search.best_trial", str(outcome.best_trial)),
+        RunTag("modelyard.search.objective", outcome.objective),
+        RunTag("modelyard.search.validation", f"{outcome.validation} ({outcome.folds} folds)"),
+        RunTag("modelyard.search.stopped_by", outcome.stopped_by),
+        RunTag("modelyard.search.best_metric", f"{best.metric_name}={best.metric_value:.6g}"),
+        RunTag("modelyard.search.metric_std", json.dumps(outcome.metric_std)[:5000]),
+    ]

@@ -64,6 +64,13 @@ class EventPublisher:
     ) -> None:
         await self.publish(self._event(job_id, attempt, progress=progress), attempts=1)
 
+    async def trial(self, job_id: str, attempt: int, trial: training_job_pb2.Trial) -> None:
+        """A search's trial; Jobs stores it for ListTrials. Not worth failing a job over."""
+        try:
+            await self.publish(self._event(job_id, attempt, trial=trial), attempts=3)
+        except EventsUnavailable as error:
+            logger.warning("trial event lost", extra=error_fields(error))
+
     async def succeeded(
         self, job_id: str, attempt: int, succeeded: dispatch_pb2.JobEvent.Succeeded
     ) -> None:

@@ -15,14 +15,16 @@ import contextvars
 import enum
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import psutil
 from google.protobuf import json_format
 
 from modelyard.dataset.v1 import dataset_pb2
@@ -34,11 +36,21 @@ from runtime.logs import error_fields
 from runtime.tracing import tracer
 from services.training import metrics, reasons
 from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
+from services.training.fit.estimate import CostBook, Measurement, TableShape
 from services.training.fit.pipeline import (
     PipelineConfig,
     TrainingResult,
     TrainingStopped,
     train_model,
+)
+from services.training.fit.search import (
+    SearchOutcome,
+    SearchSpec,
+    SearchStatus,
+    TrialRecord,
+    replay_refit,
+    search_model,
+    typed_param,
 )
 from services.training.model.params import as_strings, validate_params
 from services.training.model.targets import Task, TaskDecision, TrainingFailure
@@ -62,6 +74,9 @@ TASKS = {
     training_job_pb2.TrainingJob.Task.CLASSIFICATION: Task.CLASSIFICATION,
 }
 TASK_ENUMS = {task: number for number, task in TASKS.items() if number}
+
+
+RSS_SAMPLE_SECONDS = 0.2
 
 
 class Disposition(enum.Enum):
@@ -107,6 +122,7 @@ class _Attempt:
     run: RunRef | None = None
     job: JobInfo | None = None
     progress_sent: set[asyncio.Task[None]] = field(default_factory=set)
+    trials_logged: list[Future[None]] = field(default_factory=list)
 
     @property
     def job_id(self) -> str:
@@ -131,17 +147,54 @@ class _ThreadHooks:
         self._interval = interval
         self._last = 0.0
         self._unsent: training_job_pb2.TrainingProgress | None = None
+        self._search: tuple[int, SearchStatus] | None = None
+        self._process = psutil.Process()
+        self.peak_rss = self._process.memory_info().rss
+        self._sampled = time.monotonic()
+        self.on_trial: Callable[[TrialRecord], None] = lambda trial: None
 
     def check(self) -> None:
         self._control.check()
+        now = time.monotonic()
+        if now - self._sampled >= RSS_SAMPLE_SECONDS:  # the peak the cost book learns from
+            self._sampled = now
+            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
 
     def decided(self, decision: TaskDecision) -> None:
         self._loop.call_soon_threadsafe(self._on_decided, decision)
 
-    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+    def trial_started(self, number: int, status: SearchStatus) -> None:
+        self._search = (number, status)
+
+    def trial_finished(self, trial: TrialRecord, status: SearchStatus) -> None:
+        self._search = (trial.number, status)
+        self.on_trial(trial)
+        # Told at once, throttle or not: trial N, best so far, time left.
+        self._last = time.monotonic()
+        self._unsent = None
+        progress = self._progress(trial.rounds, trial.rounds, trial.metric_name, trial.metric_value)
+        self._loop.call_soon_threadsafe(self._on_progress, progress)
+
+    def _progress(
+        self, iteration: int, total: int, metric_name: str, value: float
+    ) -> training_job_pb2.TrainingProgress:
         progress = training_job_pb2.TrainingProgress(
             iteration=iteration, total_iterations=total, metric_name=metric_name, metric_value=value
         )
+        if self._search is not None:
+            number, status = self._search
+            progress.trial = number
+            progress.max_trials = status.max_trials
+            progress.trials_done = status.trials_done
+            progress.best_metric_name = status.metric_name
+            if status.best_value is not None:
+                progress.best_metric_value = status.best_value
+            if status.seconds_left is not None:
+                progress.time_left.FromNanoseconds(int(status.seconds_left * 1e9))
+        return progress
+
+    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+        progress = self._progress(iteration, total, metric_name, value)
         now = time.monotonic()
         if now - self._last < self._interval and iteration < total:
             self._unsent = progress  # sent by flush() if no later one goes out
@@ -165,8 +218,10 @@ class JobRunner:
         reader: DatasetReader,
         tracker: Tracker,
         executor: ThreadPoolExecutor,
+        costs: CostBook | None = None,
     ) -> None:
         self._settings = settings
+        self._costs = costs or CostBook(settings.resolved_work_dir())
         self._events = events
         self._reader = reader
         self._tracker = tracker
@@ -293,17 +348,19 @@ class JobRunner:
             functools.partial(self._send_decision, state),
             self._settings.progress_interval_seconds,
         )
+        hooks.on_trial = functools.partial(self._log_trial, state)
+        columns_read = len(loaded.frame.columns) if loaded.frame is not None else 0
+        started, memory_before = time.perf_counter(), hooks.peak_rss
         with tracer().start_as_current_span("train lightgbm"):
-            result = train_model(
-                loaded.take_frame(),
-                loaded.columns,
-                state.request.target_column,
-                TASKS.get(state.request.task, Task.AUTO),
-                params,
-                self._config,
-                hooks,
-            )
+            result = self._fit(state.request, loaded, params, hooks)
         hooks.flush()
+        self._costs.record(
+            measurement(
+                result, columns_read, time.perf_counter() - started, hooks.peak_rss - memory_before
+            )
+        )
+        for future in state.trials_logged:
+            future.result()  # each sends its trial event; never raises
         if "train_seconds" in result.timings:
             task = result.decision.task.value
             metrics.TRAINING_SECONDS.labels(task).observe(result.timings["train_seconds"])
@@ -326,6 +383,50 @@ class JobRunner:
         )
         succeeded.mlflow.CopyFrom(mlflow_run(state.run, published))
         return succeeded
+
+    def _fit(
+        self,
+        request: dispatch_pb2.TrainingRequest,
+        loaded: LoadedDataset,
+        params: dict[str, Any],
+        hooks: _ThreadHooks,
+    ) -> TrainingResult:
+        """The default job, a search, or the replay of a searched job's final configuration."""
+        task = TASKS.get(request.task, Task.AUTO)
+        frame, target = loaded.take_frame(), request.target_column
+        if request.HasField("search"):
+            spec = SearchSpec(
+                budget_seconds=request.search.budget.ToTimedelta().total_seconds()
+                if request.search.HasField("budget")
+                else None,
+                max_trials=request.search.max_trials or None,
+            )
+            return search_model(
+                frame, loaded.columns, target, task, params, self._config, spec, hooks
+            )
+        if request.replay.refit_params:
+            recorded = {
+                key: typed_param(value) for key, value in request.replay.refit_params.items()
+            }
+            return replay_refit(frame, loaded.columns, target, task, recorded, self._config, hooks)
+        return train_model(frame, loaded.columns, target, task, params, self._config, hooks)
+
+    def _log_trial(self, state: _Attempt, trial: TrialRecord) -> None:
+        """In the training thread: the trial's child run is logged in the MLflow pool,
+        which then sends the trial's event (with the run id when MLflow took it)."""
+        assert state.run is not None
+        assert state.job is not None
+
+        def tell(run_id: str) -> None:
+            message = trial_message(trial, state.attempt, run_id)
+            self._loop.call_soon_threadsafe(self._send_trial, state, message)
+
+        state.trials_logged.append(self._tracker.log_trial(state.run, state.job, trial, tell))
+
+    def _send_trial(self, state: _Attempt, trial: training_job_pb2.Trial) -> None:
+        task = asyncio.ensure_future(self._events.trial(state.job_id, state.attempt, trial))
+        state.progress_sent.add(task)
+        task.add_done_callback(state.progress_sent.discard)
 
     async def _recovered(self, state: _Attempt) -> bool:
         """An earlier attempt registered this job's model: report it rather than train again."""
@@ -491,7 +592,10 @@ def succeeded_event(result: TrainingResult) -> dispatch_pb2.JobEvent.Succeeded:
         ],
         best_iteration=result.best_iteration,
         effective_params=as_strings(result.effective_params),
+        model_sha256=result.model_sha256,
     )
+    if isinstance(result.search, SearchOutcome):
+        summary.search.CopyFrom(search_outcome(result.search))
     return dispatch_pb2.JobEvent.Succeeded(
         metrics=result.metrics, summary=summary, task_detection=task_detection(result.decision)
     )
@@ -506,4 +610,70 @@ def mlflow_run(run: RunRef, published: PublishedModel | None) -> training_job_pb
         message.registered_model_name = published.model_name
         message.registered_model_version = published.version
         message.promoted_to_champion = published.promoted_to_champion
+    return message
+
+
+def measurement(
+    result: TrainingResult, columns_read: int, seconds: float, memory_growth: float
+) -> Measurement:
+    """What the job tells the cost book (fit/estimate.py)."""
+    classes = len(result.decision.class_labels)
+    shape = TableShape(
+        result.rows_used, max(1, len(result.features)), classes if classes > 2 else 1
+    )
+    if isinstance(result.search, SearchOutcome):
+        rounds, train_rows = result.search.boosting_rounds, result.search.train_rows
+        train_seconds = result.timings.get("search_seconds", seconds)
+    else:
+        rounds = result.booster.current_iteration()
+        train_rows = result.rows_used - result.validation_rows
+        train_seconds = result.timings.get("train_seconds", seconds)
+    return Measurement(
+        shape=shape,
+        boosting_rounds=rounds,
+        train_rows=train_rows,
+        train_seconds=train_seconds,
+        wall_seconds=seconds,
+        memory_growth_bytes=memory_growth,
+        columns_read=columns_read,
+    )
+
+
+def search_outcome(outcome: SearchOutcome) -> training_job_pb2.SearchOutcome:
+    return training_job_pb2.SearchOutcome(
+        trials=len(outcome.trials),
+        best_trial=outcome.best_trial,
+        objective=outcome.objective,
+        objectives_considered=outcome.objectives_considered,
+        validation=outcome.validation,
+        folds=outcome.folds,
+        metric_std=outcome.metric_std,
+        stopped_by=outcome.stopped_by,
+        seconds=outcome.seconds,
+    )
+
+
+TRIAL_STATES = {
+    "COMPLETE": training_job_pb2.Trial.STATE_COMPLETE,
+    "PRUNED": training_job_pb2.Trial.STATE_PRUNED,
+    "FAILED": training_job_pb2.Trial.STATE_FAILED,
+}
+
+
+def trial_message(trial: TrialRecord, attempt: int, run_id: str) -> training_job_pb2.Trial:
+    message = training_job_pb2.Trial(
+        number=trial.number,
+        state=TRIAL_STATES[trial.state],
+        params=trial.params,
+        objective=trial.objective,
+        metric_name=trial.metric_name,
+        fold_metric_values=trial.fold_metric_values,
+        rounds=trial.rounds,
+        mlflow_run_id=run_id,
+        attempt=attempt,
+        best_so_far=trial.best_so_far,
+    )
+    if math.isfinite(trial.metric_value):
+        message.metric_value = trial.metric_value
+    message.duration.FromNanoseconds(int(trial.seconds * 1e9))
     return message

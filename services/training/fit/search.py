@@ -1,0 +1,804 @@
+"""A search over LightGBM configurations within a budget, scored by cross-validation.
+
+`search_model` is the pipeline's `train_model` for a job with a `search`:
+
+- **Validation.** Below `CV_MAX_ROWS` rows every configuration is scored by
+  `CV_FOLDS`-fold cross-validation (stratified for classification, shuffled with
+  the job's seed); from `CV_MAX_ROWS` rows on, by the pipeline's holdout split
+  (the folds would cost five trainings for little gain in certainty).
+- **Optimiser.** Optuna's TPE sampler (seeded, multivariate) with a median
+  pruner that stops a configuration after a fold when it is clearly behind;
+  trials run one after another with a fixed thread count, so a seed and
+  `max_trials` give the same trials, and the same model, every time. Trial 0 is
+  the default job's configuration, so a search never ends worse than it.
+- **Space.** leaves, depth, rows per leaf, learning rate (with early stopping),
+  feature and row subsampling, L1/L2, categorical smoothing, max bins; and where
+  the target suggests it the objective (count → poisson/tweedie; skewed positive
+  → gamma/tweedie) or class weights (imbalanced classes). A parameter the job
+  sets itself is not searched.
+- **Budget.** The search stops at `max_trials`, or when the time left of its
+  budget would not cover the final refit; a trial cut by the budget is dropped.
+  The job's own deadline (max_run_duration) reached mid-search keeps the best
+  configuration so far (`stopped_by = "deadline"`).
+- **The model** is one LightGBM booster refit on every row with the best
+  configuration and its mean rounds scaled to the larger table, so TreeSHAP,
+  trust flags, batch scoring and pyfunc loading work as for any model. Its
+  reported metrics are the best trial's cross-validated means, with their
+  spread across folds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from services.training.fit.pipeline import (
+    LIGHTGBM_METRICS,
+    NoHooks,
+    PipelineConfig,
+    PreparedTable,
+    TrainingHooks,
+    TrainingResult,
+    TrainingStopped,
+    check_params_for_task,
+    evaluate,
+    lightgbm_feature_names,
+    prepare_table,
+    split_rows,
+)
+from services.training.model import pyfunc_model
+from services.training.model.columns import ColumnInfo
+from services.training.model.params import ParamValue, as_strings
+from services.training.model.targets import PRIMARY_METRICS, Task, TrainingFailure
+
+logger = logging.getLogger("modelyard.trainer.search")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CV_MAX_ROWS = 100_000
+CV_FOLDS = 5
+MIN_SEARCH_ROWS = 4 * CV_FOLDS
+MAX_SEARCH_ROUNDS = 3000
+# Below this many training rows a trial uses one thread: on small tables LightGBM's
+# threads cost more in synchronisation than they save (measured: 0.4 ms an iteration
+# on one thread against 9-22 ms on two, 350 rows, 2 busy cores).
+SINGLE_THREAD_ROWS = 20_000
+# Imbalanced: the rarest class has less than this share of the commonest one.
+IMBALANCE_RATIO = 0.25
+# Skewed: the target's sample skewness above this (and every value positive).
+SKEWED = 1.0
+# The final refit is trained on 1/(1 - 1/K) times the rows of a fold.
+REFIT_ROUNDS_FACTOR = 1.0 + 1.0 / (CV_FOLDS - 1)
+HOLDOUT_REFIT_FACTOR = 1.25
+
+COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    budget_seconds: float | None
+    max_trials: int | None
+
+    def __post_init__(self) -> None:
+        if self.budget_seconds is None and self.max_trials is None:
+            raise ValueError("a search needs a budget or max_trials")
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    state: str
+    params: dict[str, str]
+    objective: str
+    metric_name: str
+    metric_value: float
+    fold_metric_values: list[float]
+    rounds: int
+    seconds: float
+    started_at: float
+    best_so_far: bool = False
+    # Every metric per fold (kept for the best trial's reported means and spread).
+    fold_metrics: list[dict[str, float]] = field(default_factory=list)
+    curve: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchStatus:
+    trials_done: int
+    max_trials: int
+    metric_name: str
+    best_value: float | None
+    seconds_left: float | None
+
+
+@dataclass
+class SearchOutcome:
+    trials: list[TrialRecord]
+    best_trial: int
+    objective: str
+    objectives_considered: list[str]
+    validation: str
+    folds: int
+    metric_std: dict[str, float]
+    stopped_by: str
+    seconds: float
+    refit_params: dict[str, ParamValue]
+    # Rounds trained over every fold of every trial, and rows in each fold's training.
+    boosting_rounds: int = 0
+    train_rows: int = 0
+
+
+class SearchHooks(TrainingHooks, Protocol):
+    def trial_started(self, number: int, status: SearchStatus) -> None:
+        """A trial begins; progress reports until the next call belong to it."""
+
+    def trial_finished(self, trial: TrialRecord, status: SearchStatus) -> None:
+        """A trial ended (complete, pruned or failed)."""
+
+
+class NoSearchHooks(NoHooks):
+    def trial_started(self, number: int, status: SearchStatus) -> None:
+        return None
+
+    def trial_finished(self, trial: TrialRecord, status: SearchStatus) -> None:
+        return None
+
+
+class _BudgetSpent(Exception):
+    """The search's own budget ran out during a trial."""
+
+
+# -- the plan: folds, objectives, what is searched -------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One objective (or class weighting) the search may pick, and why it is offered."""
+
+    name: str
+    params: dict[str, ParamValue]
+
+
+@dataclass
+class SearchPlan:
+    task: Task
+    folds: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
+    validation: str
+    choices: list[Choice]
+    why_choices: str
+    fixed: dict[str, ParamValue]
+    seed: int
+    max_rounds: int
+    metric_name: str
+    higher_is_better: bool
+
+
+def plan_search(
+    table: PreparedTable, params: dict[str, ParamValue], config: PipelineConfig
+) -> SearchPlan:
+    task = table.decision.task
+    seed = int(params.get("seed", config.seed))
+    folds, validation = _folds(table, config, seed)
+    choices, why = objective_choices(table, params)
+    primary = PRIMARY_METRICS[task]
+    train_rows = len(folds[0][0])
+    cells = max(1, train_rows * max(1, table.features.shape[1]))
+    max_rounds = int(params.get("num_iterations", 0)) or int(
+        min(MAX_SEARCH_ROUNDS, max(200, 2 * config.boosting_work_budget / cells))
+    )
+    return SearchPlan(
+        task=task,
+        folds=folds,
+        validation=validation,
+        choices=choices,
+        why_choices=why,
+        fixed=dict(params),
+        seed=seed,
+        max_rounds=max_rounds,
+        metric_name=primary.name,
+        higher_is_better=primary.higher_is_better,
+    )
+
+
+def _folds(
+    table: PreparedTable, config: PipelineConfig, seed: int
+) -> tuple[list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]], str]:
+    labels = table.labels
+    if len(labels) >= CV_MAX_ROWS:
+        return [split_rows(labels, table.decision.task, config)], "holdout"
+    if len(labels) < MIN_SEARCH_ROWS:
+        raise TrainingFailure(
+            "SEARCH_TABLE_TOO_SMALL",
+            f"{len(labels)} rows with a target; a search's {CV_FOLDS}-fold cross-validation "
+            f"needs at least {MIN_SEARCH_ROWS}",
+        )
+    indices = np.arange(len(labels))
+    if table.decision.task == Task.REGRESSION:
+        splitter: Any = KFold(CV_FOLDS, shuffle=True, random_state=seed)
+        return [(train, valid) for train, valid in splitter.split(indices)], "cv"
+    counts = np.bincount(labels, minlength=len(table.decision.class_labels))
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < CV_FOLDS:
+        name = table.decision.class_names[smallest]
+        raise TrainingFailure(
+            "SEARCH_TABLE_TOO_SMALL",
+            f"the smallest class, {name!r}, has {counts[smallest]} rows; a search's "
+            f"{CV_FOLDS}-fold stratified cross-validation needs at least {CV_FOLDS} rows "
+            "of every class (train without a search, or add rows)",
+        )
+    splitter = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
+    return [(train, valid) for train, valid in splitter.split(indices, labels)], "cv"
+
+
+def objective_choices(
+    table: PreparedTable, params: dict[str, ParamValue]
+) -> tuple[list[Choice], str]:
+    """The objectives (or class weightings) worth trying for this target, and why."""
+    task = table.decision.task
+    labels = table.labels
+    if task == Task.REGRESSION:
+        if "objective" in params:
+            return [Choice(str(params["objective"]), {})], "objective set by the job"
+        values = labels.astype("float64")
+        whole = bool(np.all(values == np.round(values)))
+        if values.min() >= 0 and whole and values.max() > 1:
+            return [
+                Choice("regression", {"objective": "regression"}),
+                Choice("poisson", {"objective": "poisson"}),
+                Choice("tweedie", {"objective": "tweedie"}),
+            ], "count target (non-negative whole numbers): poisson and tweedie tried"
+        if values.min() > 0 and _skewness(values) > SKEWED:
+            return [
+                Choice("regression", {"objective": "regression"}),
+                Choice("gamma", {"objective": "gamma"}),
+                Choice("tweedie", {"objective": "tweedie"}),
+            ], "skewed positive target: gamma and tweedie tried"
+        return [Choice("regression", {"objective": "regression"})], "regression target"
+    objective = "binary" if task == Task.BINARY else "multiclass"
+    counts = np.bincount(labels, minlength=len(table.decision.class_labels))
+    if "class_weight" in params or {"is_unbalance", "scale_pos_weight"} & params.keys():
+        return [Choice(objective, {})], "class weighting set by the job"
+    if counts.min() < IMBALANCE_RATIO * counts.max():
+        return [
+            Choice(objective, {"class_weight": "none"}),
+            Choice(f"{objective} (balanced class weights)", {"class_weight": "balanced"}),
+        ], "imbalanced classes: balanced class weights tried"
+    return [Choice(objective, {})], f"{task.value.lower()} target"
+
+
+def _skewness(values: np.ndarray[Any, Any]) -> float:
+    std = float(values.std())
+    if std == 0:
+        return 0.0
+    return float(np.mean(((values - values.mean()) / std) ** 3))
+
+
+# -- the search ------------------------------------------------------------------------
+
+
+def search_model(
+    frame: pd.DataFrame,
+    columns: list[ColumnInfo],
+    target: str,
+    requested_task: Task,
+    params: dict[str, ParamValue],
+    config: PipelineConfig,
+    search: SearchSpec,
+    hooks: SearchHooks | None = None,
+) -> TrainingResult:
+    """Search, then refit the best configuration on every row; raises TrainingFailure
+    or TrainingStopped (cancel, shutdown, or a deadline before any trial finished)."""
+    hooks = hooks or NoSearchHooks()
+    started = time.perf_counter()
+    table = prepare_table(frame, columns, target, requested_task, config)
+    del frame
+    check_params_for_task(params, table.decision.task)
+    plan = plan_search(table, params, config)
+    prepared_seconds = time.perf_counter() - started
+    hooks.decided(table.decision)
+    hooks.check()
+    searcher = _Searcher(table, plan, config, search, hooks)
+    outcome = searcher.run()
+    result = refit(table, outcome.refit_params, config, _DeadlineExempt(hooks))
+    best = outcome.trials[outcome.best_trial]
+    result.metrics = _mean_metrics(best.fold_metrics)
+    result.curve = best.curve
+    result.validation_rows = table.rows_used if plan.validation == "cv" else len(plan.folds[0][1])
+    result.search = outcome
+    result.timings.update(
+        prepare_seconds=prepared_seconds,
+        search_seconds=outcome.seconds,
+        train_seconds=time.perf_counter() - started - prepared_seconds,
+    )
+    return result
+
+
+class _Searcher:
+    def __init__(
+        self,
+        table: PreparedTable,
+        plan: SearchPlan,
+        config: PipelineConfig,
+        search: SearchSpec,
+        hooks: SearchHooks,
+    ) -> None:
+        self._table = table
+        self._plan = plan
+        self._config = config
+        self._search = search
+        self._hooks = hooks
+        self._names = lightgbm_feature_names(pyfunc_model.feature_names(table.spec))
+        self._datasets: dict[tuple[int, int], tuple[lgb.Dataset, lgb.Dataset]] = {}
+        self._trials: list[TrialRecord] = []
+        self._best: int | None = None
+        self._started = time.monotonic()
+        self._deadline = (
+            self._started + search.budget_seconds if search.budget_seconds is not None else None
+        )
+        self._slowest_fold = 0.0
+        self._rounds_trained = 0
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> SearchOutcome:
+        study = optuna.create_study(
+            direction="maximize" if self._plan.higher_is_better else "minimize",
+            sampler=optuna.samplers.TPESampler(
+                seed=self._plan.seed, multivariate=True, n_startup_trials=8
+            ),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        )
+        for choice in self._plan.choices:
+            study.enqueue_trial(self._default_point(choice))
+        stopped_by = "max_trials"
+        try:
+            while True:
+                limit = self._search.max_trials
+                if limit is not None and len(self._trials) >= limit:
+                    break
+                if self._budget_spent():
+                    stopped_by = "budget"
+                    break
+                self._one_trial(study)
+        except _BudgetSpent:
+            stopped_by = "budget"
+        except TrainingStopped as stop:
+            if stop.why != "deadline" or self._best is None:
+                raise
+            stopped_by = "deadline"
+            logger.warning("deadline reached mid-search; keeping the best trial so far")
+        if self._best is None:
+            raise TrainingFailure(
+                "SEARCH_NO_TRIAL_COMPLETED",
+                "the search's budget ended before a single configuration was scored; give it "
+                "a larger budget (EstimateTrainingJob tells how long one trial takes)",
+            )
+        best = self._trials[self._best]
+        return SearchOutcome(
+            trials=self._trials,
+            best_trial=self._best,
+            objective=best.objective,
+            objectives_considered=[choice.name for choice in self._plan.choices]
+            + [self._plan.why_choices],
+            validation=self._plan.validation,
+            folds=len(self._plan.folds),
+            metric_std=_std_metrics(best.fold_metrics) if self._plan.validation == "cv" else {},
+            stopped_by=stopped_by,
+            seconds=time.monotonic() - self._started,
+            refit_params=self._refit_params(best),
+            boosting_rounds=self._rounds_trained,
+            train_rows=len(self._plan.folds[0][0]),
+        )
+
+    def _budget_spent(self) -> bool:
+        """No time left for another trial's first fold plus the refit."""
+        if self._deadline is None or self._best is None:
+            return self._deadline is not None and time.monotonic() >= self._deadline
+        reserve = 1.5 * self._slowest_fold * REFIT_ROUNDS_FACTOR
+        return time.monotonic() + reserve >= self._deadline
+
+    def _status(self) -> SearchStatus:
+        left = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        best = self._trials[self._best].metric_value if self._best is not None else None
+        return SearchStatus(
+            trials_done=len(self._trials),
+            max_trials=self._search.max_trials or 0,
+            metric_name=self._plan.metric_name,
+            best_value=best,
+            seconds_left=left,
+        )
+
+    def _one_trial(self, study: optuna.Study) -> None:
+        trial = study.ask()
+        point = self._sample(trial)
+        choice = self._plan.choices[int(point.pop("choice"))]
+        number = len(self._trials)
+        self._hooks.trial_started(number, self._status())
+        started_at, started = time.time(), time.perf_counter()
+        lgb_params = self._lightgbm_params(point, choice)
+        record = TrialRecord(
+            number=number,
+            state=FAILED,
+            params=as_strings(
+                {k: v for k, v in lgb_params.items() if k not in ("metric", "verbosity")}
+            ),
+            objective=choice.name,
+            metric_name=self._plan.metric_name,
+            metric_value=math.nan,
+            fold_metric_values=[],
+            rounds=0,
+            seconds=0.0,
+            started_at=started_at,
+        )
+        try:
+            state = self._score(trial, record, lgb_params, choice)
+        except _BudgetSpent:
+            record.seconds = time.perf_counter() - started
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._finish(record)
+            raise
+        except lgb.basic.LightGBMError as error:
+            logger.info("configuration refused by LightGBM", extra={"error": str(error)})
+            state = FAILED
+        record.seconds = time.perf_counter() - started
+        record.state = state
+        if state == COMPLETE:
+            study.tell(trial, self._ranking(record))
+            if self._is_better(record):
+                self._best = number
+                record.best_so_far = True
+        elif state == PRUNED:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self._finish(record)
+
+    def _finish(self, record: TrialRecord) -> None:
+        self._trials.append(record)
+        self._hooks.trial_finished(record, self._status())
+
+    def _is_better(self, record: TrialRecord) -> bool:
+        if self._best is None:
+            return True
+        best = self._trials[self._best]
+        if self._plan.higher_is_better:
+            return self._ranking(record) > self._ranking(best)
+        return self._ranking(record) < self._ranking(best)
+
+    def _ranking(self, record: TrialRecord) -> float:
+        """The primary metric, ties broken by the tie-break metric (log loss, MAE)."""
+        primary = PRIMARY_METRICS[self._plan.task]
+        value = record.metric_value
+        if primary.tie_break is None:
+            return value
+        tie = float(np.mean([fold[primary.tie_break] for fold in record.fold_metrics]))
+        sign = -1.0 if primary.higher_is_better else 1.0
+        return value + sign * 1e-6 * tie
+
+    # -- one configuration --------------------------------------------------------------
+
+    def _sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        fixed = self._plan.fixed
+        rows = len(self._plan.folds[0][0])
+        point: dict[str, Any] = {
+            "choice": trial.suggest_categorical("choice", list(range(len(self._plan.choices))))
+        }
+
+        def choose(name: str, suggest: Callable[[], Any]) -> None:
+            if name not in fixed:
+                point[name] = suggest()
+
+        choose("num_leaves", lambda: trial.suggest_int("num_leaves", 4, 256, log=True))
+        choose("max_depth", lambda: trial.suggest_categorical("max_depth", [-1, 3, 5, 8, 12]))
+        most = max(2, min(200, rows // 10))
+        choose("min_data_in_leaf", lambda: trial.suggest_int("min_data_in_leaf", 2, most, log=True))
+        choose("learning_rate", lambda: trial.suggest_float("learning_rate", 0.01, 0.3, log=True))
+        choose("feature_fraction", lambda: trial.suggest_float("feature_fraction", 0.4, 1.0))
+        choose("bagging_fraction", lambda: trial.suggest_float("bagging_fraction", 0.5, 1.0))
+        choose("lambda_l1", lambda: trial.suggest_float("lambda_l1", 1e-8, 10.0, log=True))
+        choose("lambda_l2", lambda: trial.suggest_float("lambda_l2", 1e-8, 10.0, log=True))
+        choose("cat_smooth", lambda: trial.suggest_float("cat_smooth", 1.0, 100.0, log=True))
+        choose("max_bin", lambda: trial.suggest_categorical("max_bin", [63, 127, 255, 511]))
+        return point
+
+    def _default_point(self, choice: Choice) -> dict[str, Any]:
+        """The default job's configuration (trial 0), with each objective choice."""
+        rows = len(self._plan.folds[0][0])
+        defaults: dict[str, Any] = {
+            "choice": self._plan.choices.index(choice),
+            "num_leaves": 31,
+            "max_depth": -1,
+            "min_data_in_leaf": min(20, max(2, min(200, rows // 10))),
+            "learning_rate": 0.1,
+            "feature_fraction": 1.0,
+            "bagging_fraction": 1.0,
+            "lambda_l1": 1e-8,
+            "lambda_l2": 1e-8,
+            "cat_smooth": 10.0,
+            "max_bin": 255,
+        }
+        return {k: v for k, v in defaults.items() if k == "choice" or k not in self._plan.fixed}
+
+    def _lightgbm_params(self, point: dict[str, Any], choice: Choice) -> dict[str, Any]:
+        task = self._plan.task
+        chosen: dict[str, Any] = {
+            "objective": {
+                Task.BINARY: "binary",
+                Task.MULTICLASS: "multiclass",
+                Task.REGRESSION: "regression",
+            }[task],
+            "seed": self._plan.seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "feature_pre_filter": False,
+            "num_threads": search_threads(len(self._plan.folds[0][0]), self._config),
+            "verbosity": -1,
+            **point,
+            **{k: v for k, v in self._plan.fixed.items() if k not in ("num_iterations",)},
+            **choice.params,
+            "metric": LIGHTGBM_METRICS[task][:1],
+        }
+        if chosen.get("bagging_fraction", 1.0) < 1.0 and "bagging_freq" not in chosen:
+            chosen["bagging_freq"] = 1
+        if task == Task.MULTICLASS:
+            chosen["num_class"] = len(self._table.decision.class_labels)
+        if not chosen["num_threads"]:
+            chosen.pop("num_threads")
+        return chosen
+
+    def _score(
+        self,
+        trial: optuna.Trial,
+        record: TrialRecord,
+        lgb_params: dict[str, Any],
+        choice: Choice,
+    ) -> str:
+        params = dict(lgb_params)
+        class_weight = params.pop("class_weight", "none")
+        params.pop("early_stopping_round", None)
+        patience = int(self._plan.fixed.get("early_stopping_round", 0)) or max(
+            30, min(100, int(3 / float(params.get("learning_rate", 0.1))))
+        )
+        rounds: list[int] = []
+        for fold, (train_index, valid_index) in enumerate(self._plan.folds):
+            fold_started = time.perf_counter()
+            train_set, valid_set = self._fold_data(fold, int(params.get("max_bin", 255)))
+            weights = (
+                _balanced_weights(self._table, train_index) if class_weight == "balanced" else None
+            )
+            train_set.set_weight(weights)
+            evaluation: dict[str, Any] = {}
+            booster = lgb.train(
+                params,
+                train_set,
+                num_boost_round=self._plan.max_rounds,
+                valid_sets=[valid_set],
+                valid_names=["validation"],
+                keep_training_booster=True,  # no model-string round trip per fold
+                callbacks=[
+                    lgb.record_evaluation(evaluation),
+                    self._iteration_callback(fold),
+                    lgb.early_stopping(patience, first_metric_only=True, verbose=False),
+                ],
+            )
+            self._rounds_trained += booster.current_iteration()
+            best = booster.best_iteration or booster.current_iteration()
+            features = self._table.features.iloc[valid_index].set_axis(self._names, axis=1)
+            raw = np.asarray(booster.predict(features, num_iteration=best))
+            metrics = evaluate(self._plan.task, self._table.labels[valid_index], raw)
+            record.fold_metrics.append(metrics)
+            record.fold_metric_values.append(metrics[self._plan.metric_name])
+            record.curve = {
+                name: [float(v) for v in values]
+                for name, values in evaluation.get("validation", {}).items()
+            }
+            rounds.append(int(best))
+            record.rounds = round(float(np.mean(rounds)))
+            record.metric_value = float(np.mean(record.fold_metric_values))
+            self._slowest_fold = max(self._slowest_fold, time.perf_counter() - fold_started)
+            if fold < len(self._plan.folds) - 1:
+                trial.report(record.metric_value, fold)
+                if trial.should_prune():
+                    return PRUNED
+        return COMPLETE
+
+    def _fold_data(self, fold: int, max_bin: int) -> tuple[lgb.Dataset, lgb.Dataset]:
+        """Binned once per fold and max_bin: the other parameters leave the bins alone."""
+        key = (fold, max_bin)
+        if key not in self._datasets:
+            train_index, valid_index = self._plan.folds[fold]
+            features = self._table.features
+            dataset_params = {
+                "max_bin": max_bin,
+                "feature_pre_filter": False,
+                "verbosity": -1,
+                "seed": self._plan.seed,
+                "deterministic": True,
+            }
+            train_set = lgb.Dataset(
+                features.iloc[train_index].set_axis(self._names, axis=1),
+                label=self._table.labels[train_index],
+                params=dataset_params,
+                free_raw_data=False,
+            )
+            valid_set = lgb.Dataset(
+                features.iloc[valid_index].set_axis(self._names, axis=1),
+                label=self._table.labels[valid_index],
+                reference=train_set,
+                params=dataset_params,
+                free_raw_data=False,
+            )
+            self._datasets[key] = (train_set, valid_set)
+        return self._datasets[key]
+
+    def _iteration_callback(self, fold: int) -> Callable[..., None]:
+        total = self._plan.max_rounds * len(self._plan.folds)
+
+        def callback(env: Any) -> None:
+            self._hooks.check()
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise _BudgetSpent()
+            if env.evaluation_result_list:
+                _, metric_name, value, _ = env.evaluation_result_list[0][:4]
+                done = fold * self._plan.max_rounds + env.iteration + 1
+                self._hooks.progress(done, total, str(metric_name), float(value))
+
+        callback.order = 5  # type: ignore[attr-defined]  # before early stopping
+        return callback
+
+    def _refit_params(self, best: TrialRecord) -> dict[str, ParamValue]:
+        """The best configuration as the refit trains it: fixed rounds, no early stopping."""
+        params: dict[str, ParamValue] = {}
+        for name, text in best.params.items():
+            params[name] = typed_param(text)
+        factor = REFIT_ROUNDS_FACTOR if self._plan.validation == "cv" else HOLDOUT_REFIT_FACTOR
+        params["num_iterations"] = max(1, round(best.rounds * factor))
+        params["early_stopping_round"] = 0
+        params.setdefault("class_weight", "none")
+        return params
+
+
+def search_threads(train_rows: int, config: PipelineConfig) -> int:
+    """A fixed thread count (recorded with the configuration, so a replay uses it too)."""
+    if train_rows < SINGLE_THREAD_ROWS:
+        return 1
+    return config.num_threads or 1
+
+
+def typed_param(text: str) -> ParamValue:
+    """A parameter back from its contract string (as_strings' inverse for our values)."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _balanced_weights(table: PreparedTable, index: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    labels = table.labels[index]
+    counts = np.bincount(labels, minlength=len(table.decision.class_labels)).astype("float64")
+    per_class = len(labels) / (len(counts) * np.maximum(counts, 1.0))
+    return np.asarray(per_class[labels])
+
+
+def _mean_metrics(folds: list[dict[str, float]]) -> dict[str, float]:
+    return {name: float(np.mean([fold[name] for fold in folds])) for name in folds[0]}
+
+
+def _std_metrics(folds: list[dict[str, float]]) -> dict[str, float]:
+    return {name: float(np.std([fold[name] for fold in folds])) for name in folds[0]}
+
+
+class _DeadlineExempt:
+    """The refit after a search the deadline stopped still runs; a cancel still stops it."""
+
+    def __init__(self, hooks: TrainingHooks) -> None:
+        self._hooks = hooks
+
+    def check(self) -> None:
+        try:
+            self._hooks.check()
+        except TrainingStopped as stop:
+            if stop.why != "deadline":
+                raise
+
+    def decided(self, decision: Any) -> None:
+        return None
+
+    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+        self._hooks.progress(iteration, total, metric_name, value)
+
+
+# -- the final model -------------------------------------------------------------------
+
+
+def refit(
+    table: PreparedTable,
+    params: dict[str, ParamValue],
+    config: PipelineConfig,
+    hooks: TrainingHooks | None = None,
+) -> TrainingResult:
+    """One booster on every row with fixed parameters and rounds (no early stopping):
+    the final model of a search, and what a replay of a searched job trains."""
+    hooks = hooks or NoHooks()
+    started = time.perf_counter()
+    lgb_params: dict[str, Any] = {
+        k: v for k, v in params.items() if k not in ("num_iterations", "early_stopping_round")
+    }
+    class_weight = lgb_params.pop("class_weight", "none")
+    rounds = int(params.get("num_iterations", 100))
+    lgb_params["verbosity"] = -1
+    lgb_params.pop("metric", None)
+    names = lightgbm_feature_names(pyfunc_model.feature_names(table.spec))
+    weights = (
+        _balanced_weights(table, np.arange(len(table.labels)))
+        if class_weight == "balanced"
+        else None
+    )
+    train_set = lgb.Dataset(
+        table.features.set_axis(names, axis=1),
+        label=table.labels,
+        weight=weights,
+        params=lgb_params,
+        free_raw_data=True,
+    )
+
+    def callback(env: Any) -> None:
+        hooks.check()
+        hooks.progress(env.iteration + 1, rounds, "refit", float(env.iteration + 1))
+
+    callback.order = 5  # type: ignore[attr-defined]
+    booster = lgb.train(lgb_params, train_set, num_boost_round=rounds, callbacks=[callback])
+    importance = dict(
+        zip(
+            pyfunc_model.feature_names(table.spec),
+            (float(gain) for gain in booster.feature_importance("gain")),
+            strict=True,
+        )
+    )
+    effective = dict(params)
+    return TrainingResult(
+        decision=table.decision,
+        spec=table.spec,
+        booster=booster,
+        metrics={},
+        curve={},
+        best_iteration=booster.current_iteration(),
+        effective_params=effective,
+        rows_used=table.rows_used,
+        rows_dropped_missing_target=table.rows_dropped_missing_target,
+        validation_rows=0,
+        dropped_columns=table.dropped_columns,
+        importance=dict(sorted(importance.items(), key=lambda item: -item[1])),
+        input_example=table.input_example,
+        timings={"refit_seconds": time.perf_counter() - started},
+    )
+
+
+def replay_refit(
+    frame: pd.DataFrame,
+    columns: list[ColumnInfo],
+    target: str,
+    requested_task: Task,
+    params: dict[str, ParamValue],
+    config: PipelineConfig,
+    hooks: TrainingHooks | None = None,
+) -> TrainingResult:
+    """A replay of a searched job: its recorded final configuration, refit on every row."""
+    table = prepare_table(frame, columns, target, requested_task, config)
+    del frame
+    if hooks is not None:
+        hooks.decided(table.decision)
+    return refit(table, params, config, hooks)

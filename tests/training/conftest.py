@@ -338,6 +338,8 @@ class Bus:
         max_run_seconds: float = 0,
         job_id: str | None = None,
         message_id: str | None = None,
+        search: training_job_pb2.TrainingSearch | None = None,
+        replay: dispatch_pb2.ReplayConfiguration | None = None,
     ) -> str:
         """Publish a TrainingRequest exactly as JobsService's relay does."""
         job_id = job_id or "job-" + uuid.uuid4().hex[:16]
@@ -352,6 +354,10 @@ class Bus:
         if max_run_seconds:
             request.max_run_duration.CopyFrom(duration_pb2.Duration(seconds=int(max_run_seconds)))
         request.create_time.GetCurrentTime()
+        if search is not None:
+            request.search.CopyFrom(search)
+        if replay is not None:
+            request.replay.CopyFrom(replay)
         await self.js.publish(
             TRAINING_REQUESTS_SUBJECT,
             request.SerializeToString(),

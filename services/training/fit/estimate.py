@@ -112,7 +112,7 @@ class CostBook:
 
 def updated(costs: Costs, m: Measurement) -> Costs:
     """Costs moved towards what one job measured."""
-    if m.boosting_rounds <= 0 or m.train_seconds <= 0:
+    if m.boosting_rounds <= 0 or m.train_seconds <= 0 or m.train_rows <= 0:
         return costs
     cell_rounds = m.train_rows * max(1, m.shape.features) * m.boosting_rounds * m.shape.classes
     fixed = costs.seconds_per_round * m.boosting_rounds * m.shape.classes

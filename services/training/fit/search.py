@@ -796,9 +796,30 @@ def replay_refit(
     config: PipelineConfig,
     hooks: TrainingHooks | None = None,
 ) -> TrainingResult:
-    """A replay of a searched job: its recorded final configuration, refit on every row."""
+    """A replay of a searched job: its recorded final configuration scored on the same
+    folds (the same seed: the job's metrics again) and refit on every row."""
+    hooks = hooks or NoHooks()
     table = prepare_table(frame, columns, target, requested_task, config)
     del frame
-    if hooks is not None:
-        hooks.decided(table.decision)
-    return refit(table, params, config, hooks)
+    hooks.decided(table.decision)
+    plan = plan_search(table, params, config)
+    outcome = _Searcher(table, plan, config, SearchSpec(None, 1), _Quiet(hooks)).run()
+    result = refit(table, params, config, hooks)
+    best = outcome.trials[outcome.best_trial]
+    result.metrics = _mean_metrics(best.fold_metrics)
+    result.curve = best.curve
+    result.validation_rows = table.rows_used if plan.validation == "cv" else len(plan.folds[0][1])
+    return result
+
+
+class _Quiet(NoSearchHooks):
+    """Stop checks and progress of a replay's scoring, without trial reports."""
+
+    def __init__(self, hooks: TrainingHooks) -> None:
+        self._hooks = hooks
+
+    def check(self) -> None:
+        self._hooks.check()
+
+    def progress(self, iteration: int, total: int, metric_name: str, value: float) -> None:
+        self._hooks.progress(iteration, total, metric_name, value)

@@ -354,11 +354,15 @@ class JobRunner:
         with tracer().start_as_current_span("train lightgbm"):
             result = self._fit(state.request, loaded, params, hooks)
         hooks.flush()
-        self._costs.record(
-            measurement(
-                result, columns_read, time.perf_counter() - started, hooks.peak_rss - memory_before
+        if not state.request.replay.refit_params:  # a replay's work is neither kind
+            self._costs.record(
+                measurement(
+                    result,
+                    columns_read,
+                    time.perf_counter() - started,
+                    hooks.peak_rss - memory_before,
+                )
             )
-        )
         for future in state.trials_logged:
             future.result()  # each sends its trial event; never raises
         if "train_seconds" in result.timings:

@@ -1,0 +1,248 @@
+"""The search (fit/search.py) on real and generated tables: what it tries, what it
+keeps, that its model is one ordinary LightGBM model, that a seed and max_trials
+replay to the byte, and how it stops (trials, budget, deadline, cancel)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.training.fit.estimate import CostBook, Measurement, TableShape, estimate
+from services.training.fit.pipeline import PipelineConfig, TrainingResult, TrainingStopped
+from services.training.fit.search import (
+    CV_FOLDS,
+    NoSearchHooks,
+    SearchSpec,
+    SearchStatus,
+    TrialRecord,
+    replay_refit,
+    search_model,
+    typed_param,
+)
+from services.training.model import pyfunc_model
+from services.training.model.columns import columns_from_frame
+from services.training.model.params import as_strings
+from services.training.model.targets import Task, TrainingFailure
+from services.training.tracking.trials import leaderboard, leaderboard_chart
+from tests.training.conftest import messy_frame
+
+CONFIG = PipelineConfig(num_threads=2)
+
+
+def counts_frame(rows: int = 400, seed: int = 3) -> pd.DataFrame:
+    """Visits per person: a count target driven by two features."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 80, rows).astype(float)
+    chronic = rng.random(rows) < 0.3
+    region = rng.choice(["north", "south", "east"], rows)
+    rate = np.exp(0.8 + age / 40 + 0.9 * chronic + (region == "north") * 0.4)
+    return pd.DataFrame(
+        {"age": age, "chronic": chronic, "region": region, "visits": rng.poisson(rate)}
+    )
+
+
+def imbalanced_frame(rows: int = 500, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    score = x[:, 0] * 1.5 - x[:, 1] + rng.normal(0, 0.8, rows)
+    fraud = np.where(score > np.quantile(score, 0.9), "fraud", "ok")
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": fraud})
+
+
+def run_search(
+    frame: pd.DataFrame,
+    target: str,
+    search: SearchSpec,
+    params: dict[str, Any] | None = None,
+    hooks: Any = None,
+    config: PipelineConfig = CONFIG,
+) -> TrainingResult:
+    columns = columns_from_frame(frame)
+    return search_model(frame, columns, target, Task.AUTO, params or {}, config, search, hooks)
+
+
+class Recorder(NoSearchHooks):
+    def __init__(self, stop_after: int | None = None, why: str = "deadline") -> None:
+        self.trials: list[TrialRecord] = []
+        self.statuses: list[SearchStatus] = []
+        self._stop_after = stop_after
+        self._why = why
+
+    def trial_finished(self, trial: TrialRecord, status: SearchStatus) -> None:
+        self.trials.append(trial)
+        self.statuses.append(status)
+
+    def check(self) -> None:
+        if self._stop_after is not None and len(self.trials) >= self._stop_after:
+            raise TrainingStopped(self._why)
+
+
+@pytest.fixture(scope="module")
+def count_search() -> tuple[TrainingResult, Recorder]:
+    """One search of a count target, shared by the tests that only read it."""
+    hooks = Recorder()
+    return run_search(counts_frame(), "visits", SearchSpec(None, 8), hooks=hooks), hooks
+
+
+def test_a_count_target_tries_poisson_and_tweedie_and_records_the_choice(
+    count_search: tuple[TrainingResult, Recorder],
+) -> None:
+    result, hooks = count_search
+    outcome = result.search
+    assert outcome is not None
+    assert outcome.objectives_considered[:3] == ["regression", "poisson", "tweedie"]
+    assert "count target" in outcome.objectives_considered[-1]
+    # The first trials are the default configuration with each objective.
+    assert [t.objective for t in outcome.trials[:3]] == ["regression", "poisson", "tweedie"]
+    assert outcome.objective == outcome.trials[outcome.best_trial].objective
+    assert result.effective_params["objective"] == outcome.objective
+    assert outcome.validation == "cv"
+    assert outcome.folds == CV_FOLDS
+    assert len(outcome.trials) == 8
+    assert outcome.stopped_by == "max_trials"
+    # The job's metrics are the best trial's cross-validated means, with their spread.
+    best = outcome.trials[outcome.best_trial]
+    assert result.metrics["rmse"] == pytest.approx(best.metric_value)
+    assert result.metrics["rmse"] == pytest.approx(np.mean(best.fold_metric_values))
+    assert outcome.metric_std["rmse"] == pytest.approx(np.std(best.fold_metric_values))
+    assert set(result.metrics) == {"rmse", "mae", "r2", "mse"}
+    # Every trial was reported, with the best so far marked when it improved.
+    assert [t.number for t in hooks.trials] == list(range(8))
+    assert hooks.trials[0].best_so_far
+    assert hooks.statuses[-1].trials_done == 8
+
+
+def test_the_searched_model_is_one_ordinary_lightgbm_model(
+    count_search: tuple[TrainingResult, Recorder],
+) -> None:
+    frame = counts_frame()
+    result, _ = count_search
+    booster = result.booster
+    features = pyfunc_model.coerce_features(frame.drop(columns=["visits"]), result.spec)
+    raw = booster.predict(features, raw_score=True)
+    contributions = booster.predict(features, pred_contrib=True)
+    # Exact TreeSHAP: the contributions and the bias add up to the raw score.
+    assert np.allclose(contributions.sum(axis=1), raw, atol=1e-6)
+    output = pyfunc_model.predict_frame(booster, result.spec, features)
+    assert len(output) == len(frame)
+    # Fixed rounds, no early stopping (LightGBM may end a round or two early when no
+    # split is left to make).
+    assert 0 < result.best_iteration <= int(result.effective_params["num_iterations"])
+    assert result.effective_params["early_stopping_round"] == 0
+
+
+def test_a_seed_and_max_trials_replay_to_the_same_model_file() -> None:
+    frame = messy_frame(rows=300)
+    params = {"seed": 11}
+    first = run_search(frame.copy(), "label", SearchSpec(None, 3), params)
+    second = run_search(frame.copy(), "label", SearchSpec(None, 3), params)
+    assert first.model_sha256 == second.model_sha256
+    assert first.model_text == second.model_text
+    # What a replay trains: the recorded final configuration, from its contract strings.
+    recorded = {k: typed_param(v) for k, v in as_strings(first.effective_params).items()}
+    columns = columns_from_frame(frame)
+    replayed = replay_refit(frame.copy(), columns, "label", Task.AUTO, recorded, CONFIG)
+    assert replayed.model_sha256 == first.model_sha256
+    other = run_search(frame.copy(), "label", SearchSpec(None, 3), {"seed": 12})
+    assert other.model_sha256 != first.model_sha256
+
+
+def test_imbalanced_classes_try_balanced_class_weights() -> None:
+    result = run_search(imbalanced_frame(), "label", SearchSpec(None, 4))
+    outcome = result.search
+    assert outcome is not None
+    assert "imbalanced classes" in outcome.objectives_considered[-1]
+    assert outcome.trials[1].params["class_weight"] == "balanced"
+    assert outcome.trials[0].params["class_weight"] == "none"
+    assert set(result.metrics) >= {"roc_auc", "log_loss", "f1"}
+
+
+def test_a_parameter_the_job_sets_is_not_searched() -> None:
+    result = run_search(counts_frame(), "visits", SearchSpec(None, 4), {"num_leaves": 7})
+    assert result.search is not None
+    assert {t.params["num_leaves"] for t in result.search.trials} == {"7"}
+
+
+def test_the_search_stops_within_its_budget() -> None:
+    started = time.monotonic()
+    result = run_search(messy_frame(rows=600), "label", SearchSpec(2.0, None))
+    assert result.search is not None
+    assert result.search.stopped_by == "budget"
+    assert result.search.seconds <= 2.0 + 0.5
+    assert time.monotonic() - started < 15
+
+
+def test_a_deadline_mid_search_keeps_the_best_so_far() -> None:
+    hooks = Recorder(stop_after=3, why="deadline")
+    result = run_search(counts_frame(), "visits", SearchSpec(None, 50), hooks=hooks)
+    assert result.search is not None
+    assert result.search.stopped_by == "deadline"
+    assert len(result.search.trials) == 3
+    assert result.booster.current_iteration() > 0
+
+
+def test_a_cancel_mid_search_stops_it() -> None:
+    hooks = Recorder(stop_after=2, why="cancelled")
+    with pytest.raises(TrainingStopped) as stop:
+        run_search(counts_frame(), "visits", SearchSpec(None, 50), hooks=hooks)
+    assert stop.value.why == "cancelled"
+
+
+def test_a_table_too_small_for_the_folds_names_its_smallest_class() -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {"x": rng.normal(size=60), "y": ["common"] * 40 + ["middle"] * 17 + ["rare"] * 3}
+    )
+    config = PipelineConfig(num_threads=2, min_rows_per_class=2)
+    with pytest.raises(TrainingFailure) as error:
+        run_search(frame, "y", SearchSpec(None, 3), config=config)
+    assert error.value.reason == "SEARCH_TABLE_TOO_SMALL"
+    assert "'rare'" in error.value.message
+    assert "3 rows" in error.value.message
+
+
+def test_the_leaderboard_lists_every_trial_best_first(
+    tmp_path: Path, count_search: tuple[TrainingResult, Recorder]
+) -> None:
+    outcome = count_search[0].search
+    assert outcome is not None
+    board = leaderboard(outcome, higher_is_better=False)
+    assert len(board["trials"]) == 8
+    assert board["trials"][0]["number"] == outcome.best_trial
+    complete = [t["metric_value"] for t in board["trials"] if t["state"] == "COMPLETE"]
+    assert complete == sorted(complete)
+    leaderboard_chart(outcome, False, tmp_path / "leaderboard.png")
+    assert (tmp_path / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_cost_book_learns_from_jobs_and_keeps_what_it_learnt(tmp_path: Path) -> None:
+    book = CostBook(tmp_path)
+    shape = TableShape(rows=10_000, features=10, classes=1)
+    before = estimate(book.costs, shape, 11)
+    assert "no job measured" in before.basis
+    book.record(
+        Measurement(
+            shape=shape,
+            boosting_rounds=1000,
+            train_rows=8000,
+            train_seconds=40.0,
+            wall_seconds=45.0,
+            memory_growth_bytes=50e6,
+            columns_read=11,
+        )
+    )
+    again = CostBook(tmp_path)  # a restarted Trainer reads what the last one measured
+    assert again.costs.jobs_measured == 1
+    assert again.costs.seconds_per_cell_round > book.costs.__class__().seconds_per_cell_round
+    after = estimate(again.costs, shape, 11)
+    assert after.wall_seconds > before.wall_seconds
+    searched = estimate(again.costs, shape, 11, search=True, budget_seconds=60.0)
+    assert searched.wall_seconds >= 60.0
+    assert searched.trials >= 1
+    capped = estimate(again.costs, shape, 11, search=True, max_trials=7)
+    assert capped.trials == 7

@@ -12,7 +12,7 @@ NODE_TOOLS := tools/node_modules/.installed
 NODE_EXAMPLE := examples/node/node_modules/.installed
 BUF := tools/node_modules/.bin/buf
 
-.PHONY: install protos node node-check test test-fast lint format demo up down bench clean
+.PHONY: install protos node node-check test test-fast lint format demo up down bench bench-env clean
 
 install: $(VENV)/.installed $(PROTO_STAMP) $(NODE_TOOLS) $(NODE_EXAMPLE)
 
@@ -70,11 +70,25 @@ up: install
 down:
 	@test -x $(PY) && $(PY) -m devstack down || true
 
-bench: install
+bench: install bench-env
 	$(PY) -m bench.ingest
 	$(PY) -m bench.dispatch
 	$(PY) -m bench.train
 	$(PY) -m bench.quality
+	$(PY) -m bench.search
+
+# The benchmark-only dependencies (pyproject's `bench` group: FLAML, AutoGluon) in an
+# environment of their own: AutoGluon needs an older pandas than the platform's, and no
+# service ever imports them (bench/search_rivals.py runs there, in a subprocess).
+BENCH_VENV := .venv-bench
+bench-env: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: pyproject.toml | $(VENV)/.installed
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet $$($(PY) -c "import tomllib; \
+		print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+	@touch $@
 
 clean:
-	rm -rf $(VENV) modelyard .modelyard tools/node_modules examples/node/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) modelyard .modelyard tools/node_modules examples/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -113,6 +113,26 @@ class FakeTrainerService(trainer_service_pb2_grpc.TrainerServiceServicer):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.quotes = 0
+        # What EstimateTraining answers (the real cost model is the Trainer's own test).
+        self.peak_memory_bytes = 100 * 1024 * 1024
+        self.memory_limit_bytes = 1024 * 1024 * 1024
+
+    async def EstimateTraining(
+        self,
+        request: trainer_service_pb2.EstimateTrainingRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> trainer_service_pb2.EstimateTrainingResponse:
+        self.quotes += 1
+        response = trainer_service_pb2.EstimateTrainingResponse(
+            peak_memory_bytes=self.peak_memory_bytes,
+            trials=request.search_max_trials or (7 if request.search else 1),
+            memory_limit_bytes=self.memory_limit_bytes,
+            fits_memory_limit=self.peak_memory_bytes <= self.memory_limit_bytes,
+            basis=f"double for {request.dataset_id}",
+        )
+        response.wall_time.FromSeconds(12)
+        return response
 
     async def ValidateTrainingParams(
         self,

@@ -153,6 +153,14 @@ class NoSearchHooks(NoHooks):
         return None
 
 
+class Reporter(Protocol):
+    """What scoring tells the optimiser after each fold (Optuna's trial; a pruner)."""
+
+    def report(self, value: float, step: int) -> None: ...
+
+    def should_prune(self) -> bool: ...
+
+
 class _BudgetSpent(Exception):
     """The search's own budget ran out during a trial."""
 
@@ -376,6 +384,10 @@ class _Searcher:
                 raise
             stopped_by = "deadline"
             logger.warning("deadline reached mid-search; keeping the best trial so far")
+        return self.run_outcome(stopped_by)
+
+    def run_outcome(self, stopped_by: str) -> SearchOutcome:
+        """What the trials so far add up to (the best of them, refit parameters...)."""
         if self._best is None:
             raise TrainingFailure(
                 "SEARCH_NO_TRIAL_COMPLETED",
@@ -419,7 +431,22 @@ class _Searcher:
 
     def _one_trial(self, study: optuna.Study) -> None:
         trial = study.ask()
-        point = self._sample(trial)
+        try:
+            record = self.evaluate(self._sample(trial), trial)
+        except _BudgetSpent:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        if record.state == COMPLETE:
+            study.tell(trial, self._ranking(record))
+        elif record.state == PRUNED:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def evaluate(self, point: dict[str, Any], reporter: Reporter) -> TrialRecord:
+        """Score one proposed configuration on the folds (`reporter` may prune it after
+        a fold); the record is reported to the hooks and kept. Raises _BudgetSpent."""
+        point = dict(point)
         choice = self._plan.choices[int(point.pop("choice"))]
         number = len(self._trials)
         self._hooks.trial_started(number, self._status())
@@ -440,27 +467,20 @@ class _Searcher:
             started_at=started_at,
         )
         try:
-            state = self._score(trial, record, lgb_params, choice)
+            record.state = self._score(reporter, record, lgb_params, choice)
         except _BudgetSpent:
             record.seconds = time.perf_counter() - started
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self._finish(record)
             raise
         except lgb.basic.LightGBMError as error:
             logger.info("configuration refused by LightGBM", extra={"error": str(error)})
-            state = FAILED
+            record.state = FAILED
         record.seconds = time.perf_counter() - started
-        record.state = state
-        if state == COMPLETE:
-            study.tell(trial, self._ranking(record))
-            if self._is_better(record):
-                self._best = number
-                record.best_so_far = True
-        elif state == PRUNED:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if record.state == COMPLETE and self._is_better(record):
+            self._best = number
+            record.best_so_far = True
         self._finish(record)
+        return record
 
     def _finish(self, record: TrialRecord) -> None:
         self._trials.append(record)
@@ -557,7 +577,7 @@ class _Searcher:
 
     def _score(
         self,
-        trial: optuna.Trial,
+        trial: Reporter,
         record: TrialRecord,
         lgb_params: dict[str, Any],
         choice: Choice,

@@ -236,6 +236,6 @@ class ParamsChecker:
                 extra={"code": error.code().name, "details": error.details()},
             )
             raise unavailable(
-                "TRAINER_UNAVAILABLE",
+                reasons.TRAINER_UNAVAILABLE,
                 f"the Trainer could not estimate the job ({error.code().name}); retry later",
             ) from error

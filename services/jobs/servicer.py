@@ -134,12 +134,12 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         try:
             quote = await self._params.quote(_estimate_request(request, dataset.dataset_id))
         except ServiceError as error:
-            if error.reason != "TRAINER_UNAVAILABLE":
+            if error.reason != reasons.TRAINER_UNAVAILABLE:
                 raise
             logger.warning("job queued without a quote: the Trainer did not answer")
             return
         if not quote.fits_memory_limit:
-            raise _over_memory_limit(quote)
+            raise _over_memory_limit(quote, dataset.dataset_id)
 
     def _new_job(self, request: CreateTrainingJobRequest, dataset: ReadyDataset) -> TrainingJob:
         job = TrainingJob(
@@ -232,7 +232,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self, request: ReplayTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ReplayTrainingJobResponse:
         source_id = validate_job_id(request.job_id)
-        check_request_id(request.request_id, "REQUEST_ID_INVALID")
+        check_request_id(request.request_id, reasons.REQUEST_ID_INVALID)
         if request.request_id:
             existing = await self._store.find_by_request_id(request.request_id)
             if existing is not None:
@@ -259,12 +259,13 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         try:
             await self._datasets.check(source.dataset_id, source.target_column)
         except ServiceError as error:
-            if error.reason in ("DATASET_NOT_FOUND", "DATASET_NOT_READY"):
+            if error.reason in (reasons.DATASET_NOT_FOUND, reasons.DATASET_NOT_READY):
                 raise failed_precondition(
-                    "REPLAY_DATASET_GONE",
+                    reasons.REPLAY_DATASET_GONE,
                     f"training job {source.job_id} was trained on dataset version "
                     f"{source.dataset_id}, which no longer exists (or is not READY): "
                     "it cannot be replayed",
+                    job_id=source.job_id,
                     dataset_id=source.dataset_id,
                 ) from error
             raise
@@ -371,15 +372,17 @@ def _check_replayable(source: TrainingJob) -> None:
     if source.state != TrainingJob.SUCCEEDED:
         state = TrainingJob.State.Name(source.state)
         raise failed_precondition(
-            "JOB_NOT_SUCCEEDED",
+            reasons.JOB_NOT_SUCCEEDED,
             f"training job {source.job_id} is {state}: only a SUCCEEDED job can be replayed",
+            job_id=source.job_id,
             state=state,
         )
     if not source.summary.model_sha256:
         raise failed_precondition(
-            "JOB_NOT_REPLAYABLE",
+            reasons.JOB_NOT_REPLAYABLE,
             f"training job {source.job_id} recorded no model sha256 (it was trained before "
             "modelyard recorded them): there is nothing to compare a replay with",
+            job_id=source.job_id,
         )
 
 
@@ -398,15 +401,15 @@ def _estimate_request(
     return estimate
 
 
-def _over_memory_limit(quote: EstimateTrainingResponse) -> ServiceError:
+def _over_memory_limit(quote: EstimateTrainingResponse, dataset_id: str) -> ServiceError:
     mib = 1024 * 1024
     return failed_precondition(
-        "TRAINING_MEMORY_LIMIT_EXCEEDED",
+        reasons.TRAINING_MEMORY_LIMIT_EXCEEDED,
         f"the Trainer expects this job to need {quote.peak_memory_bytes / mib:,.0f} MiB at its "
         f"peak, more than its limit of {quote.memory_limit_bytes / mib:,.0f} MiB "
         f"({quote.basis}); use fewer rows or columns, or raise MODELYARD_TRAINER_MEMORY_LIMIT_MIB",
-        peak_memory_bytes=str(quote.peak_memory_bytes),
-        memory_limit_bytes=str(quote.memory_limit_bytes),
+        dataset_id=dataset_id,
+        limit_bytes=str(quote.memory_limit_bytes),
     )
 
 

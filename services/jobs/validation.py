@@ -120,11 +120,11 @@ def _validate_search(request: CreateTrainingJobRequest, settings: JobsSettings) 
     search = request.search
     if not search.HasField("budget") and not search.max_trials:
         raise invalid_argument(
-            "SEARCH_LIMIT_REQUIRED", "a search needs a budget, a max_trials, or both"
+            reasons.SEARCH_LIMIT_REQUIRED, "a search needs a budget, a max_trials, or both"
         )
     if search.max_trials < 0 or search.max_trials > settings.max_search_trials:
         raise invalid_argument(
-            "SEARCH_MAX_TRIALS_INVALID",
+            reasons.SEARCH_MAX_TRIALS_INVALID,
             f"search.max_trials must be between 1 and {settings.max_search_trials}",
             limit=str(settings.max_search_trials),
         )
@@ -132,23 +132,28 @@ def _validate_search(request: CreateTrainingJobRequest, settings: JobsSettings) 
         return
     budget = search.budget
     if budget.seconds < 0 or budget.nanos < 0 or budget.nanos >= 1_000_000_000:
-        raise invalid_argument("SEARCH_BUDGET_INVALID", "search.budget is malformed or negative")
+        raise invalid_argument(
+            reasons.SEARCH_BUDGET_INVALID, "search.budget is malformed or negative"
+        )
     seconds = budget.seconds + budget.nanos / 1e9
     if seconds < 1:
         raise invalid_argument(
-            "SEARCH_BUDGET_TOO_SHORT", "search.budget must be at least 1 second", minimum="1s"
+            reasons.SEARCH_BUDGET_TOO_SHORT,
+            "search.budget must be at least 1 second",
+            limit_seconds="1",
         )
     limit = settings.max_search_budget_seconds
     if seconds > limit:
         raise invalid_argument(
-            "SEARCH_BUDGET_TOO_LONG",
+            reasons.SEARCH_BUDGET_TOO_LONG,
             f"search.budget may be at most {limit:g} seconds",
             limit_seconds=f"{limit:g}",
         )
     run_limit = max_run_duration(request, settings).total_seconds()
     if seconds >= run_limit:
         raise invalid_argument(
-            "SEARCH_BUDGET_EXCEEDS_MAX_RUN_DURATION",
+            reasons.SEARCH_BUDGET_EXCEEDS_MAX_RUN_DURATION,
             f"search.budget ({seconds:g} s) must be shorter than the job's max_run_duration "
             f"({run_limit:g} s), which also has to cover reading the data and the final model",
+            limit_seconds=f"{run_limit:g}",
         )

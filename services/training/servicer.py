@@ -107,7 +107,8 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     async def _dataset(self, dataset_id: str) -> dataset_pb2.Dataset:
         if self._datasets is None:
             raise failed_precondition(
-                "DATASET_UNAVAILABLE", "this Trainer has no DatasetService to read profiles from"
+                reasons.DATASET_UNAVAILABLE,
+                "this Trainer has no DatasetService to read profiles from",
             )
         cached = self._profiles.get(dataset_id)
         if cached is not None and time.monotonic() - cached[0] < PROFILE_CACHE_SECONDS:
@@ -119,7 +120,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
                 grpc.StatusCode[failure.code], failure.reason, failure.message
             ) from failure
         except DatasetUnavailable as error:
-            raise unavailable("DATASET_UNAVAILABLE", str(error)) from error
+            raise unavailable(reasons.DATASET_UNAVAILABLE, str(error)) from error
         if len(self._profiles) > 1024:
             self._profiles.clear()
         self._profiles[dataset_id] = (time.monotonic(), dataset)

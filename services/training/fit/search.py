@@ -42,6 +42,7 @@ import optuna
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from services.training import reasons
 from services.training.fit.pipeline import (
     LIGHTGBM_METRICS,
     NoHooks,
@@ -225,7 +226,7 @@ def _folds(
         return [split_rows(labels, table.decision.task, config)], "holdout"
     if len(labels) < MIN_SEARCH_ROWS:
         raise TrainingFailure(
-            "SEARCH_TABLE_TOO_SMALL",
+            reasons.SEARCH_TABLE_TOO_SMALL,
             f"{len(labels)} rows with a target; a search's {CV_FOLDS}-fold cross-validation "
             f"needs at least {MIN_SEARCH_ROWS}",
         )
@@ -238,7 +239,7 @@ def _folds(
     if counts[smallest] < CV_FOLDS:
         name = table.decision.class_names[smallest]
         raise TrainingFailure(
-            "SEARCH_TABLE_TOO_SMALL",
+            reasons.SEARCH_TABLE_TOO_SMALL,
             f"the smallest class, {name!r}, has {counts[smallest]} rows; a search's "
             f"{CV_FOLDS}-fold stratified cross-validation needs at least {CV_FOLDS} rows "
             "of every class (train without a search, or add rows)",
@@ -390,7 +391,7 @@ class _Searcher:
         """What the trials so far add up to (the best of them, refit parameters...)."""
         if self._best is None:
             raise TrainingFailure(
-                "SEARCH_NO_TRIAL_COMPLETED",
+                reasons.SEARCH_NO_TRIAL_COMPLETED,
                 "the search's budget ended before a single configuration was scored; give it "
                 "a larger budget (EstimateTrainingJob tells how long one trial takes)",
             )

@@ -80,7 +80,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         dataset = await self._dataset(request.dataset_id)
         shape, columns_read = table_shape(dataset, request.target_column)
         budget = (
-            request.search_budget.ToTimedelta().total_seconds()
+            max(0.0, request.search_budget.ToTimedelta().total_seconds())
             if request.HasField("search_budget")
             else None
         )
@@ -91,7 +91,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
             num_iterations=int(params.get("num_iterations", 0)),
             search=request.search,
             budget_seconds=budget,
-            max_trials=request.search_max_trials or None,
+            max_trials=max(0, request.search_max_trials) or None,
         )
         limit = self._settings.resolved_memory_limit_bytes()
         response = trainer_service_pb2.EstimateTrainingResponse(

@@ -343,6 +343,38 @@ class FakeJobs(jobs_service_pb2_grpc.JobsServiceServicer):
             self.recorder.watch_cancelled.set()
             raise
 
+    async def ListTrials(
+        self,
+        request: jobs_service_pb2.ListTrialsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> jobs_service_pb2.ListTrialsResponse:
+        self.recorder.record("ListTrials", request, context)
+        trial = training_job_pb2.Trial(
+            number=0, state=training_job_pb2.Trial.STATE_COMPLETE, metric_name="rmse"
+        )
+        return jobs_service_pb2.ListTrialsResponse(trials=[trial])
+
+    async def EstimateTrainingJob(
+        self,
+        request: jobs_service_pb2.EstimateTrainingJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> jobs_service_pb2.EstimateTrainingJobResponse:
+        self.recorder.record("EstimateTrainingJob", request, context)
+        return jobs_service_pb2.EstimateTrainingJobResponse(
+            dataset_id=request.job.dataset_id, trials=1, fits_memory_limit=True
+        )
+
+    async def ReplayTrainingJob(
+        self,
+        request: jobs_service_pb2.ReplayTrainingJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> jobs_service_pb2.ReplayTrainingJobResponse:
+        self.recorder.record("ReplayTrainingJob", request, context)
+        job = sample_job("job-replay")
+        job.state = training_job_pb2.TrainingJob.QUEUED
+        job.replay.source_job_id = request.job_id
+        return jobs_service_pb2.ReplayTrainingJobResponse(training_job=job)
+
 
 class FakeTrainer(trainer_service_pb2_grpc.TrainerServiceServicer):
     def __init__(self, recorder: Recorder) -> None:
@@ -377,6 +409,14 @@ class FakeTrainer(trainer_service_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_service_pb2.ValidateTrainingParamsResponse:
         self.recorder.record("ValidateTrainingParams", request, context)
         return trainer_service_pb2.ValidateTrainingParamsResponse(params=request.params)
+
+    async def EstimateTraining(
+        self,
+        request: trainer_service_pb2.EstimateTrainingRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> trainer_service_pb2.EstimateTrainingResponse:
+        self.recorder.record("EstimateTraining", request, context)
+        return trainer_service_pb2.EstimateTrainingResponse(trials=1, fits_memory_limit=True)
 
     async def Predict(
         self,

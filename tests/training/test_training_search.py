@@ -124,8 +124,8 @@ def test_the_searched_model_is_one_ordinary_lightgbm_model(
     result, _ = count_search
     booster = result.booster
     features = pyfunc_model.coerce_features(frame.drop(columns=["visits"]), result.spec)
-    raw = booster.predict(features, raw_score=True)
-    contributions = booster.predict(features, pred_contrib=True)
+    raw = np.asarray(booster.predict(features, raw_score=True))
+    contributions = np.asarray(booster.predict(features, pred_contrib=True))
     # Exact TreeSHAP: the contributions and the bias add up to the raw score.
     assert np.allclose(contributions.sum(axis=1), raw, atol=1e-6)
     output = pyfunc_model.predict_frame(booster, result.spec, features)

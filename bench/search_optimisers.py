@@ -159,8 +159,8 @@ def main() -> int:
             )
     better = sum(w > 0 for w in wins)
     print(
-        f"\nOptuna's test score better on {better}/{len(wins)} tables "
-        f"(mean signed difference {np.mean(wins):+.4f})"
+        f"\nOptuna's test score better on {better}/{len(wins)} tables, equal on "
+        f"{sum(w == 0 for w in wins)} (mean relative difference {np.mean(wins):+.2%})"
     )
     return 0
 

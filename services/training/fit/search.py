@@ -447,7 +447,8 @@ class _Searcher:
     def evaluate(self, point: dict[str, Any], reporter: Reporter) -> TrialRecord:
         """Score one proposed configuration on the folds (`reporter` may prune it after
         a fold); the record is reported to the hooks and kept. Raises _BudgetSpent."""
-        point = dict(point)
+        # Plain Python values: a numpy scalar would be written as `np.float64(...)`.
+        point = {k: v.item() if isinstance(v, np.generic) else v for k, v in point.items()}
         choice = self._plan.choices[int(point.pop("choice"))]
         number = len(self._trials)
         self._hooks.trial_started(number, self._status())

@@ -111,8 +111,10 @@ async def test_a_small_default_job_is_queued_without_asking_for_a_quote(
 ) -> None:
     dataset_id = jobs.doubles.datasets.add(columns=("x", "y"))
     before = jobs.doubles.trainer.quotes
-    await create(jobs, dataset_id=dataset_id, target_column="y")
+    job = await create(jobs, dataset_id=dataset_id, target_column="y")
     assert jobs.doubles.trainer.quotes == before
+    _, message = await jobs.trainer.take(job.job_id)  # published: later counts hold still
+    await message.ack()
 
 
 async def test_estimate_takes_a_create_body_and_stores_nothing(jobs: RunningJobs) -> None:

@@ -47,7 +47,15 @@ def up() -> int:
         print(f"already up: {state['gateway_url']} (make down to stop it)")
         return 0
     port = int(os.environ.get("MODELYARD_UP_GATEWAY_PORT", "8080"))
-    options = StackOptions(work_dir=UP_DIR, preferred_gateway_port=port, persist_secrets=True)
+    # MODELYARD_UP_DASK_WORKERS=2 make up: a Dask scheduler and 2 workers, which the
+    # Trainer uses for datasets of MODELYARD_TRAINER_DASK_MIN_ROWS rows or more.
+    dask_workers = int(os.environ.get("MODELYARD_UP_DASK_WORKERS", "0"))
+    options = StackOptions(
+        work_dir=UP_DIR,
+        preferred_gateway_port=port,
+        persist_secrets=True,
+        dask_workers=dask_workers,
+    )
     stack = Stack(options)
     try:
         stack.start()
@@ -62,7 +70,8 @@ def up() -> int:
         f"  grpc:     dataset {stack.addresses['dataset']}, jobs {stack.addresses['jobs']}, "
         f"trainer {stack.addresses['trainer']} (service token in {STATE_FILE})\n"
         f"  MLflow:   {stack.mlflow.url} (admin password in {UP_DIR / 'secrets.json'})\n"
-        f"  logs:     {UP_DIR / 'logs'}\n"
+        + (f"  Dask:     {stack.dask.address} ({dask_workers} workers)\n" if stack.dask else "")
+        + f"  logs:     {UP_DIR / 'logs'}\n"
         f"Try:\n"
         f"  export MODELYARD_URL={stack.gateway_url} MODELYARD_TOKEN={stack.api_token}\n"
         f'  curl -H "Authorization: Bearer $MODELYARD_TOKEN" $MODELYARD_URL/v1/datasets\n'

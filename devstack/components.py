@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.processes import ManagedProcess, free_port, port_open, venv_bin
+from devstack.processes import REPO_ROOT, ManagedProcess, free_port, port_open, venv_bin
 
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
@@ -191,3 +191,90 @@ async def _admin_execute(statement: str) -> None:
         await connection.execute(statement)
     finally:
         await connection.close()
+
+
+@dataclass
+class DaskCluster:
+    """`dask scheduler` and `dask worker` processes (each worker under its nanny)."""
+
+    scheduler: ManagedProcess
+    workers: list[ManagedProcess]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def pids(self) -> dict[str, int]:
+        return {process.name: process.pid for process in self.processes()}
+
+    def processes(self) -> list[ManagedProcess]:
+        return [self.scheduler, *self.workers]
+
+    def wait_for_workers(self, count: int, timeout: float = 90.0) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=timeout) as client:
+            client.wait_for_workers(count, timeout=timeout)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes()):
+            process.stop()
+
+
+def start_dask(work_dir: Path, workers: int = 2, threads_per_worker: int = 1) -> DaskCluster:
+    """A Dask scheduler and `workers` workers on 127.0.0.1, ready when every worker joined.
+
+    Workers run from the repository (the Trainer's tasks import `services.training`)
+    and get no credentials of any kind: the data they read comes as URLs the
+    Dataset service gave out.
+    """
+    port = free_port()
+    logs = work_dir / "logs"
+    scheduler = ManagedProcess(
+        name="dask-scheduler",
+        command=[
+            venv_bin("dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        env={},
+        log_path=logs / "dask-scheduler.log",
+    ).start()
+    scheduler.wait_until(lambda: port_open("127.0.0.1", port), timeout=60)
+    cluster = DaskCluster(scheduler=scheduler, workers=[], port=port)
+    for index in range(1, workers + 1):
+        cluster.workers.append(start_dask_worker(cluster, work_dir, index, threads_per_worker))
+    cluster.wait_for_workers(workers)
+    return cluster
+
+
+def start_dask_worker(
+    cluster: DaskCluster, work_dir: Path, index: int, threads: int = 1
+) -> ManagedProcess:
+    name = f"dask-worker-{index}"
+    return ManagedProcess(
+        name=name,
+        command=[
+            venv_bin("dask"),
+            "worker",
+            cluster.address,
+            "--name",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--nthreads",
+            str(threads),
+            "--memory-limit",
+            "0",
+            "--no-dashboard",
+            "--local-directory",
+            str(work_dir / "dask" / name),
+        ],
+        env={"PYTHONPATH": str(REPO_ROOT)},
+        log_path=work_dir / "logs" / f"{name}.log",
+    ).start()

@@ -15,11 +15,13 @@ from pathlib import Path
 from types import TracebackType
 
 from devstack.components import (
+    DaskCluster,
     MlflowServer,
     NatsServer,
     S3Server,
     create_postgres_database,
     drop_postgres_database,
+    start_dask,
     start_mlflow,
     start_nats,
     start_s3,
@@ -57,6 +59,10 @@ class StackOptions:
     tls: Tls | None = None
     # Extra environment per process name ("dataset", "jobs", "trainer", "gateway").
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Dask workers to start with a Dask scheduler (0: no Dask cluster); the Trainer then
+    # trains datasets of at least `dask_min_rows` rows on it (its default when None).
+    dask_workers: int = 0
+    dask_min_rows: int | None = None
 
 
 def grpc_serving(address: str, tls: Tls | None = None) -> bool:
@@ -74,6 +80,7 @@ class Stack:
         self.nats: NatsServer | None = None
         self.mlflow: MlflowServer | None = None
         self.s3: S3Server | None = None
+        self.dask: DaskCluster | None = None
         self.processes: dict[str, ManagedProcess] = {}
         self.addresses: dict[str, str] = {}
         self.metrics_addresses: dict[str, str] = {}
@@ -120,6 +127,8 @@ class Stack:
         self.mlflow = start_mlflow(self.work_dir, password=self.secrets["mlflow_admin_password"])
         if self.options.blob_store == "s3":
             self.s3 = start_s3(self.work_dir)
+        if self.options.dask_workers:
+            self.dask = start_dask(self.work_dir, self.options.dask_workers)
         for service in ("dataset", "jobs"):
             if self.options.database == "postgresql":
                 self.database_urls[service] = create_postgres_database(f"modelyard_{service}")
@@ -136,6 +145,8 @@ class Stack:
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             self.processes[name].stop()
+        if self.dask is not None:
+            self.dask.stop()
         for component in (self.s3, self.mlflow, self.nats):
             if component is not None:
                 component.process.stop()
@@ -196,6 +207,10 @@ class Stack:
                 "MODELYARD_TRAINER_WORK_DIR": str(self.work_dir / "trainer"),
                 "MLFLOW_DISABLE_TELEMETRY": "true",
             }
+            if self.dask is not None:
+                env["MODELYARD_TRAINER_DASK_SCHEDULER_ADDRESS"] = self.dask.address
+                if self.options.dask_min_rows is not None:
+                    env["MODELYARD_TRAINER_DASK_MIN_ROWS"] = str(self.options.dask_min_rows)
         else:
             raise ValueError(f"unknown service {service}")
         return env | self.options.extra_env.get(service, {})
@@ -267,7 +282,8 @@ class Stack:
                 c.process.name: c.process.pid
                 for c in (self.nats, self.mlflow, self.s3)
                 if c is not None
-            },
+            }
+            | (self.dask.pids() if self.dask is not None else {}),
         }
         path = self.work_dir / "stack.json"
         path.write_text(json.dumps(state, indent=2))

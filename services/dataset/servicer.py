@@ -527,6 +527,34 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             },
         )
 
+    async def GetParquetAccess(
+        self,
+        request: dataset_service_pb2.GetParquetAccessRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dataset_service_pb2.GetParquetAccessResponse:
+        record = await self._ready_record(request.dataset_id)
+        try:
+            access = await asyncio.to_thread(
+                self._store.read_access,
+                parquet_key(record.dataset_id),
+                self._settings.parquet_access_seconds,
+            )
+        except (BotoCoreError, ClientError, OSError, BlobNotFoundError) as error:
+            raise _blob_store_error(error) from error
+        response = dataset_service_pb2.GetParquetAccessResponse(
+            dataset_id=record.dataset_id,
+            url=access.url,
+            size_bytes=access.size_bytes,
+            row_count=to_message(record).row_count,
+        )
+        if access.expires_at is not None:
+            response.expire_time.FromNanoseconds(int(access.expires_at * 1e9))
+        logger.info(
+            "parquet access given",
+            extra={"dataset_id": record.dataset_id, "expires": access.expires_at is not None},
+        )
+        return response
+
     def _open_parquet(self, dataset_id: str) -> BinaryIO:
         key = parquet_key(dataset_id)
         if self._cache is not None:

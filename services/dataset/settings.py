@@ -100,6 +100,15 @@ class DatasetSettings(CommonSettings):
             "waiting for the client (the service's own back-pressure does not count); 0: any."
         ),
     )
+    parquet_access_seconds: int = Field(
+        default=900,
+        ge=60,
+        le=7 * 24 * 3600,
+        description=(
+            "Lifetime of the presigned URL GetParquetAccess gives out on the S3 blob store "
+            "(distributed training reads the Parquet copy within it)."
+        ),
+    )
     read_message_bytes: int = Field(
         default=8 * MiB,
         ge=1 * MiB,

@@ -3,13 +3,18 @@ until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import logging
-import warnings
+from runtime.memory import tune_allocator
 
-from runtime.app import run_process
-from services.training.app import TrainerApp
-from services.training.settings import TrainerSettings
-from services.training.tracking.credentials import redact_logs, redactor
+# Before pyarrow is imported: a job's peak RSS is then what it uses (runtime/memory.py).
+tune_allocator()
+
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+from runtime.app import run_process  # noqa: E402
+from services.training.app import TrainerApp  # noqa: E402
+from services.training.settings import TrainerSettings  # noqa: E402
+from services.training.tracking.credentials import redact_logs, redactor  # noqa: E402
 
 
 def keep_secrets_out_of_logs(settings: TrainerSettings) -> None:

@@ -111,6 +111,26 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
             "refused at create (TRAINING_MEMORY_LIMIT_EXCEEDED); 0 means the machine's memory."
         ),
     )
+    dask_scheduler_address: str = Field(
+        default="",
+        description=(
+            "Dask scheduler (tcp://host:8786) for distributed training; empty: every job "
+            "trains in the Trainer."
+        ),
+    )
+    dask_min_rows: int = Field(
+        default=10_000_000,
+        ge=1,
+        description=(
+            "With a Dask scheduler set, datasets of at least this many rows train on Dask; "
+            "smaller ones in the Trainer."
+        ),
+    )
+    dask_connect_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a job waits for the Dask scheduler before it is retried.",
+    )
     predict_cache_size: int = Field(
         default=8, ge=1, description="Loaded model versions kept in memory for Predict."
     )

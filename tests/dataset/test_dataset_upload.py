@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import time
 from typing import Any
 
 import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
-from modelyard.dataset.v1 import dataset_pb2
+from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
 from tests.dataset.conftest import RunningService, column, failure_of, sha256_of, type_names
 
 State = dataset_pb2.Dataset.State
@@ -390,3 +392,46 @@ async def test_ids_that_cannot_be_ids_are_refused(service: RunningService, datas
         grpc.StatusCode.INVALID_ARGUMENT,
         "DATASET_ID_INVALID",
     )
+
+
+async def test_parquet_access_lets_dask_workers_read_the_row_groups(
+    service: RunningService,
+) -> None:
+    from services.training.fit.dask_parts import open_url, row_group_rows
+
+    dataset = await service.client.upload(typed_csv(3000))
+    request = dataset_service_pb2.GetParquetAccessRequest(dataset_id=dataset.dataset_id)
+    access = await service.client.stub.GetParquetAccess(request, timeout=30)
+    assert access.dataset_id == dataset.dataset_id
+    assert access.row_count == dataset.row_count == 3000
+    # Read the way a Dask worker does (byte ranges over HTTP, or the shared file).
+    assert sum(await asyncio.to_thread(row_group_rows, access.url)) == 3000
+    with open_url(access.url) as source:
+        table = await asyncio.to_thread(pq.read_table, source)
+    expected, _ = await service.client.read(dataset.dataset_id)
+    assert table.equals(expected)
+    if access.url.startswith("http"):
+        # S3: a presigned GET of this one object, that expires; no credential in it.
+        assert "X-Amz-Signature=" in access.url
+        assert f"/datasets/{dataset.dataset_id}/data.parquet?" in access.url
+        assert "X-Amz-Expires=900" in access.url
+        lifetime = access.expire_time.ToSeconds() - time.time()
+        assert 800 < lifetime <= 900
+    else:
+        assert access.url.startswith("file:///")
+        assert not access.HasField("expire_time")
+
+    missing = await failure_of(
+        service.client.stub.GetParquetAccess(
+            dataset_service_pb2.GetParquetAccessRequest(dataset_id="0" * 32), timeout=30
+        )
+    )
+    assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "DATASET_NOT_FOUND")
+    refused = await service.client.upload_failure(b"a,b\n1,2\n3\n")
+    not_ready = await failure_of(
+        service.client.stub.GetParquetAccess(
+            dataset_service_pb2.GetParquetAccessRequest(dataset_id=refused.metadata["dataset_id"]),
+            timeout=30,
+        )
+    )
+    assert not_ready.reason == "DATASET_NOT_READY"

@@ -48,6 +48,7 @@ SETTINGS_BY_MODULE: dict[str, type[CommonSettings]] = {
     "gateway": GatewaySettings,
 }
 MLFLOW_SERVER_COMMAND = "mlflow-server"
+DASK_COMMAND = "dask"
 
 
 # -- settings classes ---------------------------------------------------------------------
@@ -95,6 +96,11 @@ class Process:
     @property
     def is_mlflow_server(self) -> bool:
         return bool(self.command) and self.command[0] == MLFLOW_SERVER_COMMAND
+
+    @property
+    def is_dask(self) -> bool:
+        """A Dask scheduler or worker (`dask scheduler`, `dask worker ...`)."""
+        return bool(self.command) and self.command[0] == DASK_COMMAND
 
     def all_env_names(self) -> set[str]:
         return set(self.env) | set(self.secret_env)

@@ -17,6 +17,7 @@ from tests.deploy.deploy_support import (
     COMPOSE_FILE,
     DEPLOY,
     REPO_ROOT,
+    Address,
     Process,
     compose_command,
     compose_secret_file,
@@ -103,6 +104,9 @@ def test_grpc_health_checks_ask_the_port_the_service_listens_on(
             assert parse_address(test[4]).port == parse_address(listen).port, process
         elif process.module == "gateway":
             assert f":{process.env['MODELYARD_GATEWAY_PORT']}/readyz" in test[-1]
+        elif process.is_dask:
+            port = dask_port(process.command)
+            assert f"('127.0.0.1', {port})" in test[-1], process
         else:
             assert f":{process.env['MLFLOW_PORT']}/health" in test[-1]
 
@@ -129,7 +133,15 @@ def test_one_image_built_from_the_dockerfile_runs_every_modelyard_process(
     users = {
         name for name, s in services(compose).items() if s["image"] == modelyard_image(compose)
     }
-    assert users == {"mlflow", "dataset", "trainer", "jobs", "gateway"}
+    assert users == {
+        "mlflow",
+        "dataset",
+        "trainer",
+        "jobs",
+        "gateway",
+        "dask-scheduler",
+        "dask-worker",
+    }
 
 
 def test_the_image_entrypoint_is_kept(compose: dict[str, Any]) -> None:
@@ -240,3 +252,27 @@ def test_data_lives_on_named_volumes(compose: dict[str, Any]) -> None:
 def test_secret_files_exist_after_generation(compose: dict[str, Any], secrets_dir: Path) -> None:
     for name in compose["secrets"]:
         assert (secrets_dir / compose_secret_file(compose, name).name).is_file(), name
+
+
+def dask_port(command: list[str]) -> int:
+    """The port a `dask scheduler` / `dask worker` command listens on."""
+    flag = "--port" if command[1] == "scheduler" else "--worker-port"
+    return int(command[command.index(flag) + 1])
+
+
+def test_dask_holds_no_secret_and_the_trainer_reaches_its_scheduler(
+    compose: dict[str, Any], compose_procs: list[Process]
+) -> None:
+    dask = {process.name: process for process in compose_procs if process.is_dask}
+    assert set(dask) == {"dask-scheduler", "dask-worker"}
+    for name, process in dask.items():
+        # Workers read datasets through presigned URLs: no credential of any kind.
+        assert not process.secret_env, name
+        assert not [key for key in process.env if "MODELYARD" in key or "AWS" in key], name
+        assert "ports" not in services(compose)[name], name
+    trainer = next(process for process in compose_procs if process.name == "trainer")
+    scheduler = parse_address(trainer.env["MODELYARD_TRAINER_DASK_SCHEDULER_ADDRESS"])
+    assert scheduler == Address("dask-scheduler", dask_port(dask["dask-scheduler"].command))
+    worker = dask["dask-worker"].command
+    assert worker[2] == f"tcp://dask-scheduler:{scheduler.port}"
+    assert services(compose)["dask-worker"]["deploy"]["replicas"] >= 2

@@ -42,6 +42,7 @@ BUILT_IN_KINDS = {
     "Deployment",
     "Service",
     "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
 }
 
 KEDA_SCALED_OBJECT_FIELDS = {
@@ -73,7 +74,20 @@ def objects() -> list[dict[str, Any]]:
 
 
 def deployments() -> dict[str, dict[str, Any]]:
-    return k8s_objects_of("Deployment")
+    """The Deployments of modelyard's processes (the Dask ones are checked apart)."""
+    return {
+        name: deployment
+        for name, deployment in k8s_objects_of("Deployment").items()
+        if name not in dask_deployments()
+    }
+
+
+def dask_deployments() -> dict[str, dict[str, Any]]:
+    return {
+        name: deployment
+        for name, deployment in k8s_objects_of("Deployment").items()
+        if containers(deployment)[0]["args"][0] == "dask"
+    }
 
 
 def process_of(k8s_procs: list[Process], deployment: str) -> Process:
@@ -316,3 +330,46 @@ def dockerfile_env() -> dict[str, str]:
                 key, _, value = pair.partition("=")
                 env[key] = value
     return env
+
+
+def test_dask_scheduler_and_autoscaled_workers_hold_no_secret() -> None:
+    dask = dask_deployments()
+    assert set(dask) == {"dask-scheduler", "dask-worker"}
+    assert dask["dask-scheduler"]["spec"]["replicas"] == 1
+    # The autoscaler owns the workers' count: `kubectl apply` must not reset it.
+    assert "replicas" not in dask["dask-worker"]["spec"]
+    (autoscaler,) = k8s_objects_of("HorizontalPodAutoscaler").values()
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == "dask-worker"
+    assert 2 <= autoscaler["spec"]["minReplicas"] < autoscaler["spec"]["maxReplicas"]
+    (image,) = load_kustomization()["images"]
+    for name, deployment in dask.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in containers(deployment):
+            # No secret, no service token, no configuration map: URLs come with the tasks.
+            assert "env" not in container, name
+            assert "envFrom" not in container, name
+            assert container["image"].split(":")[0] == image["name"], name
+            assert "command" not in container, name
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]], name
+            args = container["args"]
+            flag = "--port" if args[1] == "scheduler" else "--worker-port"
+            port = int(args[args.index(flag) + 1])
+            assert port in [p["containerPort"] for p in container["ports"]], name
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["tcpSocket"]["port"] == port, (name, probe)
+
+
+def test_the_trainer_reaches_the_dask_scheduler_service() -> None:
+    config = k8s_objects_of("ConfigMap")["modelyard-trainer"]["data"]
+    address = parse_address(config["MODELYARD_TRAINER_DASK_SCHEDULER_ADDRESS"])
+    service = k8s_objects_of("Service")[address.host]
+    assert address.port in [port["port"] for port in service["spec"]["ports"]]
+    (selected,) = pods_selected(service["spec"]["selector"])
+    assert selected["metadata"]["name"] == "dask-scheduler"
+    worker_args = containers(dask_deployments()["dask-worker"])[0]["args"]
+    assert worker_args[2] == f"tcp://{address.host}:{address.port}"

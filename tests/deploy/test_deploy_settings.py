@@ -148,12 +148,20 @@ def listeners(processes: list[Process], monkeypatch: pytest.MonkeyPatch) -> dict
             found[Address(name, port)] = name
         for process in modelyard(processes):
             found[Address(process.name, listen_port(process, monkeypatch))] = process.module or ""
+        for process in processes:
+            if process.is_dask and process.command[1] == "scheduler":
+                port = int(process.command[process.command.index("--port") + 1])
+                found[Address(process.name, port)] = process.name
         return found
     for name, port in K8S_EXTERNAL_SERVICES.items():
         found[Address(name, port)] = name
     by_deployment = {process.name: process for process in modelyard(processes)}
     for name, service in k8s_objects_of("Service").items():
         for deployment in pods_selected(service["spec"]["selector"]):
+            if deployment["metadata"]["name"] not in by_deployment:  # Dask: not a setting owner
+                for service_port in service["spec"]["ports"]:
+                    found[Address(name, service_port["port"])] = deployment["metadata"]["name"]
+                continue
             process = by_deployment[deployment["metadata"]["name"]]
             port = listen_port(process, monkeypatch)
             for service_port in service["spec"]["ports"]:
@@ -193,6 +201,7 @@ def test_addresses_reach_a_process_of_the_right_kind(
             ("mlflow_tracking_uri", "mlflow"),
             ("s3_endpoint_url", "minio"),
             ("database_url", "postgres"),
+            ("dask_scheduler_address", "dask-scheduler"),
         ):
             if getattr(settings, field, None):
                 targets[field] = (getattr(settings, field), infra)

@@ -250,6 +250,22 @@ class FakeDatasets(dataset_service_pb2_grpc.DatasetServiceServicer):
         for piece in ARROW_PIECES:
             yield dataset_service_pb2.ReadDatasetResponse(arrow_ipc=piece)
 
+    async def GetParquetAccess(
+        self,
+        request: dataset_service_pb2.GetParquetAccessRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dataset_service_pb2.GetParquetAccessResponse:
+        self.recorder.record("GetParquetAccess", request, context)
+        error = _error_for(request.dataset_id)
+        if error:
+            raise error
+        return dataset_service_pb2.GetParquetAccessResponse(
+            dataset_id=request.dataset_id,
+            url=f"file:///blobs/datasets/{request.dataset_id}/data.parquet",
+            size_bytes=1234,
+            row_count=3,
+        )
+
 
 class FakeJobs(jobs_service_pb2_grpc.JobsServiceServicer):
     def __init__(self, recorder: Recorder) -> None:

@@ -27,6 +27,7 @@ import nats
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
@@ -170,6 +171,9 @@ class FakeDatasetService(dataset_service_pb2_grpc.DatasetServiceServicer):
     def __init__(self) -> None:
         self.datasets: dict[str, StoredDataset] = {}
         self.reads = 0
+        self.parquet_dir: Path | None = None
+        # Rows per row group of the Parquet copies GetParquetAccess writes.
+        self.row_group_rows = 1000
 
     def add_csv(self, path: Path, display_name: str | None = None) -> str:
         dataset_id = "ds-" + uuid.uuid4().hex[:12]
@@ -197,6 +201,20 @@ class FakeDatasetService(dataset_service_pb2_grpc.DatasetServiceServicer):
             writer.write_batch(batch)
             yield dataset_service_pb2.ReadDatasetResponse(arrow_ipc=_take(sink))
         # Like DatasetService: no end-of-stream marker, the end of the gRPC stream ends it.
+
+    def GetParquetAccess(self, request: Any, context: Any) -> Any:
+        """Like DatasetService on its local blob store: a `file://` URL of the Parquet copy."""
+        stored = self._stored(request.dataset_id, context)
+        assert self.parquet_dir is not None, "set parquet_dir to serve Parquet copies"
+        path = self.parquet_dir / f"{request.dataset_id}.parquet"
+        if not path.exists():
+            pq.write_table(stored.table, path, row_group_size=self.row_group_rows)
+        return dataset_service_pb2.GetParquetAccessResponse(
+            dataset_id=request.dataset_id,
+            url=path.as_uri(),
+            size_bytes=path.stat().st_size,
+            row_count=stored.table.num_rows,
+        )
 
 
 def _take(sink: io.BytesIO) -> bytes:

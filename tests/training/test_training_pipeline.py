@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from services.training.fit.dataset_reader import decode_stream, to_pandas
+from services.training.fit.frame_builder import FrameBuilder
 from services.training.fit.pipeline import (
     PipelineConfig,
     TrainingResult,
@@ -371,3 +372,92 @@ def test_dates_become_features_and_flagged_row_numbers_are_left_out() -> None:
     assert scored["day__dayofweek"].tolist() == [0.0, 1.0]  # Monday, then Tuesday (ISO)
     assert scored["at__hour"].tolist()[0] == 20.0
     assert np.isnan(scored["at__hour"].tolist()[1])
+
+
+def _record_batches(frame: pd.DataFrame, rows: int) -> list[pa.RecordBatch]:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    batches: list[pa.RecordBatch] = table.to_batches(max_chunksize=rows)
+    return batches
+
+
+def test_batches_become_one_compact_frame_as_they_arrive() -> None:
+    frame = messy_frame(rows=600)[["color", "size", "count", "flag", "label"]]
+    batches = _record_batches(frame, 64)
+    builder = FrameBuilder(batches[0].schema, "label")
+    for batch in batches:
+        builder.add(batch)
+    built = builder.finish()
+    kept = frame.loc[frame["label"].notna()].reset_index(drop=True)
+    # Rows without a target are left out while reading, and counted.
+    assert builder.rows_dropped_missing_target == int(frame["label"].isna().sum()) > 0
+    assert len(built) == len(kept) == builder.rows
+    # Text: one `category` column whatever each batch's dictionary held.
+    assert isinstance(built["color"].dtype, pd.CategoricalDtype)
+    assert built["color"].astype(str).tolist() == kept["color"].tolist()
+    # Numbers: float64, missing values as NaN, in place.
+    assert built["count"].dtype == "float64"
+    assert built["count"].isna().sum() == kept["count"].isna().sum() > 0
+    np.testing.assert_array_equal(built["size"].to_numpy(), kept["size"].to_numpy())
+    assert built["flag"].tolist() == kept["flag"].tolist()
+
+
+def test_streamed_rows_train_the_model_the_frame_would() -> None:
+    frame = messy_frame(rows=3000, seed=11)
+    columns = columns_from_frame(frame)
+    whole = train_model(frame, columns, "label", Task.AUTO, {}, CONFIG)
+    builder = FrameBuilder(_record_batches(frame, 500)[0].schema, "label")
+    for batch in _record_batches(frame, 500):
+        builder.add(batch)
+    streamed = train_model(
+        builder.finish(),
+        columns,
+        "label",
+        Task.AUTO,
+        {},
+        CONFIG,
+        rows_dropped_missing_target=builder.rows_dropped_missing_target,
+    )
+    assert streamed.rows_dropped_missing_target == whole.rows_dropped_missing_target > 0
+    assert streamed.rows_used == whole.rows_used
+    assert streamed.spec == whole.spec
+    assert streamed.metrics == pytest.approx(whole.metrics, abs=1e-9)
+    # The booster reads `category` columns by the model's own levels, as Predict gives them.
+    raw = frame.loc[frame["label"].notna()].head(200)
+    features = pyfunc_model.coerce_features(raw, streamed.spec)
+    by_pyfunc = pyfunc_model.predict_frame(streamed.booster, streamed.spec, features)
+    codes = np.column_stack(
+        [
+            features[name].cat.codes.astype("float64").replace(-1.0, np.nan)
+            if isinstance(features[name].dtype, pd.CategoricalDtype)
+            else features[name].astype("float64")
+            for name in features.columns
+        ]
+    )
+    by_codes = np.asarray(streamed.booster.predict(codes))
+    np.testing.assert_allclose(by_pyfunc["probability_yes"].to_numpy(), by_codes)
+    assert streamed.booster.pandas_categorical == [
+        feature["categories"]
+        for feature in streamed.spec["features"]
+        if feature["kind"] == pyfunc_model.CATEGORICAL
+    ]
+
+
+@pytest.mark.parametrize(
+    ("counts", "seed"),
+    [([500, 500], 42), ([990, 10], 42), ([7, 3, 300, 45], 42), ([333, 333, 334], 7), ([5, 5], 42)],
+)
+def test_the_lean_stratified_split_draws_scikit_learns_rows(counts: list[int], seed: int) -> None:
+    from sklearn.model_selection import train_test_split
+
+    from services.training.fit.pipeline import stratified_split
+
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+    theirs = train_test_split(
+        np.arange(len(labels)), test_size=0.2, random_state=seed, shuffle=True, stratify=labels
+    )
+    ours = stratified_split(labels, 0.2, seed)
+    assert ours is not None
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
+    # A class of one row: scikit-learn's refusal (and its reason) is kept.
+    assert stratified_split(np.array([0, 0, 0, 1]), 0.2, seed) is None

@@ -1,10 +1,12 @@
 """Reading a dataset from DatasetService: its schema (GetDataset) and its rows
 (ReadDataset, an Arrow IPC stream split over the responses) into pandas.
 
-The stream is decoded in a worker thread while it arrives, so memory holds the
-record batches once rather than the raw bytes and then the batches. Text
-columns become pandas `category` columns straight from Arrow dictionaries
-(compact, and what LightGBM's native categorical splits need).
+The stream is decoded in a worker thread while it arrives, and every record
+batch is converted and let go as soon as it is decoded (`FrameBuilder`): memory
+holds the values once, in their compact form (numbers as float64, text as
+dictionary codes that become pandas `category` columns, what LightGBM's native
+categorical splits need), never the raw bytes, a whole Arrow table and a
+pandas copy of it at once. Rows without a target are dropped as they arrive.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import io
 import queue
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +27,13 @@ from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_servi
 from runtime.errors import error_reason
 from runtime.limits import echo
 from services.training import reasons
+from services.training.fit.frame_builder import FrameBuilder
 from services.training.model.columns import ColumnInfo, ColumnType
 from services.training.model.pyfunc_model import ISO_8601
 from services.training.model.targets import TrainingFailure
 
 # Columns the pipeline never uses as features: not worth streaming.
-_NOT_READ = (ColumnType.ALL_NULL,)
+NOT_READ = (ColumnType.ALL_NULL,)
 _QUEUED_CHUNKS = 8
 _BATCH_ROWS = 65_536
 _TRANSIENT_CODES = (
@@ -53,6 +56,8 @@ class LoadedDataset:
     dataset: dataset_pb2.Dataset
     columns: list[ColumnInfo]
     frame: pd.DataFrame | None
+    # Rows left out while reading because their target is missing or blank.
+    rows_dropped_missing_target: int = 0
 
     def take_frame(self) -> pd.DataFrame:
         """The rows, handed over: this object no longer keeps them alive."""
@@ -112,18 +117,49 @@ class DatasetReader:
         wanted = [
             c.name
             for c in columns
-            if (c.type not in _NOT_READ and not c.row_number) or c.name == target
+            if (c.type not in NOT_READ and not c.row_number) or c.name == target
         ]
         request = dataset_service_pb2.ReadDatasetRequest(
             dataset_id=dataset.dataset_id, columns=wanted, batch_rows=_BATCH_ROWS
         )
+        builders: list[FrameBuilder] = []
+
+        def on_schema(schema: pa.Schema) -> Callable[[pa.RecordBatch], None]:
+            if target not in schema.names:
+                raise TrainingFailure(
+                    reasons.DATASET_READ_FAILED,
+                    f"the dataset stream has no column {echo(target)!r}",
+                )
+            builders.append(FrameBuilder(schema, target))
+            return builders[0].add
+
         try:
-            table = await decode_stream(self._chunks(request))
+            await decode_batches(self._chunks(request), on_schema)
         except grpc.aio.AioRpcError as error:
             raise _failure(error, dataset.dataset_id) from error
-        frame = await asyncio.to_thread(to_pandas, table)
-        del table
-        return LoadedDataset(dataset=dataset, columns=columns, frame=frame)
+        builder = builders[0]
+        frame = await asyncio.to_thread(builder.finish)
+        return LoadedDataset(
+            dataset=dataset,
+            columns=columns,
+            frame=frame,
+            rows_dropped_missing_target=builder.rows_dropped_missing_target,
+        )
+
+    async def parquet_access(
+        self, dataset: dataset_pb2.Dataset
+    ) -> dataset_service_pb2.GetParquetAccessResponse:
+        """The read-only URL of the dataset's Parquet copy, for Dask workers."""
+        try:
+            access: dataset_service_pb2.GetParquetAccessResponse = (
+                await self._stub.GetParquetAccess(
+                    dataset_service_pb2.GetParquetAccessRequest(dataset_id=dataset.dataset_id),
+                    timeout=self._timeout,
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error, dataset.dataset_id) from error
+        return access
 
     async def _chunks(
         self, request: dataset_service_pb2.ReadDatasetRequest
@@ -186,13 +222,36 @@ class _QueueReader(io.RawIOBase):
 
 
 async def decode_stream(chunks: AsyncIterator[bytes]) -> pa.Table:
-    """An Arrow table from IPC stream bytes, decoded in a thread as they arrive."""
+    """An Arrow table from IPC stream bytes (tests and tools; the Trainer converts batches)."""
+    batches: list[pa.RecordBatch] = []
+    schemas: list[pa.Schema] = []
+
+    def on_schema(schema: pa.Schema) -> Callable[[pa.RecordBatch], None]:
+        schemas.append(schema)
+        return batches.append
+
+    await decode_batches(chunks, on_schema)
+    return pa.Table.from_batches(batches, schema=schemas[0])
+
+
+async def decode_batches(
+    chunks: AsyncIterator[bytes],
+    on_schema: Callable[[pa.Schema], Callable[[pa.RecordBatch], None]],
+) -> None:
+    """Decode IPC stream bytes in a thread as they arrive, handing over each record batch.
+
+    `on_schema` gets the stream's schema and returns what takes each batch; both
+    run in the decoding thread, so a slow consumer slows the stream (the queue
+    is bounded), never grows memory.
+    """
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
     reader = _QueueReader(pending)
 
-    def decode() -> pa.Table:
+    def decode() -> None:
         with pa.ipc.open_stream(pa.PythonFile(reader, mode="r")) as stream:
-            return stream.read_all()
+            consume = on_schema(stream.schema)
+            for batch in stream:
+                consume(batch)
 
     decoding = asyncio.ensure_future(asyncio.to_thread(decode))
     try:
@@ -205,7 +264,7 @@ async def decode_stream(chunks: AsyncIterator[bytes]) -> pa.Table:
         raise
     await _put(pending, None, decoding)
     try:
-        return await decoding
+        await decoding
     except (pa.ArrowInvalid, OSError) as error:
         raise TrainingFailure(
             reasons.DATASET_READ_FAILED, f"the dataset stream is invalid: {error}"

@@ -10,6 +10,12 @@ text as pandas `category` for LightGBM's native categorical splits, missing
 values left missing); hold out a validation split (stratified for
 classification); train LightGBM with early stopping on the validation split;
 measure the task's metrics on it.
+
+Memory: the features are held once (`PreparedData.features`, every row with a
+target). LightGBM's Dataset is built from them through Arrow without a copy
+(`PreparedData.lightgbm_dataset`: one binned Dataset of every row), and the
+training and validation splits are subsets of it, as `lightgbm.cv` builds its
+folds; only the validation rows are copied, to be scored at the end.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from typing import Any, Protocol
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
+from sklearn.model_selection._split import _approximate_mode
 
 from runtime.limits import echo
+from runtime.memory import release_free_memory
 from services.training import reasons
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo, raw_example, select_features
@@ -98,16 +107,88 @@ class NoHooks:
 
 @dataclass
 class PreparedData:
+    """Rows ready for LightGBM, and how they were split.
+
+    `features` holds every row with a target as the model's preprocessing
+    makes it (`pyfunc_model.coerce_features`), `labels` their encoded targets;
+    `train_index` and `valid_index` are positions in both. Anything that trains
+    on these rows (one model, or folds of a search) gets its LightGBM data from
+    `lightgbm_dataset(params)` and takes `.subset(indices)` of it.
+    """
+
     decision: TaskDecision
     spec: FeatureSpec
-    train_features: pd.DataFrame
-    train_labels: np.ndarray[Any, Any]
-    valid_features: pd.DataFrame
-    valid_labels: np.ndarray[Any, Any]
+    features: pd.DataFrame
+    labels: np.ndarray[Any, Any]
+    train_index: np.ndarray[Any, Any]
+    valid_index: np.ndarray[Any, Any]
     rows_used: int
     rows_dropped_missing_target: int
     dropped_columns: list[tuple[str, str]]
     input_example: pd.DataFrame
+    # The validation rows, copied out of `features` when first asked for.
+    _valid_features: pd.DataFrame | None = None
+
+    @property
+    def valid_features(self) -> pd.DataFrame:
+        """The validation rows (a copy, kept: they are scored once training is over)."""
+        if self._valid_features is None:
+            self._valid_features = self.features.iloc[self.valid_index]
+        return self._valid_features
+
+    def release_rows(self) -> None:
+        """Let the rows go once LightGBM holds its binned copy; the validation rows stay."""
+        self.valid_features  # noqa: B018 - copied out before the rest is let go
+        # An empty copy: a slice (even of no rows) would keep every column alive.
+        self.features = self.features.head(0).copy()
+
+    @property
+    def train_labels(self) -> np.ndarray[Any, Any]:
+        return np.asarray(self.labels[self.train_index])
+
+    @property
+    def valid_labels(self) -> np.ndarray[Any, Any]:
+        return np.asarray(self.labels[self.valid_index])
+
+    @property
+    def train_features(self) -> pd.DataFrame:
+        """The training rows (a copy: for tools that need them as a frame)."""
+        return self.features.iloc[self.train_index]
+
+    @property
+    def feature_count(self) -> int:
+        return len(self.spec["features"])
+
+    def lightgbm_dataset(self, params: dict[str, Any]) -> lgb.Dataset:
+        """One constructed (binned) LightGBM Dataset of every row, with its labels.
+
+        Built from Arrow arrays over the feature columns: numbers without a
+        copy, categories as their codes in the model's level order (missing
+        or unseen levels as nulls), exactly what LightGBM makes of the pandas
+        `category` columns the pyfunc model gives it at predict time. Bins are
+        found on a sample of all rows (LightGBM's `bin_construct_sample_cnt`).
+        """
+        names = lightgbm_feature_names(pyfunc_model.feature_names(self.spec))
+        arrays: list[pa.Array] = []
+        categorical: list[int] = []
+        for index, feature in enumerate(self.spec["features"]):
+            values = self.features[feature["name"]]
+            if feature["kind"] == pyfunc_model.CATEGORICAL:
+                categorical.append(index)
+                # The codes as they are (1-2 bytes a row), missing (-1) as Arrow nulls:
+                # LightGBM reads them as it reads NaN in a float column.
+                codes = values.cat.codes.to_numpy()
+                arrays.append(pa.array(codes, mask=codes < 0))
+            else:
+                arrays.append(pa.array(values.to_numpy(dtype="float64")))
+        dataset = lgb.Dataset(
+            pa.Table.from_arrays(arrays, names=names),
+            label=self.labels,
+            categorical_feature=categorical,
+            params=params,
+            free_raw_data=True,
+        )
+        return dataset.construct()
 
 
 @dataclass
@@ -140,6 +221,9 @@ class TrainingResult:
     def model_sha256(self) -> str:
         return hashlib.sha256(self.model_text.encode()).hexdigest()
 
+    # How it was trained: {"engine": "single_node"}, or Dask's cluster size and partitioning.
+    engine: dict[str, str] = field(default_factory=lambda: {"engine": "single_node"})
+
     @property
     def features(self) -> list[str]:
         return pyfunc_model.feature_names(self.spec)
@@ -157,16 +241,19 @@ def train_model(
     params: dict[str, ParamValue],
     config: PipelineConfig,
     hooks: TrainingHooks | None = None,
+    rows_dropped_missing_target: int = 0,
 ) -> TrainingResult:
     """The whole pipeline; raises TrainingFailure or TrainingStopped.
 
     The frame is not referenced once prepared: a caller that passes it without
-    keeping a reference lets its memory go before LightGBM builds its datasets.
+    keeping a reference lets its memory go once LightGBM has binned it.
+    `rows_dropped_missing_target` counts rows the caller already left out
+    (the dataset reader drops them while reading).
     """
     hooks = hooks or NoHooks()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    prepared = prepare(frame, columns, target, requested_task, config)
+    prepared = prepare(frame, columns, target, requested_task, config, rows_dropped_missing_target)
     del frame
     check_params_for_task(params, prepared.decision.task)
     timings["prepare_seconds"] = time.perf_counter() - started
@@ -188,16 +275,20 @@ def prepare(
     target: str,
     requested_task: Task,
     config: PipelineConfig,
+    rows_dropped_missing_target: int = 0,
 ) -> PreparedData:
-    table = prepare_table(frame, columns, target, requested_task, config)
+    table = prepare_table(
+        frame, columns, target, requested_task, config, rows_dropped_missing_target
+    )
+    del frame
     train_index, valid_index = split_rows(table.labels, table.decision.task, config)
     return PreparedData(
         decision=table.decision,
         spec=table.spec,
-        train_features=table.features.iloc[train_index],
-        train_labels=table.labels[train_index],
-        valid_features=table.features.iloc[valid_index],
-        valid_labels=table.labels[valid_index],
+        features=table.features,
+        labels=table.labels,
+        train_index=train_index,
+        valid_index=valid_index,
         rows_used=table.rows_used,
         rows_dropped_missing_target=table.rows_dropped_missing_target,
         dropped_columns=table.dropped_columns,
@@ -226,7 +317,9 @@ def prepare_table(
     target: str,
     requested_task: Task,
     config: PipelineConfig,
+    rows_dropped_missing_target: int = 0,
 ) -> PreparedTable:
+    """`rows_dropped_missing_target`: rows the caller already left out (the reader)."""
     by_name = {column.name: column for column in columns}
     if target not in by_name or target not in frame.columns:
         raise TrainingFailure(
@@ -239,6 +332,7 @@ def prepare_table(
     rows_dropped = int((~present).sum())
     if rows_dropped:
         frame = frame.loc[present.to_numpy()].reset_index(drop=True)
+    rows_dropped += rows_dropped_missing_target
     if len(frame) == 0:
         raise TrainingFailure(reasons.TARGET_ALL_MISSING, f"every value of {target!r} is missing")
     decision = decide_task(frame[target], by_name[target].type, requested_task, config.max_classes)
@@ -281,6 +375,10 @@ def split_rows(
     labels: np.ndarray[Any, Any], task: Task, config: PipelineConfig
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Row indices of the training and validation splits (stratified for classification)."""
+    if task != Task.REGRESSION:
+        lean = stratified_split(labels, config.validation_fraction, config.seed)
+        if lean is not None:
+            return np.sort(lean[0]), np.sort(lean[1])
     indices = np.arange(len(labels))
     stratify = labels if task != Task.REGRESSION else None
     try:
@@ -296,6 +394,37 @@ def split_rows(
             reasons.DATASET_TOO_SMALL, f"cannot hold out a validation split: {error}"
         ) from error
     return np.sort(train_index), np.sort(valid_index)
+
+
+def stratified_split(
+    labels: np.ndarray[Any, Any], test_size: float, seed: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """scikit-learn's stratified `train_test_split(shuffle=True, random_state=seed)`: the
+    same rows, drawn with the same random calls, without the Python list of one NumPy
+    scalar per row it builds (80 bytes a row: 80 MB of peak memory at 1M rows).
+
+    None when scikit-learn would refuse the split (a class of one row, more classes
+    than rows on a side): `split_rows` then lets it say why.
+    `tests/training/test_training_pipeline.py` checks both give the same rows.
+    """
+    rows = len(labels)
+    valid_rows = math.ceil(test_size * rows)
+    train_rows = rows - valid_rows
+    classes, class_of_row, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if class_counts.min() < 2 or min(train_rows, valid_rows) < len(classes):
+        return None
+    class_rows = np.split(np.argsort(class_of_row, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    train_per_class = _approximate_mode(class_counts, train_rows, rng)
+    valid_per_class = _approximate_mode(class_counts - train_per_class, valid_rows, rng)
+    train: list[np.ndarray[Any, Any]] = []
+    valid: list[np.ndarray[Any, Any]] = []
+    for index in range(len(classes)):
+        shuffled = class_rows[index].take(rng.permutation(class_counts[index]), mode="clip")
+        taken = train_per_class[index]
+        train.append(shuffled[:taken])
+        valid.append(shuffled[taken : taken + valid_per_class[index]])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(valid))
 
 
 def check_params_for_task(params: dict[str, ParamValue], task: Task) -> None:
@@ -338,9 +467,33 @@ def lightgbm_params(
     config: PipelineConfig,
 ) -> tuple[dict[str, Any], int, int]:
     """LightGBM's parameters, the round cap and the early-stopping patience (0: none)."""
-    task = prepared.decision.task
+    return lightgbm_params_for(
+        params,
+        prepared.decision,
+        RowCounts(len(prepared.train_index), len(prepared.valid_index), prepared.feature_count),
+        config,
+    )
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    train: int
+    valid: int
+    features: int
+
+
+def lightgbm_params_for(
+    params: dict[str, ParamValue],
+    decision: TaskDecision,
+    counts: RowCounts,
+    config: PipelineConfig,
+) -> tuple[dict[str, Any], int, int]:
+    """`lightgbm_params` from the counts alone (what distributed training knows)."""
+    task = decision.task
     overrides = dict(params)
-    rounds = int(overrides.pop("num_iterations", 0)) or default_rounds(prepared, config)
+    rounds = int(overrides.pop("num_iterations", 0)) or rounds_for(
+        counts.train, counts.features, config
+    )
     patience = int(overrides.pop("early_stopping_round", DEFAULT_EARLY_STOPPING_ROUNDS))
     overrides.pop("class_weight", None)  # applied as row weights
     learning_rate = (
@@ -357,10 +510,10 @@ def lightgbm_params(
         "num_threads": config.num_threads,
         "verbosity": -1,
         **overrides,
-        "metric": validation_metrics(task, len(prepared.valid_labels)),
+        "metric": validation_metrics(task, counts.valid),
     }
     if task == Task.MULTICLASS:
-        chosen["num_class"] = len(prepared.decision.class_labels)
+        chosen["num_class"] = len(decision.class_labels)
 
     if not chosen["num_threads"]:
         chosen.pop("num_threads")
@@ -381,7 +534,11 @@ def validation_metrics(task: Task, validation_rows: int) -> list[str]:
 
 def default_rounds(prepared: PreparedData, config: PipelineConfig) -> int:
     """Bounded boosting work: fewer rounds on bigger tables, between 50 and 1000."""
-    cells = max(1, len(prepared.train_features) * max(1, prepared.train_features.shape[1]))
+    return rounds_for(len(prepared.train_index), prepared.feature_count, config)
+
+
+def rounds_for(train_rows: int, features: int, config: PipelineConfig) -> int:
+    cells = max(1, train_rows * max(1, features))
     return int(
         min(
             MAX_DEFAULT_BOOSTING_ROUNDS,
@@ -408,23 +565,15 @@ def fit(
     hooks: TrainingHooks,
 ) -> TrainingResult:
     chosen, rounds, patience = lightgbm_params(params, prepared, config)
-    weights = _class_weights(prepared) if params.get("class_weight") == "balanced" else None
-    names = lightgbm_feature_names(pyfunc_model.feature_names(prepared.spec))
-    train_set = lgb.Dataset(
-        prepared.train_features.set_axis(names, axis=1),
-        label=prepared.train_labels,
-        weight=weights,
-        params=chosen,
-        free_raw_data=True,
-    )
-    valid_set = lgb.Dataset(
-        prepared.valid_features.set_axis(names, axis=1),
-        label=prepared.valid_labels,
-        reference=train_set,
-    )
-    train_set.construct()
-    # LightGBM keeps its own binned copy: the training rows are no longer needed.
-    prepared.train_features = prepared.train_features.iloc[:0]
+    every_row = prepared.lightgbm_dataset(chosen)
+    # LightGBM keeps its own binned copy: the rows are no longer needed.
+    prepared.release_rows()
+    release_free_memory()
+    train_set = subset(every_row, prepared.train_index)
+    valid_set = subset(every_row, prepared.valid_index)
+    if params.get("class_weight") == "balanced":
+        # On the training rows only: the validation metric stays unweighted.
+        train_set.set_weight(_class_weights(prepared))
     evaluation: dict[str, Any] = {}
     callbacks: list[Callable[..., None]] = [
         lgb.record_evaluation(evaluation),
@@ -440,6 +589,14 @@ def fit(
         valid_names=[VALID_NAME],
         callbacks=callbacks,
     )
+    del train_set, valid_set, every_row
+    # The levels of each categorical feature, as a Booster trained on pandas records
+    # them (saved in model.txt): predictions on `category` columns map by them.
+    booster.pandas_categorical = [
+        feature["categories"]
+        for feature in prepared.spec["features"]
+        if feature["kind"] == pyfunc_model.CATEGORICAL
+    ]
     best = booster.best_iteration or booster.current_iteration()
     hooks.check()
     raw = np.asarray(booster.predict(prepared.valid_features, num_iteration=best))
@@ -475,6 +632,18 @@ def fit(
         importance=dict(sorted(importance.items(), key=lambda item: -item[1])),
         input_example=prepared.input_example,
     )
+
+
+def subset(dataset: lgb.Dataset, indices: np.ndarray[Any, Any]) -> lgb.Dataset:
+    """`dataset.subset(indices)`, constructed, from sorted int indices as they are.
+
+    `Dataset.subset` sorts a Python list of every index (tens of bytes a row);
+    the indices here are already sorted NumPy integers, which LightGBM reads as
+    they are when constructing the subset.
+    """
+    part = dataset.subset([])
+    part.used_indices = indices  # type: ignore[assignment]
+    return part.construct()
 
 
 def lightgbm_feature_names(names: list[str]) -> list[str]:

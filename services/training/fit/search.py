@@ -303,12 +303,15 @@ def search_model(
     config: PipelineConfig,
     search: SearchSpec,
     hooks: SearchHooks | None = None,
+    rows_dropped_missing_target: int = 0,
 ) -> TrainingResult:
     """Search, then refit the best configuration on every row; raises TrainingFailure
     or TrainingStopped (cancel, shutdown, or a deadline before any trial finished)."""
     hooks = hooks or NoSearchHooks()
     started = time.perf_counter()
-    table = prepare_table(frame, columns, target, requested_task, config)
+    table = prepare_table(
+        frame, columns, target, requested_task, config, rows_dropped_missing_target
+    )
     del frame
     check_params_for_task(params, table.decision.task)
     plan = plan_search(table, params, config)
@@ -817,11 +820,14 @@ def replay_refit(
     params: dict[str, ParamValue],
     config: PipelineConfig,
     hooks: TrainingHooks | None = None,
+    rows_dropped_missing_target: int = 0,
 ) -> TrainingResult:
     """A replay of a searched job: its recorded final configuration scored on the same
     folds (the same seed: the job's metrics again) and refit on every row."""
     hooks = hooks or NoHooks()
-    table = prepare_table(frame, columns, target, requested_task, config)
+    table = prepare_table(
+        frame, columns, target, requested_task, config, rows_dropped_missing_target
+    )
     del frame
     hooks.decided(table.decision)
     plan = plan_search(table, params, config)

@@ -123,11 +123,18 @@ def _reason_to_drop(values: pd.Series[Any], column: ColumnInfo) -> str | None:
 
 def _integer_id(numbers: pd.Series[Any], name: str, present: int) -> bool:
     """Every value distinct, and named like an identifier or counting up the rows."""
-    if present < MIN_ROWS_FOR_ID or numbers.nunique() != present:
+    if present < MIN_ROWS_FOR_ID:
         return False
     values = numbers.dropna()
     counter = values.is_monotonic_increasing or values.is_monotonic_decreasing
-    return bool(counter or _ID_NAME.search(name.strip()))
+    if not (counter or identifier_name(name)):
+        return False  # decided without counting distinct values (a hash table of every row)
+    return bool(numbers.nunique() == present)
+
+
+def identifier_name(name: str) -> bool:
+    """Named like an identifier: `id`, `*_id`, `key`, `index`, `*_number`, ..."""
+    return bool(_ID_NAME.search(name.strip()))
 
 
 def _distinct_count(values: pd.Series[Any]) -> int:

@@ -240,7 +240,13 @@ def _label_key(value: Any) -> str:
 
 
 def check_class_sizes(labels: np.ndarray[Any, Any], decision: TaskDecision, min_rows: int) -> None:
-    counts = np.bincount(labels, minlength=len(decision.class_labels))
+    check_class_counts(
+        np.bincount(labels, minlength=len(decision.class_labels)), decision, min_rows
+    )
+
+
+def check_class_counts(counts: Any, decision: TaskDecision, min_rows: int) -> None:
+    """Rows per class (in the decision's class order) against the minimum."""
     small = [
         f"{name} ({count} rows)"
         for name, count in zip(decision.class_names, counts, strict=True)

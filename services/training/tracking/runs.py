@@ -364,6 +364,8 @@ class Tracker:
         ]
         if result.search is not None:
             tags += search_tags(result.search)
+        # How it was trained: the engine, and on Dask the cluster size and partitioning.
+        tags += [RunTag(f"modelyard.{key}", value) for key, value in result.engine.items()]
         tags += [RunTag(key, value) for key, value in extra_tags.items()]
         # As much as fits in one call; the rest of the curve in parallel calls.
         room = min(_METRICS_PER_CALL, _ENTITIES_PER_CALL - len(params) - len(tags)) - len(final)

@@ -35,7 +35,13 @@ from runtime.errors import ServiceError, make_status
 from runtime.logs import error_fields
 from runtime.tracing import tracer
 from services.training import metrics, reasons
-from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable, LoadedDataset
+from services.training.fit.dask_fit import DaskTarget, DaskUnavailable, ParquetSource, train_on_dask
+from services.training.fit.dataset_reader import (
+    DatasetReader,
+    DatasetUnavailable,
+    LoadedDataset,
+    column_infos,
+)
 from services.training.fit.estimate import CostBook, Measurement, TableShape
 from services.training.fit.pipeline import (
     PipelineConfig,
@@ -292,7 +298,7 @@ class JobRunner:
             return await self._fail(state, code, failure.reason, failure.message, failure.metadata)
         except TrainingStopped as stop:
             return await self._stopped(state, stop.why)
-        except (MlflowUnavailable, DatasetUnavailable) as error:
+        except (MlflowUnavailable, DatasetUnavailable, DaskUnavailable) as error:
             return await self._transient(state, error)
         except EventsUnavailable:
             raise
@@ -322,7 +328,7 @@ class JobRunner:
         opening = self._in_thread(self._tracker.open_run, state.job, state.timings)
         try:
             loaded = await self._until_stopped(
-                state, self._reader.read(dataset, request.target_column)
+                state, self._load(request, dataset, request.target_column)
             )
         finally:
             state.run = await opening
@@ -335,8 +341,59 @@ class JobRunner:
         )
         return Disposition.ACK
 
+    def on_dask(self, request: dispatch_pb2.TrainingRequest, dataset: dataset_pb2.Dataset) -> bool:
+        """Datasets of `dask_min_rows` rows or more train on Dask, when a scheduler is set
+        (a search or a replay trains in the Trainer: it needs the rows at hand)."""
+        settings = self._settings
+        return (
+            bool(settings.dask_scheduler_address)
+            and dataset.row_count >= settings.dask_min_rows
+            and not request.HasField("search")
+            and not request.replay.refit_params
+        )
+
+    async def _load(
+        self, request: dispatch_pb2.TrainingRequest, dataset: dataset_pb2.Dataset, target: str
+    ) -> LoadedDataset | ParquetSource:
+        """The rows (single node), or where Dask workers read them."""
+        if not self.on_dask(request, dataset):
+            return await self._reader.read(dataset, target)
+        columns = column_infos(dataset)
+        if target not in {column.name for column in columns}:
+            return await self._reader.read(dataset, target)  # fails TARGET_COLUMN_NOT_FOUND
+        access = await self._reader.parquet_access(dataset)
+        return ParquetSource(url=access.url, columns=columns)
+
+    def _train_on(
+        self,
+        loaded: LoadedDataset | ParquetSource,
+        state: _Attempt,
+        params: dict[str, Any],
+        hooks: _ThreadHooks,
+    ) -> TrainingResult:
+        """On the Dask cluster when the rows were left there, else in this process."""
+        task = TASKS.get(state.request.task, Task.AUTO)
+        target = state.request.target_column
+        if isinstance(loaded, ParquetSource):
+            with tracer().start_as_current_span("train lightgbm on dask"):
+                return train_on_dask(
+                    DaskTarget(
+                        self._settings.dask_scheduler_address,
+                        self._settings.dask_connect_timeout_seconds,
+                    ),
+                    loaded,
+                    target,
+                    task,
+                    params,
+                    self._config,
+                    hooks,
+                    state.job_id,
+                )
+        with tracer().start_as_current_span("train lightgbm"):
+            return self._fit(state.request, loaded, params, hooks)
+
     def _train_and_publish(
-        self, state: _Attempt, loaded: LoadedDataset, params: dict[str, Any]
+        self, state: _Attempt, loaded: LoadedDataset | ParquetSource, params: dict[str, Any]
     ) -> dispatch_pb2.JobEvent.Succeeded:
         """In the training thread: the pipeline, then everything MLflow keeps of it."""
         assert state.run is not None
@@ -349,10 +406,13 @@ class JobRunner:
             self._settings.progress_interval_seconds,
         )
         hooks.on_trial = functools.partial(self._log_trial, state)
-        columns_read = len(loaded.frame.columns) if loaded.frame is not None else 0
+        columns_read = (
+            len(loaded.frame.columns)
+            if isinstance(loaded, LoadedDataset) and loaded.frame is not None
+            else 0
+        )
         started, memory_before = time.perf_counter(), hooks.peak_rss
-        with tracer().start_as_current_span("train lightgbm"):
-            result = self._fit(state.request, loaded, params, hooks)
+        result = self._train_on(loaded, state, params, hooks)
         hooks.flush()
         if not state.request.replay.refit_params:  # a replay's work is neither kind
             self._costs.record(
@@ -406,14 +466,40 @@ class JobRunner:
                 max_trials=request.search.max_trials or None,
             )
             return search_model(
-                frame, loaded.columns, target, task, params, self._config, spec, hooks
+                frame,
+                loaded.columns,
+                target,
+                task,
+                params,
+                self._config,
+                spec,
+                hooks,
+                loaded.rows_dropped_missing_target,
             )
         if request.replay.refit_params:
             recorded = {
                 key: typed_param(value) for key, value in request.replay.refit_params.items()
             }
-            return replay_refit(frame, loaded.columns, target, task, recorded, self._config, hooks)
-        return train_model(frame, loaded.columns, target, task, params, self._config, hooks)
+            return replay_refit(
+                frame,
+                loaded.columns,
+                target,
+                task,
+                recorded,
+                self._config,
+                hooks,
+                loaded.rows_dropped_missing_target,
+            )
+        return train_model(
+            frame,
+            loaded.columns,
+            target,
+            task,
+            params,
+            self._config,
+            hooks,
+            loaded.rows_dropped_missing_target,
+        )
 
     def _log_trial(self, state: _Attempt, trial: TrialRecord) -> None:
         """In the training thread: the trial's child run is logged in the MLflow pool,
@@ -484,11 +570,12 @@ class JobRunner:
         return Disposition.ACK
 
     async def _transient(self, state: _Attempt, error: Exception) -> Disposition:
-        reason = (
-            reasons.MLFLOW_UNAVAILABLE
-            if isinstance(error, MlflowUnavailable)
-            else reasons.DATASET_UNAVAILABLE
-        )
+        if isinstance(error, DaskUnavailable):
+            reason = error.reason
+        elif isinstance(error, MlflowUnavailable):
+            reason = reasons.MLFLOW_UNAVAILABLE
+        else:
+            reason = reasons.DATASET_UNAVAILABLE
         if state.attempt < self._settings.max_attempts:
             logger.warning(
                 "transient failure; the job will be tried again",
@@ -597,6 +684,7 @@ def succeeded_event(result: TrainingResult) -> dispatch_pb2.JobEvent.Succeeded:
         best_iteration=result.best_iteration,
         effective_params=as_strings(result.effective_params),
         model_sha256=result.model_sha256,
+        engine=result.engine,
     )
     if isinstance(result.search, SearchOutcome):
         summary.search.CopyFrom(search_outcome(result.search))

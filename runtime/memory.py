@@ -1,0 +1,59 @@
+"""Keeping a process's RSS close to what it uses (glibc's allocator, Arrow's pool).
+
+Processes that move large buffers (record batches, feature columns) through
+several threads see glibc's dynamic mmap threshold grow, after which big
+buffers come from per-thread arenas and freed memory stays in the process;
+Arrow's default pool (mimalloc) likewise keeps freed pages for reuse. The RSS
+then measures history, not use. `tune_allocator()` (first thing in a process's
+`__main__`, before pyarrow is imported) fixes the threshold, caps the arenas and
+points Arrow at the C allocator; `release_free_memory()` hands free heap pages
+back after a large piece of work.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 256 * 1024
+ARENAS = 2
+
+_libc: ctypes.CDLL | None = None
+
+
+def _c_library() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return None
+        try:
+            _libc = ctypes.CDLL(name)
+        except OSError:
+            return None
+    return _libc
+
+
+def tune_allocator() -> bool:
+    """A fixed mmap threshold and two arenas when the C library is glibc; False elsewhere."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    libc = _c_library()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_ARENA_MAX, ARENAS)
+    )
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim); no-op elsewhere."""
+    trim = getattr(_c_library(), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim(0)

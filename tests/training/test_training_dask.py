@@ -1,0 +1,164 @@
+"""Distributed training on a real Dask cluster (`dask scheduler` and two `dask worker`
+processes): the Trainer process sends datasets of `dask_min_rows` rows or more to
+lightgbm.dask, the workers read the Parquet row groups themselves through the URL
+the Dataset service gives out, and the Trainer alone logs and registers the model.
+Cancel reaches a distributed job; a worker killed mid-training makes the job retry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from devstack.components import DaskCluster, MlflowServer, NatsServer, start_dask
+from runtime.messaging import cancellations
+from tests.training.conftest import (
+    Bus,
+    DatasetServer,
+    TrainerProcess,
+    final_event,
+    messy_frame,
+    start_trainer,
+)
+
+pytestmark = pytest.mark.slow
+
+ROWS = 4000
+ROW_GROUP_ROWS = 1000
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    cluster = start_dask(tmp_path_factory.mktemp("dask"), workers=2)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def dask_trainer(
+    tmp_path_factory: pytest.TempPathFactory,
+    nats_server: NatsServer,
+    mlflow_server: MlflowServer,
+    dataset_server: DatasetServer,
+    dask_cluster: DaskCluster,
+) -> Iterator[TrainerProcess]:
+    work_dir = tmp_path_factory.mktemp("trainer-dask")
+    dataset_server.service.parquet_dir = work_dir
+    dataset_server.service.row_group_rows = ROW_GROUP_ROWS
+    process = start_trainer(
+        work_dir,
+        nats_server,
+        mlflow_server,
+        dataset_server.address,
+        name="trainer-dask",
+        MODELYARD_TRAINER_DASK_SCHEDULER_ADDRESS=dask_cluster.address,
+        MODELYARD_TRAINER_DASK_MIN_ROWS=str(ROWS),
+        MODELYARD_TRAINER_RETRY_DELAY_SECONDS="1",
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dask-data") / "customers.csv"
+    messy_frame(rows=ROWS, seed=5).to_csv(path, index=False)
+    return path
+
+
+async def test_a_large_dataset_trains_on_dask_and_is_registered_by_the_trainer(
+    dask_trainer: TrainerProcess,
+    bus: Bus,
+    dataset_server: DatasetServer,
+    big_csv: Path,
+    data_dir: Path,
+    mlflow_client: Any,
+) -> None:
+    dataset_id = dataset_server.service.add_csv(big_csv, "customers")
+    job_id = await bus.submit(
+        dataset_id, "label", params={"num_iterations": "40"}, model_name="dask-customers"
+    )
+    final = final_event(await bus.wait_final(job_id, within=300))
+    assert final.WhichOneof("kind") == "succeeded", final
+    summary = final.succeeded.summary
+    assert dict(summary.engine) == {
+        "engine": "dask",
+        "dask_workers": "2",
+        "dask_partitions": str(ROWS // ROW_GROUP_ROWS),
+        "dask_partitioning": "one partition per Parquet row group",
+        "dask_scheduler": dask_trainer.env["MODELYARD_TRAINER_DASK_SCHEDULER_ADDRESS"],
+    }
+    # Rows without a target were left out, identifiers and constants too, as on one node.
+    frame = pd.read_csv(big_csv)
+    assert summary.rows_dropped_missing_target == int(frame["label"].isna().sum()) > 0
+    assert summary.rows_used == len(frame) - summary.rows_dropped_missing_target
+    assert {c.name: c.reason for c in summary.dropped_columns} == {
+        "customer_id": "id_like",
+        "row_number": "id_like",
+        "constant": "constant",
+        "signup": "unsupported_type",
+    }
+    assert 0.15 * summary.rows_used < summary.validation_rows < 0.25 * summary.rows_used
+    assert final.succeeded.metrics["roc_auc"] > 0.8
+    assert 1 <= summary.best_iteration <= 40
+
+    run = await asyncio.to_thread(mlflow_client.get_run, final.succeeded.mlflow.run_id)
+    assert run.data.tags["modelyard.engine"] == "dask"
+    assert run.data.tags["modelyard.dask_workers"] == "2"
+    assert run.data.tags["modelyard.dask_partitions"] == str(ROWS // ROW_GROUP_ROWS)
+    # The registered pyfunc scores raw CSV rows, categories by the spec's levels.
+    uri = f"models:/dask-customers/{final.succeeded.mlflow.registered_model_version}"
+    model = await asyncio.to_thread(mlflow.pyfunc.load_model, uri)
+    rows = frame.loc[frame["label"].notna()].head(300)
+    scored = model.predict(rows.drop(columns=["label"]))
+    assert set(scored["prediction"]) <= {"yes", "no"}
+    assert (scored["prediction"].to_numpy() == rows["label"].to_numpy()).mean() > 0.7
+
+    # Below the threshold, the same Trainer trains on its own.
+    small_id = dataset_server.service.add_csv(data_dir / "messy.csv", "messy")
+    small = final_event(await bus.wait_final(await bus.submit(small_id, "label"), within=120))
+    assert dict(small.succeeded.summary.engine) == {"engine": "single_node"}
+
+
+async def test_cancel_reaches_a_distributed_job(
+    dask_trainer: TrainerProcess, bus: Bus, dataset_server: DatasetServer, big_csv: Path
+) -> None:
+    dataset_id = dataset_server.service.add_csv(big_csv, "customers")
+    flags = await cancellations(bus.js)
+    params = {"num_iterations": "10000", "learning_rate": "0.0001", "early_stopping_round": "0"}
+    job_id = await bus.submit(dataset_id, "label", params=params)
+    progress = await bus.wait_for(job_id, "progress", within=240)
+    assert progress.progress.total_iterations == 10000
+    await flags.put(job_id, b"cancel")
+    final = final_event(await bus.wait_final(job_id, within=30))
+    assert final.WhichOneof("kind") == "cancelled"
+
+
+@pytest.mark.fault
+async def test_a_worker_killed_mid_training_makes_the_job_retry(
+    dask_trainer: TrainerProcess,
+    bus: Bus,
+    dataset_server: DatasetServer,
+    big_csv: Path,
+    dask_cluster: DaskCluster,
+) -> None:
+    dataset_id = dataset_server.service.add_csv(big_csv, "customers")
+    params = {"num_iterations": "3000", "learning_rate": "0.01", "early_stopping_round": "0"}
+    job_id = await bus.submit(dataset_id, "label", params=params)
+    await bus.wait_for(job_id, "progress", within=240)
+    # The worker process itself (its nanny starts a new one, as in a real cluster).
+    nanny = psutil.Process(dask_cluster.workers[0].pid)
+    for child in nanny.children(recursive=True):
+        child.kill()
+    final = final_event(await bus.wait_final(job_id, within=480))
+    assert final.WhichOneof("kind") == "succeeded", final
+    assert final.attempt == 2
+    assert "DASK_WORKER_LOST" in dask_trainer.logs()
+    assert np.isfinite(final.succeeded.metrics["roc_auc"])

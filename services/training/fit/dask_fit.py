@@ -233,7 +233,7 @@ class _DaskJob:
             raise TrainingFailure(
                 reasons.DATASET_TOO_SMALL, "too few rows to hold out a validation split"
             )
-        counts = RowCounts(train_rows, valid_rows, len(spec["features"]))
+        counts = RowCounts(train_rows, valid_rows, len(pyfunc_model.feature_names(spec)))
         chosen, rounds, _ = lightgbm_params_for(params, decision, counts, self.config)
         chosen.pop("num_threads", None)  # each worker uses its own threads
         chosen["time_out"] = NETWORK_TIMEOUT_MINUTES

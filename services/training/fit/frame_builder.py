@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from runtime.memory import release_free_memory
 from services.training.model.targets import target_present
 
 
@@ -92,8 +93,9 @@ class FrameBuilder:
             else:
                 kept = self._others.pop(name)
                 columns[name] = _to_pandas(pa.chunked_array(kept, field.type))
-        # Arrow's allocator keeps freed pages for reuse; nothing will reuse them now.
+        # Freed batches and messages leave pages in the allocators; nothing reuses them now.
         pa.default_memory_pool().release_unused()
+        release_free_memory()
         return pd.DataFrame(columns, copy=False)
 
 

@@ -157,7 +157,7 @@ class PreparedData:
 
     @property
     def feature_count(self) -> int:
-        return len(self.spec["features"])
+        return len(pyfunc_model.feature_names(self.spec))
 
     def lightgbm_dataset(self, params: dict[str, Any]) -> lgb.Dataset:
         """One constructed (binned) LightGBM Dataset of every row, with its labels.
@@ -168,12 +168,13 @@ class PreparedData:
         `category` columns the pyfunc model gives it at predict time. Bins are
         found on a sample of all rows (LightGBM's `bin_construct_sample_cnt`).
         """
-        names = lightgbm_feature_names(pyfunc_model.feature_names(self.spec))
+        columns = pyfunc_model.feature_names(self.spec)  # a date is several columns
+        names = lightgbm_feature_names(columns)
         arrays: list[pa.Array] = []
         categorical: list[int] = []
-        for index, feature in enumerate(self.spec["features"]):
-            values = self.features[feature["name"]]
-            if feature["kind"] == pyfunc_model.CATEGORICAL:
+        for index, column in enumerate(columns):
+            values = self.features[column]
+            if isinstance(values.dtype, pd.CategoricalDtype):
                 categorical.append(index)
                 # The codes as they are (1-2 bytes a row), missing (-1) as Arrow nulls:
                 # LightGBM reads them as it reads NaN in a float column.
@@ -282,6 +283,7 @@ def prepare(
     )
     del frame
     train_index, valid_index = split_rows(table.labels, table.decision.task, config)
+    release_free_memory()  # the preparation's temporaries, before LightGBM's own
     return PreparedData(
         decision=table.decision,
         spec=table.spec,

@@ -299,6 +299,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         if source.HasField("search"):
             # The recorded final configuration, refit on every row: no search again.
             replay.refit_params.update(source.summary.effective_params)
+            replay.validation = source.summary.search.validation
         return job, replay
 
     # -- cancel ------------------------------------------------------------------------

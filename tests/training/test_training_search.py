@@ -13,13 +13,19 @@ import pandas as pd
 import pytest
 
 from services.training.fit.estimate import CostBook, Measurement, TableShape, estimate
-from services.training.fit.pipeline import PipelineConfig, TrainingResult, TrainingStopped
+from services.training.fit.pipeline import (
+    PipelineConfig,
+    TrainingResult,
+    TrainingStopped,
+    prepare_table,
+)
 from services.training.fit.search import (
     CV_FOLDS,
     NoSearchHooks,
     SearchSpec,
     SearchStatus,
     TrialRecord,
+    plan_search,
     replay_refit,
     search_model,
     typed_param,
@@ -246,3 +252,14 @@ def test_the_cost_book_learns_from_jobs_and_keeps_what_it_learnt(tmp_path: Path)
     assert searched.trials >= 1
     capped = estimate(again.costs, shape, 11, search=True, max_trials=7)
     assert capped.trials == 7
+
+
+def test_a_short_budget_on_a_larger_table_scores_on_a_holdout() -> None:
+    frame = counts_frame(rows=3000)  # 3,000 rows x 3 features
+    table = prepare_table(frame, columns_from_frame(frame), "visits", Task.AUTO, CONFIG)
+    assert plan_search(table, {}, CONFIG, budget_seconds=1.0).validation == "holdout"
+    assert len(plan_search(table, {}, CONFIG, budget_seconds=1.0).folds) == 1
+    assert plan_search(table, {}, CONFIG, budget_seconds=60.0).validation == "cv"
+    assert plan_search(table, {}, CONFIG).validation == "cv"  # max_trials only
+    # A replay scores as its original did, whatever the budget rule says.
+    assert plan_search(table, {}, CONFIG, validation="holdout").validation == "holdout"

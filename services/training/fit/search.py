@@ -67,6 +67,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 CV_MAX_ROWS = 100_000
 CV_FOLDS = 5
+CV_CELLS_PER_SECOND = 1e7 / 3600
 MIN_SEARCH_ROWS = 4 * CV_FOLDS
 MAX_SEARCH_ROUNDS = 3000
 # Below this many training rows a trial uses one thread: on small tables LightGBM's
@@ -192,11 +193,16 @@ class SearchPlan:
 
 
 def plan_search(
-    table: PreparedTable, params: dict[str, ParamValue], config: PipelineConfig
+    table: PreparedTable,
+    params: dict[str, ParamValue],
+    config: PipelineConfig,
+    budget_seconds: float | None = None,
+    validation: str = "",
 ) -> SearchPlan:
+    """`validation` forces `cv` or `holdout` (a replay scores as its original did)."""
     task = table.decision.task
     seed = int(params.get("seed", config.seed))
-    folds, validation = _folds(table, config, seed)
+    folds, validation = _folds(table, config, seed, budget_seconds, validation)
     choices, why = objective_choices(table, params)
     primary = PRIMARY_METRICS[task]
     train_rows = len(folds[0][0])
@@ -219,10 +225,15 @@ def plan_search(
 
 
 def _folds(
-    table: PreparedTable, config: PipelineConfig, seed: int
+    table: PreparedTable,
+    config: PipelineConfig,
+    seed: int,
+    budget_seconds: float | None,
+    forced: str = "",
 ) -> tuple[list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]], str]:
     labels = table.labels
-    if len(labels) >= CV_MAX_ROWS:
+    holdout = len(labels) >= CV_MAX_ROWS or not cv_affordable(table, budget_seconds)
+    if forced == "holdout" or (holdout and forced != "cv"):
         return [split_rows(labels, table.decision.task, config)], "holdout"
     if len(labels) < MIN_SEARCH_ROWS:
         raise TrainingFailure(
@@ -246,6 +257,17 @@ def _folds(
         )
     splitter = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
     return [(train, valid) for train, valid in splitter.split(indices, labels)], "cv"
+
+
+def cv_affordable(table: PreparedTable, budget_seconds: float | None) -> bool:
+    """Whether a time budget leaves room for K-fold trials: at most CV_CELLS_PER_SECOND
+    cells (rows x features) per second of budget (FLAML's rule of thumb, 10 million
+    cells an hour); a larger table is scored on a holdout, five times cheaper a trial,
+    so that a short budget still tries more than a handful of configurations."""
+    if budget_seconds is None:
+        return True
+    cells = len(table.labels) * max(1, table.features.shape[1])
+    return cells <= CV_CELLS_PER_SECOND * budget_seconds
 
 
 def objective_choices(
@@ -314,7 +336,7 @@ def search_model(
     )
     del frame
     check_params_for_task(params, table.decision.task)
-    plan = plan_search(table, params, config)
+    plan = plan_search(table, params, config, search.budget_seconds)
     prepared_seconds = time.perf_counter() - started
     hooks.decided(table.decision)
     hooks.check()
@@ -821,16 +843,17 @@ def replay_refit(
     config: PipelineConfig,
     hooks: TrainingHooks | None = None,
     rows_dropped_missing_target: int = 0,
+    validation: str = "",
 ) -> TrainingResult:
     """A replay of a searched job: its recorded final configuration scored on the same
-    folds (the same seed: the job's metrics again) and refit on every row."""
+    folds or holdout (the same seed: the job's metrics again) and refit on every row."""
     hooks = hooks or NoHooks()
     table = prepare_table(
         frame, columns, target, requested_task, config, rows_dropped_missing_target
     )
     del frame
     hooks.decided(table.decision)
-    plan = plan_search(table, params, config)
+    plan = plan_search(table, params, config, validation=validation)
     outcome = _Searcher(table, plan, config, SearchSpec(None, 1), _Quiet(hooks)).run()
     result = refit(table, params, config, hooks)
     best = outcome.trials[outcome.best_trial]

@@ -489,6 +489,7 @@ class JobRunner:
                 self._config,
                 hooks,
                 loaded.rows_dropped_missing_target,
+                request.replay.validation,
             )
         return train_model(
             frame,

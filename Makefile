@@ -88,6 +88,8 @@ $(BENCH_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet $$($(PY) -c "import tomllib; \
 		print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+	# FLAML's core (numpy only) in the platform's environment too, for bench/search_optimisers.py.
+	$(PY) -m pip install --quiet 'flaml>=2.3,<3'
 	@touch $@
 
 clean:

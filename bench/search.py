@@ -17,7 +17,10 @@ with the platform's metric code:
 
 FLAML and AutoGluon run in `.venv-bench` (their own environment: AutoGluon
 needs pandas < 2.4, the platform runs on pandas 3), through
-`bench/search_rivals.py`, so no service ever imports them. Each table's row
+`bench/search_rivals.py`, so no service ever imports them. AutoGluon runs
+without its neural networks (NN_TORCH, FASTAI): they need PyTorch, which PyPI
+serves only with several GB of CUDA libraries; its boosted trees (LightGBM,
+CatBoost, XGBoost), random forests, extra trees and k-NN all run. Each table's row
 shows the task's primary metric (ROC AUC, macro F1, RMSE) and wall time (fit
 and predict; for the rivals without their interpreter's start-up). The
 platform's quote (`fit.estimate`, from a cost book that learns from the

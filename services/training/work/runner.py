@@ -423,8 +423,6 @@ class JobRunner:
                     hooks.peak_rss - memory_before,
                 )
             )
-        for future in state.trials_logged:
-            future.result()  # each sends its trial event; never raises
         if "train_seconds" in result.timings:
             task = result.decision.task.value
             metrics.TRAINING_SECONDS.labels(task).observe(result.timings["train_seconds"])
@@ -445,6 +443,9 @@ class JobRunner:
             state.timings,
             json_format.MessageToJson(succeeded, indent=None),
         )
+        # The trials' child runs were logged alongside; each sent its trial event.
+        for future in state.trials_logged:
+            future.result()  # never raises
         succeeded.mlflow.CopyFrom(mlflow_run(state.run, published))
         return succeeded
 

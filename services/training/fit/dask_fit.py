@@ -63,6 +63,7 @@ from services.training.model.columns import (
     MIN_ROWS_FOR_ID,
     ColumnInfo,
     ColumnType,
+    datetime_feature,
     identifier_name,
     raw_example,
 )
@@ -79,7 +80,7 @@ from services.training.model.targets import (
 )
 
 _POLL_SECONDS = 0.5
-_NOT_READ = (ColumnType.DATE, ColumnType.TIMESTAMP, ColumnType.ALL_NULL)
+_NOT_READ = (ColumnType.ALL_NULL,)
 # Iteration counts at which the validation split is scored to pick the best one.
 VALIDATION_POINTS = 10
 # LightGBM's network time-out (minutes): how long a worker whose peers stopped
@@ -164,7 +165,7 @@ class _DaskJob:
         schema: pa.Schema = self._wait(
             self.client.submit(dask_parts.table_schema, self.source.url, pure=False)
         )
-        # Dates (no date features on Dask yet) and all-missing columns are not read.
+        # All-missing columns are not read.
         names = [
             name
             for name in schema.names
@@ -550,22 +551,29 @@ def _features(
             )
         elif column.type == ColumnType.BOOLEAN:
             features.append({"name": column.name, "kind": pyfunc_model.BOOLEAN})
+        elif column.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
+            features.append(datetime_feature(column))
         else:
             features.append({"name": column.name, "kind": pyfunc_model.NUMERIC})
     return features, dropped
 
 
 def _why_dropped(column: ColumnInfo, parts: list[dask_parts.ColumnSummary | None]) -> str | None:
+    if column.row_number:
+        return "row_number"
     if column.type == ColumnType.ALL_NULL:
         return "all_null"
-    if column.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
-        return "unsupported_type"
     if any(part is None for part in parts):
         return "not_read"
     present_parts = [part for part in parts if part is not None and part.present]
     present = sum(part.present for part in present_parts)
     if not present:
         return "all_null"
+    if column.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
+        # Summarised as seconds since 1970: one moment throughout is a constant.
+        if min(p.minimum for p in present_parts) == max(p.maximum for p in present_parts):
+            return "constant"
+        return None
     if column.type in (ColumnType.INTEGER, ColumnType.FLOAT):
         if min(p.minimum for p in present_parts) == max(p.maximum for p in present_parts):
             return "constant"

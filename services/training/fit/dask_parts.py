@@ -36,6 +36,7 @@ from services.training.model.targets import Task, TaskDecision, encode_target
 MAX_LEVELS_PER_COLUMN = 100_000
 MAX_TARGET_VALUES = 1_000
 _HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
 class HttpRangeFile(io.RawIOBase):
@@ -157,6 +158,12 @@ def summarize_part(url: str, group: int, columns: list[str], target: str) -> Par
 def _summarize_column(values: pd.Series[Any]) -> ColumnSummary:
     present = values.dropna()
     summary = ColumnSummary(present=len(present))
+    if _is_date_or_time(values) and len(present):
+        # Only the range counts (one moment throughout is a constant): seconds since 1970.
+        seconds = (pd.to_datetime(present, utc=True) - _EPOCH).dt.total_seconds()
+        summary.minimum, summary.maximum = float(seconds.min()), float(seconds.max())
+        summary.levels = None
+        return summary
     if pd.api.types.is_float_dtype(values.dtype) and len(present):
         numbers = present.to_numpy()
         summary.minimum, summary.maximum = float(numbers.min()), float(numbers.max())
@@ -174,6 +181,13 @@ def _summarize_column(values: pd.Series[Any]) -> ColumnSummary:
     summary.distinct_count = len(levels)
     summary.levels = levels if len(levels) <= MAX_LEVELS_PER_COLUMN else None
     return summary
+
+
+def _is_date_or_time(values: pd.Series[Any]) -> bool:
+    """Timestamps (datetime64), or dates (Arrow's date32 arrives as `datetime.date` objects)."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return True
+    return values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "date"
 
 
 def _plain(value: Any) -> Any:
@@ -238,6 +252,11 @@ def empty_features(spec: FeatureSpec) -> pd.DataFrame:
             columns[feature["name"]] = pd.Series(
                 [], dtype=pd.CategoricalDtype(feature["categories"])
             )
+        elif feature["kind"] == pyfunc_model.DATETIME:  # one number per part
+            for part in feature["parts"]:
+                columns[pyfunc_model.part_column(feature["name"], part)] = pd.Series(
+                    [], dtype="float64"
+                )
         else:
             columns[feature["name"]] = pd.Series([], dtype="float64")
     return pd.DataFrame(columns)

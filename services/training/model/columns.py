@@ -78,18 +78,20 @@ def select_features(
         elif column.type == ColumnType.BOOLEAN:
             features.append({"name": column.name, "kind": pyfunc_model.BOOLEAN})
         elif column.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
-            timestamp = column.type == ColumnType.TIMESTAMP
-            features.append(
-                {
-                    "name": column.name,
-                    "kind": pyfunc_model.DATETIME,
-                    "format": column.date_format or pyfunc_model.ISO_8601,
-                    "parts": pyfunc_model.datetime_parts(timestamp),
-                }
-            )
+            features.append(datetime_feature(column))
         else:
             features.append({"name": column.name, "kind": pyfunc_model.NUMERIC})
     return features, dropped
+
+
+def datetime_feature(column: ColumnInfo) -> dict[str, Any]:
+    """A DATE or TIMESTAMP column's feature: its parts, parsed as the file wrote it."""
+    return {
+        "name": column.name,
+        "kind": pyfunc_model.DATETIME,
+        "format": column.date_format or pyfunc_model.ISO_8601,
+        "parts": pyfunc_model.datetime_parts(column.type == ColumnType.TIMESTAMP),
+    }
 
 
 def _reason_from_type(column_type: ColumnType) -> str | None:

@@ -4,6 +4,7 @@ bodies, versions, and early refusals that reach clients still sending their body
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import io
 import json
@@ -167,6 +168,21 @@ def test_versions_over_rest(rest: Rest) -> None:
     missing = post(rest, b"a\n1\n", "text/csv", newVersionOf=f"{name}-typo")
     assert missing.status_code == 404
     assert reason_of(missing.json()) == "DATASET_NOT_FOUND"
+
+
+def test_concurrent_deletes_over_rest_answer_200_once_and_404_after(rest: Rest) -> None:
+    dataset = post(rest, b"a,b\n1,2\n3,4\n", "text/csv", displayName="deleted-once").json()
+    url = f"{rest.url}/v1/datasets/{dataset['datasetId']}"
+
+    def delete() -> requests.Response:
+        return requests.delete(url, headers=rest.headers(), timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: delete(), range(6)))
+    assert sorted(answer.status_code for answer in answers) == [200] + [404] * 5
+    assert {reason_of(a.json()) for a in answers if a.status_code == 404} == {"DATASET_NOT_FOUND"}
+    assert delete().status_code == 404
+    assert requests.get(url, headers=rest.headers(), timeout=60).status_code == 404
 
 
 def reason_of(document: dict[str, Any]) -> str:

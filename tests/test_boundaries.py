@@ -70,14 +70,16 @@ def test_only_the_trainer_imports_mlflow(package: str) -> None:
 
 
 # Inside the Trainer, a request walks down one branch: Predict stays in serving/ and
-# model/; a job goes work/ -> fit/ -> tracking/. A part imports only the parts below it
-# (and the process's own settings and metrics), so each can grow without the others.
+# model/; a job goes work/ -> fit/ -> tracking/, a scoring job work/ -> batch/ -> serving/.
+# A part imports only the parts below it (and the process's own settings and metrics),
+# so each can grow without the others.
 TRAINER_PARTS = {
     "model": {"model"},
     "fit": {"model", "fit"},
     "tracking": {"model", "fit", "tracking"},
     "serving": {"model", "tracking", "serving"},
-    "work": {"model", "fit", "tracking", "work"},
+    "batch": {"model", "fit", "serving", "batch"},
+    "work": {"model", "fit", "tracking", "serving", "batch", "work"},
 }
 TRAINER_PROCESS_MODULES = {
     "services.training.settings",

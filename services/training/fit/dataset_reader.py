@@ -161,6 +161,31 @@ class DatasetReader:
             raise _failure(error, dataset.dataset_id) from error
         return access
 
+    async def stream(
+        self,
+        dataset_id: str,
+        columns: list[str],
+        on_schema: Callable[[pa.Schema], Callable[[pa.RecordBatch], None]],
+        batch_rows: int = _BATCH_ROWS,
+    ) -> None:
+        """Hand each record batch of the dataset's columns over as it is decoded (in a
+        thread: see `decode_batches`); the stream is cancelled as soon as decoding stops."""
+        request = dataset_service_pb2.ReadDatasetRequest(
+            dataset_id=dataset_id, columns=columns, batch_rows=batch_rows
+        )
+        call = self._stub.ReadDataset(request)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for response in call:
+                yield response.arrow_ipc
+
+        try:
+            await decode_batches(chunks(), on_schema)
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error, dataset_id) from error
+        finally:
+            call.cancel()
+
     async def _chunks(
         self, request: dataset_service_pb2.ReadDatasetRequest
     ) -> AsyncIterator[bytes]:
@@ -257,6 +282,8 @@ async def decode_batches(
     try:
         async for chunk in chunks:
             await _put(pending, chunk, decoding)
+            if decoding.done():
+                break  # the decoder stopped early (an error, a stop): read no further
     except BaseException:
         await _put(pending, None, decoding)
         with contextlib.suppress(Exception):

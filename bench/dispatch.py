@@ -36,7 +36,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-import nats
 
 from devstack.components import postgres_available
 from devstack.stack import Stack, StackOptions
@@ -158,7 +157,7 @@ async def wait_until_quiet(stack: Stack) -> None:
     each one and reports it, and Jobs applies each report. The load figures are those
     of a quiet stack, not of one working through thousands of messages."""
     assert stack.nats is not None
-    nc = await nats.connect(stack.nats.url)
+    nc = await stack.nats.connect()
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS

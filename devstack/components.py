@@ -6,16 +6,26 @@ S3-compatible server, and databases on the machine's PostgreSQL when it answers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
+import os
 import secrets
 import sys
 import textwrap
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
 
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, port_open, venv_bin
+from runtime import nats_access
+from runtime.messaging import NatsCredentials, connect
+from runtime.nats_setup import set_up
 
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
@@ -24,13 +34,35 @@ POSTGRES_USER = "postgres"
 
 @dataclass
 class NatsServer:
+    """nats-server with JetStream and one user per identity of runtime/nats_access.py
+    (generated passwords); streams and buckets set up by the admin identity."""
+
     process: ManagedProcess
     port: int
     store_dir: Path
+    passwords: dict[str, str]
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def credentials(self, user: str = nats_access.ADMIN) -> NatsCredentials:
+        return NatsCredentials(user, self.passwords[user])
+
+    def env(self, prefix: str, user: str) -> dict[str, str]:
+        """A service's NATS settings, e.g. env("JOBS", nats_access.JOBS)."""
+        return {
+            f"MODELYARD_{prefix}_NATS_URL": self.url,
+            f"MODELYARD_{prefix}_NATS_USER": user,
+            f"MODELYARD_{prefix}_NATS_PASSWORD": self.passwords[user],
+        }
+
+    def settings(self, user: str) -> dict[str, str]:
+        """The same as settings-object fields (nats_url, nats_user, nats_password)."""
+        return {"nats_url": self.url, "nats_user": user, "nats_password": self.passwords[user]}
+
+    async def connect(self, user: str = nats_access.ADMIN) -> NatsClient:
+        return await connect(self.url, f"devstack/{user}", self.credentials(user))
 
     def restart(self) -> None:
         self.process.stop()
@@ -39,25 +71,48 @@ class NatsServer:
 
 
 def start_nats(work_dir: Path) -> NatsServer:
+    """Start nats-server with authentication and set up its streams and buckets.
+
+    The configuration (with the passwords) and `nats-credentials.json` are written
+    readable by their owner only.
+    """
     port = free_port()
     store_dir = work_dir / "nats"
+    passwords = {user: secrets.token_urlsafe(24) for user in nats_access.PERMISSIONS}
+    config = work_dir / "nats-server.conf"
+    write_private(
+        config,
+        f"listen: 127.0.0.1:{port}\n"
+        f"jetstream {{store_dir: {json.dumps(str(store_dir))}}}\n"
+        + nats_access.render_authorization(passwords),
+    )
+    write_private(work_dir / "nats-credentials.json", json.dumps(passwords, indent=2))
     process = ManagedProcess(
         name="nats-server",
-        command=[
-            venv_bin("nats-server"),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-js",
-            "-sd",
-            str(store_dir),
-        ],
+        command=[venv_bin("nats-server"), "-c", str(config)],
         env={},
         log_path=work_dir / "logs" / "nats-server.log",
     ).start()
     process.wait_until(lambda: port_open("127.0.0.1", port), timeout=30)
-    return NatsServer(process=process, port=port, store_dir=store_dir)
+    server = NatsServer(process=process, port=port, store_dir=store_dir, passwords=passwords)
+    _run_coroutine(set_up(server.url, server.credentials()))
+    return server
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, in a directory only its owner can enter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run to completion, also when called from inside a running event loop (a fixture)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 @dataclass

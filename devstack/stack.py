@@ -28,6 +28,7 @@ from devstack.components import (
 )
 from devstack.processes import ManagedProcess, free_port, port_open
 from devstack.tls import Tls
+from runtime import nats_access
 from runtime.healthcheck import check
 from runtime.settings import CommonSettings
 
@@ -192,14 +193,14 @@ class Stack:
             env = {
                 "MODELYARD_JOBS_LISTEN_ADDRESS": address,
                 "MODELYARD_JOBS_DATABASE_URL": self.database_urls["jobs"],
-                "MODELYARD_JOBS_NATS_URL": self.nats.url,
+                **self.nats.env("JOBS", nats_access.JOBS),
                 "MODELYARD_JOBS_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
                 "MODELYARD_JOBS_TRAINER_SERVICE_ADDRESS": self.addresses["trainer"],
             }
         elif service == "trainer":
             env = {
                 "MODELYARD_TRAINER_LISTEN_ADDRESS": address,
-                "MODELYARD_TRAINER_NATS_URL": self.nats.url,
+                **self.nats.env("TRAINER", nats_access.TRAINER),
                 "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
                 "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": self.mlflow.url,
                 "MODELYARD_TRAINER_MLFLOW_USERNAME": self.mlflow.username,

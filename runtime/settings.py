@@ -16,13 +16,16 @@ are declared by the service with the shared annotated type, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime import limits
 from runtime.secrets import load_or_create_secret
+
+if TYPE_CHECKING:  # runtime.messaging imports this module through runtime.app
+    from runtime.messaging import NatsCredentials
 
 # Where a process's servers listen: each service gives its own default.
 ListenAddress = Annotated[str, Field(description="host:port the gRPC server listens on.")]
@@ -98,8 +101,26 @@ class NatsSettings(BaseSettings):
     nats_connect_timeout_seconds: float = Field(
         default=15.0,
         gt=0,
-        description="At start, give up (and exit) when NATS cannot be reached within this time.",
+        description=(
+            "At start, give up (and exit) when NATS cannot be reached, or its streams have "
+            "not been set up, within this time."
+        ),
     )
+    nats_user: str = Field(
+        default="",
+        description=(
+            "NATS user of this process (modelyard-jobs, modelyard-trainer: runtime/nats_access.py "
+            "says what each may do); empty connects without credentials."
+        ),
+    )
+    nats_password: SecretStr = Field(default=SecretStr(""), description="Its NATS password.")
+
+    def nats_credentials(self) -> NatsCredentials | None:
+        from runtime.messaging import NatsCredentials
+
+        if not self.nats_user:
+            return None
+        return NatsCredentials(self.nats_user, self.nats_password.get_secret_value())
 
 
 class DatasetClientSettings(BaseSettings):

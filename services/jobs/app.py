@@ -23,7 +23,15 @@ from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
 from runtime.app import App, StartupError
 from runtime.channels import open_channel
 from runtime.db import create_engine, migrate
-from runtime.messaging import cancellations, close_quietly, connect_at_start, ensure_streams
+from runtime.messaging import (
+    CANCELLATIONS_BUCKET,
+    JOB_EVENTS_STREAM,
+    TRAINING_REQUESTS_STREAM,
+    cancellations,
+    close_quietly,
+    connect_at_start,
+    wait_for_setup,
+)
 from runtime.server import GrpcServer
 from services.jobs import metrics
 from services.jobs.consumer import EventsConsumer
@@ -68,6 +76,7 @@ class JobsApp(App):
             f"jobs/{socket.gethostname()}-{os.getpid()}",
             settings.nats_connect_timeout_seconds,
             "MODELYARD_JOBS_NATS_URL",
+            settings.nats_credentials(),
         )
         stack.push_async_callback(close_quietly, nc)
         watcher = JobWatcher(nc, store, settings.watch_refresh_seconds)
@@ -75,7 +84,12 @@ class JobsApp(App):
         js = nc.jetstream(timeout=settings.nats_publish_timeout_seconds)
         consumer = EventsConsumer(js, store, settings.events_ack_wait_seconds)
         try:
-            await ensure_streams(js)
+            await wait_for_setup(
+                js,
+                (TRAINING_REQUESTS_STREAM, JOB_EVENTS_STREAM),
+                (CANCELLATIONS_BUCKET,),
+                settings.nats_connect_timeout_seconds,
+            )
             flags = await cancellations(js)
             subscription = await consumer.subscribe()
         except nats.errors.Error as error:

@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import unavailable
 from runtime.logs import error_fields
-from runtime.messaging import job_events_subject
+from runtime.messaging import job_changes_subject, job_events_subject
 from services.jobs import reasons
 from services.jobs.consumer import parse_event
 from services.jobs.state_machine import apply_event, is_final
@@ -182,11 +182,6 @@ class Update:
 
 def _stored(job: TrainingJob | None) -> Update | None:
     return None if job is None else Update(job, from_store=True)
-
-
-def job_changes_subject(job_id: str) -> str:
-    # Outside the events stream's subjects (modelyard.jobs.*.events): core NATS only.
-    return f"modelyard.jobs.{job_id}.changes"
 
 
 def _parse_job(data: bytes) -> TrainingJob | None:

@@ -24,7 +24,14 @@ from nats.aio.client import Client as NatsClient
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.app import App
 from runtime.channels import open_channel
-from runtime.messaging import connect_at_start
+from runtime.messaging import (
+    CANCELLATIONS_BUCKET,
+    JOB_EVENTS_STREAM,
+    LOCKS_BUCKET,
+    TRAINING_REQUESTS_STREAM,
+    connect_at_start,
+    wait_for_setup,
+)
 from runtime.server import GrpcServer
 from services.training.fit.dataset_reader import DatasetReader
 from services.training.fit.estimate import CostBook
@@ -121,9 +128,16 @@ class TrainerApp(App):
             source,
             settings.nats_connect_timeout_seconds,
             "MODELYARD_TRAINER_NATS_URL",
+            settings.nats_credentials(),
         )
         stack.push_async_callback(_drain, nats)
         js = nats.jetstream()
+        await wait_for_setup(
+            js,
+            (TRAINING_REQUESTS_STREAM, JOB_EVENTS_STREAM),
+            (CANCELLATIONS_BUCKET, LOCKS_BUCKET),
+            settings.nats_connect_timeout_seconds,
+        )
         tracker.set_champion_lock(
             NatsChampionLock(await locks_bucket(js), asyncio.get_running_loop())
         )

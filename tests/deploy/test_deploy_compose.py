@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from devstack.processes import venv_bin
+from runtime import nats_access
 from tests.deploy.deploy_support import (
     COMPOSE_FILE,
     DEPLOY,
@@ -61,7 +64,7 @@ def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) 
 
 def test_one_shot_steps_are_awaited_to_completion(compose: dict[str, Any]) -> None:
     one_shot = {name for name, s in services(compose).items() if s.get("restart") == "no"}
-    assert one_shot == {"minio-init"}
+    assert one_shot == {"minio-init", "nats-setup"}
     awaited = {
         dependency
         for service in services(compose).values()
@@ -85,8 +88,8 @@ def test_services_wait_for_what_they_call_at_start(compose: dict[str, Any]) -> N
     needs = {
         "mlflow": {"postgres", "minio-init"},
         "dataset": {"postgres", "minio-init"},
-        "trainer": {"nats", "dataset", "mlflow"},
-        "jobs": {"postgres", "nats", "dataset", "trainer"},
+        "trainer": {"nats", "nats-setup", "dataset", "mlflow"},
+        "jobs": {"postgres", "nats", "nats-setup", "dataset", "trainer"},
         "gateway": {"dataset", "jobs", "trainer"},
     }
     for name, dependencies in needs.items():
@@ -97,6 +100,8 @@ def test_grpc_health_checks_ask_the_port_the_service_listens_on(
     compose: dict[str, Any], compose_procs: list[Process]
 ) -> None:
     for process in compose_procs:
+        if services(compose)[process.name].get("restart") == "no":
+            continue  # a one-shot step: awaited to completion, not health-checked
         test = services(compose)[process.name]["healthcheck"]["test"]
         if process.module and process.module.startswith("services."):
             assert test[1:4] == ["python", "-m", "runtime.healthcheck"], process
@@ -135,6 +140,7 @@ def test_one_image_built_from_the_dockerfile_runs_every_modelyard_process(
     }
     assert users == {
         "mlflow",
+        "nats-setup",
         "dataset",
         "trainer",
         "jobs",
@@ -244,9 +250,61 @@ def test_data_lives_on_named_volumes(compose: dict[str, Any]) -> None:
         sources = [v.split(":")[0] for v in volumes if v.split(":")[1] == path]
         assert sources, f"{name} keeps {path} in the container"
         assert sources[0] in compose["volumes"], name
-    nats_command = services(compose)["nats"]["command"]
+    assert services(compose)["nats"]["entrypoint"] == ["/bin/sh", "/etc/nats/start.sh"]
+    nats_command = shlex.split((DEPLOY / "nats" / "start.sh").read_text().splitlines()[-1])
     assert "--jetstream" in nats_command
     assert nats_command[nats_command.index("--store_dir") + 1] == "/data"
+
+
+def test_nats_runs_the_permission_table_with_passwords_from_secrets(
+    compose: dict[str, Any], secrets_dir: Path, tmp_path: Path
+) -> None:
+    """The mounted configuration is the table's rendering, every password it reads is a
+    secret of the nats service, and nats-server accepts the file."""
+    config = DEPLOY / "nats" / "nats-server.conf"
+    assert config.read_text() == nats_access.deploy_config()
+    nats = services(compose)["nats"]
+    assert "./nats/nats-server.conf:/etc/nats/nats-server.conf:ro" in nats["volumes"]
+    targets = {entry["target"]: entry["source"] for entry in nats["secrets"]}
+    assert set(targets) == {nats_access.password_variable(u) for u in nats_access.PERMISSIONS}
+    environment = {name: (secrets_dir / source).read_text() for name, source in targets.items()}
+    checked = subprocess.run(
+        [venv_bin("nats-server"), "-c", str(config), "-t"],
+        env={"PATH": "/usr/bin:/bin", **environment},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_each_service_logs_in_to_nats_as_its_own_user(compose: dict[str, Any]) -> None:
+    users = {
+        name: services(compose)[name]["environment"][f"MODELYARD_{prefix}_NATS_USER"]
+        for name, prefix in (("jobs", "JOBS"), ("trainer", "TRAINER"))
+    }
+    assert users == {"jobs": nats_access.JOBS, "trainer": nats_access.TRAINER}
+    setup = services(compose)["nats-setup"]
+    assert setup["environment"]["MODELYARD_NATS_SETUP_USER"] == nats_access.ADMIN
+    nats_secrets = {
+        entry["target"]: entry["source"] for entry in services(compose)["nats"]["secrets"]
+    }
+    passwords = {
+        name: {entry["target"]: entry["source"] for entry in services(compose)[name]["secrets"]}
+        for name in ("jobs", "trainer", "nats-setup")
+    }
+    assert (
+        passwords["jobs"]["MODELYARD_JOBS_NATS_PASSWORD"]
+        == nats_secrets[nats_access.password_variable(nats_access.JOBS)]
+    )
+    assert (
+        passwords["trainer"]["MODELYARD_TRAINER_NATS_PASSWORD"]
+        == nats_secrets[nats_access.password_variable(nats_access.TRAINER)]
+    )
+    assert (
+        passwords["nats-setup"]["MODELYARD_NATS_SETUP_PASSWORD"]
+        == nats_secrets[nats_access.password_variable(nats_access.ADMIN)]
+    )
 
 
 def test_secret_files_exist_after_generation(compose: dict[str, Any], secrets_dir: Path) -> None:

@@ -164,10 +164,9 @@ def test_unknown_dataset_is_404(api: httpx.Client) -> None:
 
 async def published_requests(stack: Stack) -> int:
     """How many TrainingRequests were ever published (the stream's last sequence)."""
-    import nats
 
     assert stack.nats is not None
-    connection = await nats.connect(stack.nats.url)
+    connection = await stack.nats.connect()
     try:
         info = await connection.jetstream().stream_info(TRAINING_REQUESTS_STREAM)
         return int(info.state.last_seq)

@@ -139,13 +139,12 @@ def trainer_holding(stack: Stack, job_id: str) -> str:
 
 
 async def started_event_source(stack: Stack, job_id: str) -> str:
-    import nats
 
     from modelyard.dispatch.v1 import dispatch_pb2
     from runtime.messaging import job_events_subject
 
     assert stack.nats is not None
-    connection = await nats.connect(stack.nats.url)
+    connection = await stack.nats.connect()
     try:
         subscription = await connection.jetstream().subscribe(
             job_events_subject(job_id), ordered_consumer=True

@@ -75,8 +75,8 @@ async def jobs(
 ) -> AsyncIterator[RunningJobs]:
     """The Jobs service, in-process, as a module shares it."""
     settings = jobs_settings(
-        tmp_path_factory.mktemp("jobs-state"), jobs_database_url, jobs_nats.url, doubles
+        tmp_path_factory.mktemp("jobs-state"), jobs_database_url, jobs_nats, doubles
     )
-    running, stop = await start_jobs(settings, doubles, jobs_nats.url)
+    running, stop = await start_jobs(settings, doubles, jobs_nats)
     yield running
     await stop()

@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
+from devstack.components import NatsServer
 from devstack.processes import free_port
 from modelyard.dataset.v1 import dataset_service_pb2_grpc
 from modelyard.dataset.v1.dataset_pb2 import Column, Dataset
@@ -43,6 +44,7 @@ from modelyard.jobs.v1 import jobs_service_pb2_grpc
 from modelyard.jobs.v1.jobs_service_pb2 import GetTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from runtime import nats_access
 from runtime.channels import open_channel
 from runtime.errors import invalid_argument, not_found
 from runtime.messaging import (
@@ -172,14 +174,14 @@ def common_settings(state_dir: Path) -> CommonSettings:
 
 
 def jobs_settings(
-    state_dir: Path, database_url: str, nats_url: str, doubles: Doubles, **overrides: Any
+    state_dir: Path, database_url: str, nats: NatsServer, doubles: Doubles, **overrides: Any
 ) -> JobsSettings:
     values: dict[str, Any] = {
         "service_token": SERVICE_TOKEN,
         "state_dir": state_dir,
         "listen_address": f"127.0.0.1:{free_port()}",
         "database_url": database_url,
-        "nats_url": nats_url,
+        **nats.settings(nats_access.JOBS),
         "dataset_service_address": doubles.dataset_address,
         "trainer_service_address": doubles.trainer_address,
         "dependency_timeout_seconds": 2.0,
@@ -223,11 +225,11 @@ class RunningJobs:
 
 
 async def start_jobs(
-    settings: JobsSettings, doubles: Doubles, nats_url: str
+    settings: JobsSettings, doubles: Doubles, nats: NatsServer
 ) -> tuple[RunningJobs, Callable[[], Awaitable[None]]]:
     app = await JobsApp(settings).start()
     channel = open_channel(settings.listen_address, settings)
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect()
     js = nc.jetstream()
     trainer = TrainerDouble(js)
     await trainer.bind()

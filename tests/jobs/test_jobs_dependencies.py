@@ -32,12 +32,12 @@ async def jobs(
     settings = jobs_settings(
         tmp_path_factory.mktemp("jobs-state"),
         jobs_database_url,
-        jobs_nats.url,
+        jobs_nats,
         doubles,
         trainer_service_address=f"127.0.0.1:{free_port()}",
         dataset_cache_seconds=30.0,
     )
-    running, stop = await start_jobs(settings, doubles, jobs_nats.url)
+    running, stop = await start_jobs(settings, doubles, jobs_nats)
     yield running
     await stop()
 

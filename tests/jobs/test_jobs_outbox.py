@@ -24,12 +24,12 @@ from modelyard.dispatch.v1.dispatch_pb2 import TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime import nats_access
 from runtime.channels import open_channel
 from runtime.db import create_engine, migrate
 from runtime.messaging import (
     TRAINING_REQUESTS_STREAM,
     cancellations,
-    ensure_streams,
 )
 from services.jobs.app import MIGRATIONS_DIR
 from services.jobs.outbox import training_request_entry
@@ -48,9 +48,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def js(jobs_nats: NatsServer) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(jobs_nats.url)
+    nc = await jobs_nats.connect()
     js = nc.jetstream()
-    await ensure_streams(js)
     yield js
     await nc.close()
 
@@ -173,14 +172,19 @@ async def test_another_replicas_commit_wakes_the_relay(
 
 
 def jobs_process(
-    work_dir: Path, database_url: str, nats_url: str, doubles: Doubles, address: str, crash: bool
+    work_dir: Path,
+    database_url: str,
+    nats_server: NatsServer,
+    doubles: Doubles,
+    address: str,
+    crash: bool,
 ) -> ManagedProcess:
     env = {
         "MODELYARD_SERVICE_TOKEN": SERVICE_TOKEN,
         "MODELYARD_STATE_DIR": str(work_dir / "state"),
         "MODELYARD_JOBS_LISTEN_ADDRESS": address,
         "MODELYARD_JOBS_DATABASE_URL": database_url,
-        "MODELYARD_JOBS_NATS_URL": nats_url,
+        **nats_server.env("JOBS", nats_access.JOBS),
         "MODELYARD_JOBS_DATASET_SERVICE_ADDRESS": doubles.dataset_address,
         "MODELYARD_JOBS_TRAINER_SERVICE_ADDRESS": doubles.trainer_address,
         "MODELYARD_SHUTDOWN_GRACE_SECONDS": "1",
@@ -212,7 +216,7 @@ async def test_a_crash_between_commit_and_publish_loses_nothing(
     channel = open_channel(address, common_settings(tmp_path))
     stub = jobs_service_pb2_grpc.JobsServiceStub(channel)
 
-    crashing = jobs_process(tmp_path, database_url, jobs_nats.url, doubles, address, crash=True)
+    crashing = jobs_process(tmp_path, database_url, jobs_nats, doubles, address, crash=True)
     crashing.start()
     try:
         await asyncio.to_thread(crashing.wait_until, lambda: grpc_serving(address), 60)
@@ -232,7 +236,7 @@ async def test_a_crash_between_commit_and_publish_loses_nothing(
     finally:
         await engine.dispose()
 
-    restarted = jobs_process(tmp_path, database_url, jobs_nats.url, doubles, address, crash=False)
+    restarted = jobs_process(tmp_path, database_url, jobs_nats, doubles, address, crash=False)
     restarted.start()
     try:
         await asyncio.to_thread(restarted.wait_until, lambda: grpc_serving(address), 60)

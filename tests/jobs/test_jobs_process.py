@@ -15,6 +15,7 @@ from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest, WatchTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime import nats_access
 from runtime.errors import error_reason
 from tests.jobs.jobs_support import SERVICE_TOKEN, Doubles, jobs_settings, start_jobs
 
@@ -74,7 +75,7 @@ async def test_embedded_defaults_serve_and_sigterm_stops_cleanly(
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
     process = jobs_process(
-        tmp_path, MODELYARD_JOBS_NATS_URL=jobs_nats.url, MODELYARD_JOBS_LISTEN_ADDRESS=address
+        tmp_path, **jobs_nats.env("JOBS", nats_access.JOBS), MODELYARD_JOBS_LISTEN_ADDRESS=address
     )
     try:
         await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), 60)
@@ -86,8 +87,8 @@ async def test_embedded_defaults_serve_and_sigterm_stops_cleanly(
 async def test_stopping_ends_open_watches_with_unavailable(
     tmp_path: Path, jobs_nats: NatsServer, jobs_database_url: str, doubles: Doubles
 ) -> None:
-    settings = jobs_settings(tmp_path, jobs_database_url, jobs_nats.url, doubles)
-    running, stop = await start_jobs(settings, doubles, jobs_nats.url)
+    settings = jobs_settings(tmp_path, jobs_database_url, jobs_nats, doubles)
+    running, stop = await start_jobs(settings, doubles, jobs_nats)
     try:
         job = await running.stub.CreateTrainingJob(
             CreateTrainingJobRequest(dataset_id=doubles.datasets.add(), target_column="y"),

@@ -33,9 +33,9 @@ async def other(
 ) -> AsyncIterator[RunningJobs]:
     """A second replica of `jobs`."""
     settings = jobs_settings(
-        tmp_path_factory.mktemp("jobs-replica"), jobs_database_url, jobs_nats.url, doubles
+        tmp_path_factory.mktemp("jobs-replica"), jobs_database_url, jobs_nats, doubles
     )
-    running, stop = await start_jobs(settings, doubles, jobs_nats.url)
+    running, stop = await start_jobs(settings, doubles, jobs_nats)
     yield running
     await stop()
 

@@ -30,7 +30,7 @@ from runtime.messaging import (
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
-    client = await connect(nats_server.url, "runtime-messaging-test")
+    client = await connect(nats_server.url, "runtime-messaging-test", nats_server.credentials())
     yield client
     await close_quietly(client)
 

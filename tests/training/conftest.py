@@ -41,10 +41,10 @@ from devstack.stack import grpc_serving
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1 import training_job_pb2
+from runtime import nats_access
 from runtime.messaging import (
     JOB_EVENTS_STREAM,
     TRAINING_REQUESTS_SUBJECT,
-    ensure_streams,
     job_events_subject,
 )
 from services.training.model.columns import columns_from_frame
@@ -286,7 +286,7 @@ def trainer_env(
         "MODELYARD_SHUTDOWN_GRACE_SECONDS": "3",
         "PYTHONUNBUFFERED": "1",
         "MODELYARD_TRAINER_LISTEN_ADDRESS": address,
-        "MODELYARD_TRAINER_NATS_URL": nats_server.url,
+        **nats_server.env("TRAINER", nats_access.TRAINER),
         "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": dataset_address,
         "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": mlflow_server.url,
         "MODELYARD_TRAINER_MLFLOW_USERNAME": mlflow_server.username,
@@ -428,8 +428,7 @@ class Bus:
 
 @pytest_asyncio.fixture(scope="session")
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    nc = await nats.connect(nats_server.url)
-    await ensure_streams(nc.jetstream())
+    nc = await nats_server.connect()
     yield Bus(nc)
     await nc.close()
 

@@ -20,27 +20,20 @@ from concurrent.futures import Future
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from runtime.messaging import LOCK_TTL_SECONDS, LOCKS_BUCKET
 
 logger = logging.getLogger("modelyard.trainer.locks")
 
-LOCKS_BUCKET = "modelyard-trainer-locks"
-LOCK_TTL_SECONDS = 60.0
 # Longer than the TTL: a lock whose holder died is always given up on.
 WAIT_SECONDS = LOCK_TTL_SECONDS + 30.0
 
 
 async def locks_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(LOCKS_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=LOCKS_BUCKET, history=1, ttl=LOCK_TTL_SECONDS, storage=StorageType.FILE
-            )
-        )
+    """The bucket the setup step made (runtime.nats_setup); its TTL is LOCK_TTL_SECONDS."""
+    return await js.key_value(LOCKS_BUCKET)
 
 
 class NatsChampionLock:

@@ -40,7 +40,6 @@ from runtime.messaging import (
     TRAINING_REQUESTS_STREAM,
     TRAINING_REQUESTS_SUBJECT,
     cancellations,
-    ensure_streams,
 )
 from runtime.tracing import context_from_headers, tracer
 from services.training import metrics
@@ -82,7 +81,6 @@ class TrainerWorker:
         self._fetching = False
 
     async def start(self) -> None:
-        await ensure_streams(self._js)
         self._cancellations = await cancellations(self._js)
         self._subscription = await self._subscribe()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="trainer-fetch")

@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
+from runtime import nats_access
 from runtime.messaging import TRAINERS_CONSUMER, TRAINING_REQUESTS_STREAM
 from services.training.settings import TrainerSettings
 from tests.deploy.deploy_support import (
@@ -40,6 +41,7 @@ BUILT_IN_KINDS = {
     "Namespace",
     "ConfigMap",
     "Deployment",
+    "Job",
     "Service",
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
@@ -124,8 +126,41 @@ def test_no_secret_values_in_the_manifests(objects: list[dict[str, Any]]) -> Non
 def test_secret_references_exist(k8s_procs: list[Process]) -> None:
     generated = {f"{name}/{key}" for name, key in secret_generator_files()}
     referenced = {ref for process in k8s_procs for ref in process.secret_env.values()}
+    referenced |= {
+        f"{variable['valueFrom']['secretKeyRef']['name']}/{variable['valueFrom']['secretKeyRef']['key']}"
+        for job in k8s_objects_of("Job").values()
+        for container in containers(job)
+        for variable in container.get("env", [])
+        if "valueFrom" in variable
+    }
+    # The NATS server outside these manifests reads every user's password from this Secret.
+    referenced |= {f"modelyard-nats-users/{key}" for key in NATS_SERVER_KEYS}
     assert referenced <= generated
     assert generated <= referenced, "a generated secret nobody uses"
+
+
+NATS_SERVER_KEYS = ("admin-password", "jobs-password", "trainer-password")
+
+
+def test_nats_users_log_in_with_their_own_password(k8s_procs: list[Process]) -> None:
+    jobs = process_of(k8s_procs, "jobs")
+    worker = process_of(k8s_procs, "trainer-worker")
+    assert jobs.env["MODELYARD_JOBS_NATS_USER"] == nats_access.JOBS
+    assert jobs.secret_env["MODELYARD_JOBS_NATS_PASSWORD"] == "modelyard-nats-users/jobs-password"
+    assert worker.env["MODELYARD_TRAINER_NATS_USER"] == nats_access.TRAINER
+    assert (
+        worker.secret_env["MODELYARD_TRAINER_NATS_PASSWORD"]
+        == "modelyard-nats-users/trainer-password"
+    )
+    # The Trainer API replicas take no work from NATS: no NATS password reaches them.
+    assert "MODELYARD_TRAINER_NATS_PASSWORD" not in process_of(k8s_procs, "trainer-api").secret_env
+    (setup,) = containers(k8s_objects_of("Job")["nats-setup"])
+    env = {variable["name"]: variable for variable in setup["env"]}
+    assert env["MODELYARD_NATS_SETUP_USER"]["value"] == nats_access.ADMIN
+    assert env["MODELYARD_NATS_SETUP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "modelyard-nats-users",
+        "key": "admin-password",
+    }
 
 
 def test_generated_secret_files_exist(secrets_dir: Path) -> None:

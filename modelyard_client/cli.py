@@ -822,24 +822,30 @@ def parse_model_reference(text: str) -> tuple[str, int | None, str | None]:
     return text, None, None
 
 
+# What the Dataset service reads as a missing value in a CSV (its upload rules).
+CSV_MISSING_MARKERS = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+     "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)  # fmt: skip
+
+
 def typed_row(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """CSV text to JSON values: empty → null, numbers → numbers, the rest as text."""
+    """CSV text to JSON values: missing markers → null, numbers → numbers, the rest as text."""
     typed: dict[str, Any] = {}
     for key, value in row.items():
         if key is None:  # more fields than the header has
             continue
-        if value is None or value == "":
-            typed[key] = None
+        if value is None or value in CSV_MISSING_MARKERS:
+            typed[key] = None  # as the file would have been read at upload
             continue
         try:
             number = float(value)
         except ValueError:
             typed[key] = value
             continue
-        if number != number:
-            typed[key] = None  # "NaN", as pandas reads it: a missing value
-        elif abs(number) == float("inf"):
-            typed[key] = value  # JSON has no infinity: the text goes as it is
+        if number != number or abs(number) == float("inf"):
+            # JSON has no NaN or infinity: the text goes as it is (Predict refuses it)
+            typed[key] = value
         elif value.strip().lstrip("+-").isdigit():
             typed[key] = int(value)
         else:

@@ -168,7 +168,11 @@ def test_every_reason_of_the_module_is_used(folder: str) -> None:
             elif isinstance(node, ast.Name) and node.id.isupper():
                 used.add(node.id)
     if folder == "services/training":  # raised by the pyfunc model, in its own spelling
-        used |= {pyfunc_model.COLUMNS_MISSING, pyfunc_model.VALUE_INVALID}
+        used |= {
+            pyfunc_model.COLUMNS_MISSING,
+            pyfunc_model.VALUE_INVALID,
+            pyfunc_model.VALUE_NOT_FINITE,
+        }
     assert sorted(own_reasons(reasons_module(folder)) - used) == []
 
 
@@ -226,3 +230,4 @@ def test_one_reason_has_one_meaning_across_services() -> None:
 def test_the_pyfunc_model_spells_the_predict_reasons_as_the_trainer_does() -> None:
     assert pyfunc_model.COLUMNS_MISSING == training_reasons.PREDICT_COLUMNS_MISSING
     assert pyfunc_model.VALUE_INVALID == training_reasons.PREDICT_VALUE_INVALID
+    assert pyfunc_model.VALUE_NOT_FINITE == training_reasons.PREDICT_VALUE_NOT_FINITE

@@ -3,7 +3,7 @@ and in the `error` of a job's `failed` event (stable; clients match on them). Th
 README's tables list each with its gRPC code and the ErrorInfo metadata keys it
 carries; `tests/test_reasons.py` keeps the two in step.
 
-`model/pyfunc_model.py` spells its two Predict reasons itself: MLflow loads that
+`model/pyfunc_model.py` spells its three Predict reasons itself: MLflow loads that
 file without the rest of the Trainer (the test checks they are the ones here).
 """
 
@@ -58,6 +58,7 @@ PREDICT_ROWS_EMPTY = "PREDICT_ROWS_EMPTY"  # INVALID_ARGUMENT
 PREDICT_TOO_MANY_ROWS = "PREDICT_TOO_MANY_ROWS"  # INVALID_ARGUMENT
 PREDICT_COLUMNS_MISSING = "PREDICT_COLUMNS_MISSING"  # INVALID_ARGUMENT
 PREDICT_VALUE_INVALID = "PREDICT_VALUE_INVALID"  # INVALID_ARGUMENT
+PREDICT_VALUE_NOT_FINITE = "PREDICT_VALUE_NOT_FINITE"  # INVALID_ARGUMENT
 
 __all__ = [
     "INTERNAL",

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pandas as pd
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from modelyard.dataset.v1 import dataset_pb2
 from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
@@ -22,7 +22,7 @@ from runtime.errors import ServiceError, failed_precondition, invalid_argument, 
 from services.training import reasons
 from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable
 from services.training.fit.estimate import CostBook, TableShape, estimate
-from services.training.model import pyfunc_model
+from services.training.model import pyfunc_model, scoring
 from services.training.model.params import as_strings, validate_params
 from services.training.model.targets import MAX_NUMERIC_CLASSES, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
@@ -160,16 +160,15 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         model = await asyncio.to_thread(self._models.load, request.model_name, number)
         frame = rows_frame(request.rows)
         try:
-            features = pyfunc_model.coerce_features(frame, model.spec)
+            scored = await asyncio.to_thread(
+                scoring.score_frame, model.booster, model.spec, frame, request.explain
+            )
         except pyfunc_model.InvalidModelInput as error:
             where = {"column": error.column}
             if error.rows:  # a missing column is missing from every row: no rows to name
                 where["rows"] = ",".join(str(row) for row in error.rows)
             raise invalid_argument(error.reason, str(error), **where) from error
-        output = await asyncio.to_thread(
-            pyfunc_model.predict_frame, model.booster, model.spec, features
-        )
-        return predict_response(model, output)
+        return predict_response(model, scored)
 
     def _check_rows(self, request: trainer_service_pb2.PredictRequest) -> None:
         if not request.rows:
@@ -183,45 +182,110 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
 
 
 def rows_frame(rows: Any) -> pd.DataFrame:
-    """Rows as JSON objects → a DataFrame with one column per key (object dtype)."""
+    """Rows as JSON objects → a DataFrame with one column per key (object dtype).
+
+    A number must be finite: proto3 JSON has no NaN or infinity, yet a double in
+    a Struct can hold one (JSON `NaN`, `Infinity` or `1e999` through the gateway,
+    or any gRPC client), and it is refused here, naming the row and the column.
+    """
     records: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
-        record = json_format.MessageToDict(row)
-        for column, value in record.items():
-            if isinstance(value, dict | list):
-                raise invalid_argument(
-                    reasons.PREDICT_VALUE_INVALID,
-                    f"column {column!r} at row index {index} holds a nested "
-                    f"{type(value).__name__}; values must be numbers, text, booleans or null",
-                    column=column,
-                    rows=str(index),
-                )
+        record: dict[str, Any] = {}
+        for column, value in row.fields.items():
+            record[column] = _cell(value, column, index)
         records.append(record)
     return pd.DataFrame.from_records(records).astype("object")
 
 
+def _cell(value: struct_pb2.Value, column: str, index: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise invalid_argument(
+                reasons.PREDICT_VALUE_NOT_FINITE,
+                f"column {column!r} at row index {index} holds {number}; numbers must be "
+                "finite (write a missing value as null)",
+                column=column,
+                rows=str(index),
+            )
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind in ("struct_value", "list_value"):
+        nested = "dict" if kind == "struct_value" else "list"
+        raise invalid_argument(
+            reasons.PREDICT_VALUE_INVALID,
+            f"column {column!r} at row index {index} holds a nested "
+            f"{nested}; values must be numbers, text, booleans or null",
+            column=column,
+            rows=str(index),
+        )
+    return None  # null, or a Value with nothing set
+
+
+_FLAG_KINDS = {
+    scoring.UNSEEN_CATEGORY: trainer_service_pb2.PredictionFlag.KIND_UNSEEN_CATEGORY,
+    scoring.OUT_OF_RANGE: trainer_service_pb2.PredictionFlag.KIND_OUT_OF_RANGE,
+    scoring.ALL_MISSING: trainer_service_pb2.PredictionFlag.KIND_ALL_MISSING,
+}
+
+
 def predict_response(
-    model: LoadedModel, output: pd.DataFrame
+    model: LoadedModel, scored: scoring.Scored
 ) -> trainer_service_pb2.PredictResponse:
-    spec = model.spec
+    spec, output = model.spec, scored.output
     class_labels = spec.get("class_labels") or []
     class_names = [pyfunc_model.label_text(label) for label in class_labels]
     probability_columns = [f"{pyfunc_model.PROBABILITY_PREFIX}{name}" for name in class_names]
     probabilities = (
         output[probability_columns].to_numpy(dtype="float64") if class_names else np.empty((0, 0))
     )
+    flagged = scored.flags.flagged()
+    explained = scored.explanations
     predictions = []
     for index, value in enumerate(output[pyfunc_model.PREDICTION_COLUMN].tolist()):
         prediction = trainer_service_pb2.Prediction(value=_value(value))
         if class_names:
             prediction.probabilities.extend(float(p) for p in probabilities[index])
+        if flagged[index]:
+            prediction.flags.extend(
+                trainer_service_pb2.PredictionFlag(kind=_FLAG_KINDS[kind], column=column)
+                for kind, column in scored.flags.row_flags(index)
+            )
+        if explained is not None:
+            prediction.explanations.extend(_explanations(explained, index))
         predictions.append(prediction)
+    counts = scored.flags.counts()
     return trainer_service_pb2.PredictResponse(
         model_name=model.name,
         model_version=model.version,
         class_names=class_names,
         predictions=predictions,
+        feature_names=explained.feature_names if explained is not None else [],
+        flag_counts=trainer_service_pb2.PredictionFlagCounts(
+            flagged_rows=counts.flagged_rows,
+            unseen_category_rows=counts.unseen_category_rows,
+            out_of_range_rows=counts.out_of_range_rows,
+            all_missing_rows=counts.all_missing_rows,
+        ),
     )
+
+
+def _explanations(
+    explained: scoring.Explanations, row: int
+) -> list[trainer_service_pb2.Explanation]:
+    return [
+        trainer_service_pb2.Explanation(
+            class_name=class_name,
+            base_value=float(explained.base_values[row, k]),
+            contributions=explained.contributions[row, k].tolist(),
+            raw_score=float(explained.raw_scores[row, k]),
+        )
+        for k, class_name in enumerate(explained.class_names)
+    ]
 
 
 def _value(value: Any) -> struct_pb2.Value:

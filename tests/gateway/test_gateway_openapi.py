@@ -154,8 +154,8 @@ def test_operations_document_their_bodies_and_parameters(document: Document) -> 
         "PredictRequestWithVersion",
         "PredictRequestWithAlias",
     ]
-    assert set(shapes["PredictRequestWithoutVersionSelector"]["properties"]) == {"rows"}
-    assert set(shapes["PredictRequestWithVersion"]["properties"]) == {"rows", "version"}
+    assert set(shapes["PredictRequestWithoutVersionSelector"]["properties"]) == {"rows", "explain"}
+    assert set(shapes["PredictRequestWithVersion"]["properties"]) == {"rows", "explain", "version"}
     assert shapes["PredictRequestWithAlias"]["required"] == ["rows", "alias"]
     assert all(shape["additionalProperties"] is False for shape in shapes.values())
     assert '"not":' not in json.dumps(document)  # no `not: {required: ...}` anywhere

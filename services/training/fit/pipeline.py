@@ -43,6 +43,7 @@ from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo, raw_example, select_features
 from services.training.model.params import ParamValue
 from services.training.model.pyfunc_model import FeatureSpec
+from services.training.model.scoring import training_ranges
 from services.training.model.targets import (
     PRIMARY_METRICS,
     PrimaryMetric,
@@ -361,10 +362,13 @@ def prepare_table(
         "class_labels": [json_label(label) for label in decision.class_labels],
         "dropped_columns": [{"name": name, "reason": why} for name, why in dropped],
     }
+    prepared_features = pyfunc_model.coerce_features(frame, spec)
+    # What Predict's trust flags compare new rows with (model/scoring.py).
+    spec["ranges"] = training_ranges(prepared_features, spec)
     return PreparedTable(
         decision=decision,
         spec=spec,
-        features=pyfunc_model.coerce_features(frame, spec),
+        features=prepared_features,
         labels=labels,
         rows_used=len(frame),
         rows_dropped_missing_target=rows_dropped,

@@ -68,7 +68,9 @@ _ROWS_NAMED_IN_ERRORS = 5
 #                "format": "ISO 8601" | strftime pattern, "parts": [str, ...] (datetime only:
 #                the model columns are "<name>__<part>")}],
 #  "class_labels": [label, ...]  (classification: typed JSON values, model order),
-#  "dropped_columns": [{"name": str, "reason": str}]}
+#  "dropped_columns": [{"name": str, "reason": str}],
+#  "ranges": {name: [min, max]}  (numeric features' training range; models trained
+#                                before trust flags existed have no "ranges")}
 FeatureSpec = dict[str, Any]
 
 
@@ -77,6 +79,7 @@ FeatureSpec = dict[str, Any]
 # same values and tests/test_reasons.py checks they agree.
 COLUMNS_MISSING = "PREDICT_COLUMNS_MISSING"
 VALUE_INVALID = "PREDICT_VALUE_INVALID"
+VALUE_NOT_FINITE = "PREDICT_VALUE_NOT_FINITE"
 
 
 class InvalidModelInput(ValueError):
@@ -180,13 +183,41 @@ def label_text(label: Any) -> str:
 
 
 def _numeric(values: pd.Series[Any], name: str) -> pd.Series[Any]:
+    """Numbers; a float NaN in a frame is pandas' missing value, an infinity is refused."""
     if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
-        return values.astype("float64")
+        numbers = values.astype("float64")
+        _refuse_not_finite(values, pd.Series(np.isinf(numbers.to_numpy())), name)
+        return numbers
     text = values.astype("object").where(values.notna(), None)
     blank = text.map(lambda value: isinstance(value, str) and not value.strip()).astype(bool)
     parsed = pd.to_numeric(text.where(~blank, None), errors="coerce").astype("float64")
+    # "NaN" and "Infinity" written as text are refused alike: neither is a finite number,
+    # and reading one as a missing value would score a row the caller did not send.
+    spelled = text.map(_is_not_finite_text).astype(bool)
+    _refuse_not_finite(values, pd.Series(np.isinf(parsed.to_numpy())) | spelled, name)
     _refuse_unparsed(values, parsed.isna() & values.notna() & ~blank, name, "a number")
     return parsed
+
+
+_NOT_FINITE_TEXT = frozenset({"nan", "inf", "infinity"})
+
+
+def _is_not_finite_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lstrip("+-").lower() in _NOT_FINITE_TEXT
+
+
+def _refuse_not_finite(values: pd.Series[Any], invalid: pd.Series[Any], name: str) -> None:
+    if not bool(invalid.any()):
+        return
+    rows = tuple(int(row) for row in np.flatnonzero(invalid.to_numpy())[:_ROWS_NAMED_IN_ERRORS])
+    raise InvalidModelInput(
+        VALUE_NOT_FINITE,
+        f"column {name!r} expects a finite number; got {values.iloc[rows[0]]!r} at row index "
+        + ", ".join(str(row) for row in rows)
+        + " (write a missing value as null)",
+        column=name,
+        rows=rows,
+    )
 
 
 def _boolean(values: pd.Series[Any], name: str) -> pd.Series[Any]:

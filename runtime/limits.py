@@ -39,6 +39,13 @@ MAX_ID_CHARS = 64
 RESOURCE_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}")
 RESOURCE_ID_RULE = f"1 to {MAX_ID_CHARS} letters, digits, '_' or '-'"
 
+# A job's deliveries. The Trainer's max_attempts is at most MAX_ATTEMPTS_LIMIT (it fails a
+# request delivered more often, so a few deliveries past it can still report); Jobs ignores
+# an event of an attempt above ATTEMPT_CEILING: no Trainer was ever given that attempt, and
+# applying it would make every real event look stale.
+MAX_ATTEMPTS_LIMIT = 100
+ATTEMPT_CEILING = 1000
+
 # How much of a client's input an error message or ErrorInfo metadata may quote.
 MAX_ECHO_CHARS = 200
 

@@ -32,9 +32,11 @@ from opentelemetry.trace import SpanKind
 
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime import limits
 from runtime.logs import error_fields, log_context
 from runtime.messaging import JOB_EVENTS_STREAM, JOB_EVENTS_SUBJECTS, JOBS_EVENTS_CONSUMER
 from runtime.tracing import context_from_headers, tracer
+from services.jobs import metrics
 from services.jobs.backoff import Backoff
 from services.jobs.store import JobStore
 from services.jobs.transitions import apply_event_to_store
@@ -132,6 +134,14 @@ class EventsConsumer:
             kind=SpanKind.CONSUMER,
         )
         with log_context(job_id=event.job_id), span:
+            if not 0 <= event.attempt <= limits.ATTEMPT_CEILING:
+                logger.warning(
+                    "event of an attempt never dispatched ignored",
+                    extra={"attempt": event.attempt, "source": limits.echo(event.source, 80)},
+                )
+                metrics.EVENTS_IGNORED.labels(reason="attempt_out_of_range").inc()
+                await _quietly(message.term())
+                return True
             try:
                 outcome = await apply_event_to_store(self._store, event)
                 if outcome.job is not None and event.HasField("trial"):
@@ -143,6 +153,9 @@ class EventsConsumer:
                 return False
             if outcome.job is None:
                 logger.warning("event for an unknown job ignored", extra={"source": event.source})
+                metrics.EVENTS_IGNORED.labels(reason="unknown_job").inc()
+            elif event.attempt < outcome.job.attempt:
+                metrics.EVENTS_IGNORED.labels(reason="stale_attempt").inc()
             elif outcome.changed:
                 kind = event.WhichOneof("kind")
                 logger.log(

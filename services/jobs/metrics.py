@@ -9,7 +9,7 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.logs import error_fields
@@ -31,6 +31,13 @@ QUEUE_PENDING = Gauge(
 QUEUE_UNACKED = Gauge(
     "modelyard_training_queue_unacknowledged",
     "TrainingRequests a Trainer holds and has not finished (acknowledgements pending).",
+)
+# Counted, not sampled: each replica counts the events it was handed.
+EVENTS_IGNORED = Counter(
+    "modelyard_job_events_ignored",
+    "JobEvents ignored, by reason (attempt_out_of_range: an attempt no Trainer was given; "
+    "stale_attempt: older than the job's; unknown_job: no such job).",
+    ["reason"],
 )
 EVENTS_LAG = Gauge(
     "modelyard_job_events_lag",

@@ -23,4 +23,10 @@ TRAINING_SECONDS = Histogram(
     ["task"],
     buckets=DURATION_BUCKETS,
 )
+REQUESTS_REFUSED = Counter(
+    "modelyard_trainer_requests_refused",
+    "TrainingRequests terminated without training, by reason "
+    "(invalid_job_id: not an id Jobs makes; unreadable: not a TrainingRequest).",
+    ["reason"],
+)
 RUNNING_JOBS = Gauge("modelyard_trainer_running_jobs", "Jobs this Trainer is running now.")

@@ -15,6 +15,7 @@ import psutil
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from runtime import limits
 from runtime.settings import (
     CommonSettings,
     DatasetClientSettings,
@@ -67,7 +68,10 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
         ),
     )
     max_attempts: int = Field(
-        default=3, ge=1, description="Deliveries of a job before it fails ATTEMPTS_EXHAUSTED."
+        default=3,
+        ge=1,
+        le=limits.MAX_ATTEMPTS_LIMIT,
+        description="Deliveries of a job before it fails ATTEMPTS_EXHAUSTED.",
     )
     retry_delay_seconds: float = Field(
         default=5.0,

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from prometheus_client import REGISTRY
 
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
 from modelyard.jobs.v1.jobs_service_pb2 import (
@@ -21,6 +22,7 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
     WatchTrainingJobRequest,
 )
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime import limits
 from runtime.db import create_engine, migrate
 from runtime.errors import error_metadata, error_reason, make_status, status_reason
 from runtime.messaging import job_events_subject
@@ -146,6 +148,28 @@ async def test_redelivery_records_the_attempt_and_ignores_the_dead_trainer(
     failed = await jobs.wait_for_job(job.job_id, lambda j: j.state == S.FAILED)
     assert failed.attempt == 4
     assert status_reason(failed.error) == "ATTEMPTS_EXHAUSTED"
+
+
+async def test_an_event_of_an_attempt_never_dispatched_is_ignored_and_counted(
+    jobs: RunningJobs,
+) -> None:
+    """The forged `started` of attempt 2147483647 made every real event look stale."""
+    ignored = ("modelyard_job_events_ignored_total", {"reason": "attempt_out_of_range"})
+    stale = ("modelyard_job_events_ignored_total", {"reason": "stale_attempt"})
+    before = (REGISTRY.get_sample_value(*ignored) or 0, REGISTRY.get_sample_value(*stale) or 0)
+    job = await create(jobs)
+    _, message = await jobs.trainer.take(job.job_id)
+    await jobs.trainer.publish(job.job_id, 2147483647, started={})
+    await jobs.trainer.publish(job.job_id, limits.ATTEMPT_CEILING + 1, succeeded={})
+    await jobs.trainer.publish(job.job_id, 1, started={})
+    await jobs.wait_for_job(job.job_id, lambda j: j.state == S.RUNNING)
+    await jobs.trainer.publish(job.job_id, 0, **progress(3, 0.3))  # older than the job's
+    await jobs.trainer.publish(job.job_id, 1, succeeded={"metrics": {"accuracy": 0.9}})
+    await message.ack()
+    done = await jobs.wait_for_job(job.job_id, lambda j: j.state == S.SUCCEEDED)
+    assert (done.attempt, dict(done.metrics)) == (1, {"accuracy": 0.9})
+    after = (REGISTRY.get_sample_value(*ignored) or 0, REGISTRY.get_sample_value(*stale) or 0)
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
 
 
 async def test_an_event_delivered_twice_changes_nothing(jobs: RunningJobs) -> None:

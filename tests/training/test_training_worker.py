@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import mlflow
+import nats.js.errors
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +24,11 @@ from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1 import training_job_pb2
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import error_metadata, error_reason
-from runtime.messaging import cancellations
+from runtime.messaging import (
+    TRAINING_REQUESTS_STREAM,
+    TRAINING_REQUESTS_SUBJECT,
+    cancellations,
+)
 from tests.training.conftest import (
     SERVICE_TOKEN,
     SLOW_PARAMS,
@@ -306,6 +311,41 @@ async def test_cancel_stops_a_running_job_and_a_queued_one(
     events = await bus.wait_final(queued, within=30)
     assert kinds(events) == ["cancelled"]
     assert dataset_server.service.reads == reads_before
+
+
+async def test_a_request_with_an_invalid_job_id_is_terminated_not_redelivered(
+    trainer: TrainerProcess, bus: Bus, dataset_server: DatasetServer, data_dir: Path
+) -> None:
+    """Dots, wildcards or spaces are no id Jobs makes, and would land in NATS subjects."""
+    dataset_id = dataset_server.service.add_csv(long_job_csv(data_dir), "long")
+    reads_before = dataset_server.service.reads
+    sequences = []
+    for job_id in ("job.a", "job-*", "job->", "job b"):
+        request = dispatch_pb2.TrainingRequest(
+            job_id=job_id, dataset_id=dataset_id, target_column="y"
+        )
+        ack = await bus.js.publish(
+            TRAINING_REQUESTS_SUBJECT, request.SerializeToString(), headers={"Nats-Msg-Id": job_id}
+        )
+        sequences.append(ack.seq)
+
+    async def still_queued() -> list[int]:
+        left = []
+        for sequence in sequences:
+            try:
+                await bus.js.get_msg(TRAINING_REQUESTS_STREAM, sequence)
+                left.append(sequence)
+            except nats.js.errors.NotFoundError:
+                pass
+        return left
+
+    for _ in range(100):
+        if not await still_queued():
+            break
+        await asyncio.sleep(0.2)
+    assert await still_queued() == []  # terminated: gone from the work queue
+    assert trainer.logs().count("training request with an invalid job id terminated") >= 4
+    assert dataset_server.service.reads == reads_before  # nothing was read, nothing trained
 
 
 async def test_job_past_its_max_run_duration_fails(

@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 
 from modelyard.dispatch.v1 import dispatch_pb2
+from runtime import limits
 from runtime.logs import error_fields, log_context
 from runtime.messaging import (
     TRAINERS_CONSUMER,
@@ -189,6 +190,17 @@ class TrainerWorker:
             request = dispatch_pb2.TrainingRequest()
         if not request.job_id:
             logger.error("unreadable training request dropped", extra={"bytes": len(message.data)})
+            metrics.REQUESTS_REFUSED.labels(reason="unreadable").inc()
+            await message.term()
+            return
+        if limits.RESOURCE_ID.fullmatch(request.job_id) is None:
+            # Jobs makes no such id, and it would become part of the events subject, where
+            # '.', '*' and '>' mean something else: terminated, so it is not redelivered.
+            logger.error(
+                "training request with an invalid job id terminated",
+                extra={"job_id": limits.echo(request.job_id, 80)},
+            )
+            metrics.REQUESTS_REFUSED.labels(reason="invalid_job_id").inc()
             await message.term()
             return
         attempt = int(message.metadata.num_delivered)

@@ -127,6 +127,9 @@ class PreparedData:
     rows_dropped_missing_target: int
     dropped_columns: list[tuple[str, str]]
     input_example: pd.DataFrame
+    # The validation rows as they were read (before the model's preprocessing), so
+    # that the current champion can be scored on exactly these rows.
+    valid_inputs: pd.DataFrame | None = None
     # The validation rows, copied out of `features` when first asked for.
     _valid_features: pd.DataFrame | None = None
 
@@ -211,6 +214,10 @@ class TrainingResult:
     importance: dict[str, float]
     input_example: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    # The validation rows as read and their encoded labels: the champion is scored on
+    # them before it is replaced (tracking/champion.py). None after a search or on Dask.
+    valid_inputs: pd.DataFrame | None = None
+    valid_labels: np.ndarray[Any, Any] | None = None
     # What a search tried and chose (fit/search.py); None for the default job.
     search: Any = None
 
@@ -284,6 +291,10 @@ def prepare(
     )
     del frame
     train_index, valid_index = split_rows(table.labels, table.decision.task, config)
+    valid_inputs = (
+        table.rows.iloc[valid_index].drop(columns=[target]) if table.rows is not None else None
+    )
+    table.rows = None
     release_free_memory()  # the preparation's temporaries, before LightGBM's own
     return PreparedData(
         decision=table.decision,
@@ -296,6 +307,7 @@ def prepare(
         rows_dropped_missing_target=table.rows_dropped_missing_target,
         dropped_columns=table.dropped_columns,
         input_example=table.input_example,
+        valid_inputs=valid_inputs,
     )
 
 
@@ -312,6 +324,8 @@ class PreparedTable:
     rows_dropped_missing_target: int
     dropped_columns: list[tuple[str, str]]
     input_example: pd.DataFrame
+    # The rows as read, targets present (a reference, not a copy).
+    rows: pd.DataFrame | None = None
 
 
 def prepare_table(
@@ -374,6 +388,7 @@ def prepare_table(
         rows_dropped_missing_target=rows_dropped,
         dropped_columns=dropped,
         input_example=raw_example(frame, spec),
+        rows=frame,
     )
 
 
@@ -637,6 +652,8 @@ def fit(
         dropped_columns=prepared.dropped_columns,
         importance=dict(sorted(importance.items(), key=lambda item: -item[1])),
         input_example=prepared.input_example,
+        valid_inputs=prepared.valid_inputs,
+        valid_labels=prepared.valid_labels,
     )
 
 

@@ -32,10 +32,17 @@ from services.training.tracking.champion import (
     version_metrics,
 )
 from services.training.tracking.records import JobInfo, PublishedModel, RunRef
+from services.training.tracking.same_rows import ChampionOnSameRows
 
 logger = logging.getLogger("modelyard.trainer.mlflow")
 
 JOB_TAG = "job_id"
+# How the champion decision for a version was made, and the decision in words.
+CHAMPION_RULE_TAG = "champion_rule"
+CHAMPION_DECISION_TAG = "champion_decision"
+RULE_SAME_ROWS = "same_validation_rows"
+RULE_STORED_METRICS = "stored_metrics"
+RULE_NO_CHAMPION = "no_champion"
 # Registered models the Trainer manages carry this tag; ListModels shows only them.
 MANAGED_TAG = "managed_by"
 MANAGED_VALUE = "modelyard"
@@ -139,19 +146,25 @@ class Registry:
         primary: PrimaryMetric,
         champion: ModelVersion | None,
         timings: MlflowTimings,
+        same_rows: ChampionOnSameRows | None = None,
     ) -> PublishedModel:
         """Move `champion` to `version` when it beats `champion` (read under the lock, which
-        the caller holds), and say what was decided."""
-        promoted, note = self._decide(version, metrics, primary, champion)
+        the caller holds), and say what was decided, on the version too (tags)."""
+        promoted, note, rule = self._decide(version, metrics, primary, champion, same_rows)
         if promoted and (champion is None or champion.version != version.version):
             with self._mlflow.step(timings, "set_champion_alias"):
                 self._client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
+        if rule:
+            with self._mlflow.step(timings, "tag_champion_decision"):
+                for key, value in ((CHAMPION_RULE_TAG, rule), (CHAMPION_DECISION_TAG, note)):
+                    self._client.set_model_version_tag(model_name, version.version, key, value)
         logger.info(
             "champion decision",
             extra={
                 "model": model_name,
                 "version": version.version,
                 "promoted": promoted,
+                "rule": rule,
                 "why": note,
             },
         )
@@ -163,9 +176,27 @@ class Registry:
         metrics: Mapping[str, float],
         primary: PrimaryMetric,
         champion: ModelVersion | None,
-    ) -> tuple[bool, str]:
-        if champion is not None and champion.version == version.version:
-            return True, "already the champion"
-        return beats_champion(
-            metrics, version_metrics(champion) if champion is not None else None, primary
+        same_rows: ChampionOnSameRows | None,
+    ) -> tuple[bool, str, str]:
+        """(promoted, why in words, the rule applied; empty when nothing was decided)."""
+        if champion is None:
+            return True, "no champion yet", RULE_NO_CHAMPION
+        if champion.version == version.version:
+            return True, "already the champion", ""
+        if same_rows is not None and same_rows.metrics is not None:
+            promoted, note = beats_champion(metrics, same_rows.metrics, primary)
+            where = (
+                f"on this job's {same_rows.rows} validation rows, "
+                f"against version {champion.version}"
+            )
+            return promoted, f"{where}: {note}", RULE_SAME_ROWS
+        promoted, note = beats_champion(metrics, version_metrics(champion), primary)
+        why_not = (
+            same_rows.why_not
+            if same_rows is not None
+            else "a job recovered from an earlier attempt"
         )
+        where = (
+            f"on each version's own validation rows, against version {champion.version} ({why_not})"
+        )
+        return promoted, f"{where}: {note}", RULE_STORED_METRICS

@@ -63,6 +63,7 @@ from services.training.tracking.records import JobInfo, PublishedModel, Recovere
 from services.training.tracking.recovery import JOB_RESULT_ARTIFACT, JOB_RESULT_TAG, Recovery
 from services.training.tracking.registry import Registry
 from services.training.tracking.run_content import curve_steps, importance_chart, model_signature
+from services.training.tracking.same_rows import score_champion
 from services.training.tracking.trials import log_trial, write_leaderboard
 
 logger = logging.getLogger("modelyard.trainer.mlflow")
@@ -256,14 +257,21 @@ class Tracker:
             version = (earlier.result() if earlier else None) or self.registry.register(
                 run, job, result, timings
             )
-            # 3. The champion, read while this lock was held, against the new version.
+            # 3. The champion, read while this lock was held, against the new version, both
+            # scored on this job's validation rows when the champion's features fit them.
+            current = champion.result()
+            same_rows = None
+            if current is not None and current.version != version.version:
+                with self._mlflow.step(timings, "score_champion"):
+                    same_rows = score_champion(job.model_name, current, result)
             published = self.registry.settle_champion(
                 job.model_name,
                 version,
                 result.metrics,
                 result.primary_metric,
-                champion.result(),
+                current,
                 timings,
+                same_rows,
             )
             finalized.result()
             ended.result()

@@ -704,6 +704,7 @@ def mlflow_run(run: RunRef, published: PublishedModel | None) -> training_job_pb
         message.registered_model_name = published.model_name
         message.registered_model_version = published.version
         message.promoted_to_champion = published.promoted_to_champion
+        message.champion_decision = published.champion_note
     return message
 
 

@@ -83,6 +83,7 @@ STREAMING_MEDIA: dict[str, StreamingMedia] = {
         response_type="application/vnd.apache.arrow.stream"
     ),
     "modelyard.jobs.v1.JobsService.WatchTrainingJob": StreamingMedia(event_name="job"),
+    "modelyard.jobs.v1.JobsService.WatchScoringJob": StreamingMedia(event_name="job"),
 }
 
 

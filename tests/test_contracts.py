@@ -61,6 +61,9 @@ RESOURCE_RETURNING_RPCS = {
     "modelyard.jobs.v1.JobsService.CreateTrainingJob": "modelyard.jobs.v1.TrainingJob",  # 133
     "modelyard.jobs.v1.JobsService.GetTrainingJob": "modelyard.jobs.v1.TrainingJob",  # 131
     "modelyard.jobs.v1.JobsService.CancelTrainingJob": "modelyard.jobs.v1.TrainingJob",  # 136
+    "modelyard.jobs.v1.JobsService.CreateScoringJob": "modelyard.jobs.v1.ScoringJob",  # 133
+    "modelyard.jobs.v1.JobsService.GetScoringJob": "modelyard.jobs.v1.ScoringJob",  # 131
+    "modelyard.jobs.v1.JobsService.CancelScoringJob": "modelyard.jobs.v1.ScoringJob",  # 136
     "modelyard.training.v1.TrainerService.GetModel": "modelyard.training.v1.Model",  # 131
 }
 # Nested enums whose values are the plain names REST clients see (AIP-216):
@@ -68,6 +71,7 @@ UNPREFIXED_ENUMS = {
     "modelyard.dataset.v1.Dataset.State",
     "modelyard.dataset.v1.Column.DataType",
     "modelyard.jobs.v1.TrainingJob.State",
+    "modelyard.jobs.v1.ScoringJob.State",
     "modelyard.jobs.v1.TrainingJob.Task",
 }
 

@@ -1,8 +1,10 @@
-"""The two checks CreateTrainingJob asks other services for, before it queues
+"""The checks CreateTrainingJob and CreateScoringJob ask other services for, before it queues
 anything: does the dataset exist, is it READY, does it have the target column
 (DatasetService.GetDataset, or LookupDataset for a dataset named by its display
 name or `name@version`); are the parameter overrides allowed
-(TrainerService.ValidateTrainingParams). Each call has its own deadline.
+(TrainerService.ValidateTrainingParams); which version a scoring job's model
+name and version or alias mean (TrainerService.GetModel). Each call has its own
+deadline.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from google.rpc import status_pb2
 from modelyard.dataset.v1.dataset_pb2 import Dataset
 from modelyard.dataset.v1.dataset_service_pb2 import GetDatasetRequest, LookupDatasetRequest
 from modelyard.dataset.v1.dataset_service_pb2_grpc import DatasetServiceStub
+from modelyard.training.v1.model_pb2 import Model
 from modelyard.training.v1.trainer_service_pb2 import (
     EstimateTrainingRequest,
     EstimateTrainingResponse,
+    GetModelRequest,
     ValidateTrainingParamsRequest,
 )
 from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
@@ -35,6 +39,7 @@ from runtime.errors import (
     status_reason,
     unavailable,
 )
+from runtime.limits import echo
 from services.jobs import reasons
 
 logger = logging.getLogger("modelyard.jobs.dependencies")
@@ -62,6 +67,7 @@ class ReadyDataset:
     columns: tuple[str, ...]
     # Rows x columns: whether a create asks the Trainer for a quote (estimate_min_cells).
     cells: int = 0
+    display_name: str = ""
 
 
 class DatasetChecker:
@@ -88,6 +94,21 @@ class DatasetChecker:
         dataset = await self._ready_dataset(dataset_id)
         if target_column not in dataset.columns:
             raise _column_not_found(dataset, target_column)
+        return dataset
+
+    async def check_columns(self, dataset_id: str, columns: list[str]) -> ReadyDataset:
+        """The READY dataset, refused when it lacks one of `columns` (a scoring job's
+        pass-through columns)."""
+        dataset = await self._ready_dataset(dataset_id)
+        missing = [name for name in columns if name not in dataset.columns]
+        if missing:
+            raise invalid_argument(
+                reasons.SCORING_COLUMN_NOT_FOUND,
+                f"dataset {dataset.dataset_id} has no column(s) "
+                f"{echo(', '.join(missing))} to pass through",
+                dataset_id=dataset.dataset_id,
+                column=echo(",".join(missing)),
+            )
         return dataset
 
     async def _ready_dataset(self, dataset_id: str) -> ReadyDataset:
@@ -120,6 +141,7 @@ class DatasetChecker:
             dataset.dataset_id,
             tuple(column.name for column in dataset.columns),
             cells=int(dataset.row_count) * len(dataset.columns),
+            display_name=dataset.display_name,
         )
         if self._cache_seconds > 0 and dataset.dataset_id == dataset_id:
             self._cache[dataset_id] = (time.monotonic(), ready)
@@ -190,8 +212,9 @@ def _column_not_found(dataset: ReadyDataset, column: str) -> ServiceError:
 
 
 class ParamsChecker:
-    """Asks the Trainer whether parameter overrides are allowed, and for a quote
-    (EstimateTraining: wall time, peak memory, trials) of a job."""
+    """Asks the Trainer whether parameter overrides are allowed, for a quote
+    (EstimateTraining: wall time, peak memory, trials) of a job, and which model
+    version a scoring job names (GetModel)."""
 
     def __init__(self, stub: TrainerServiceStub, timeout: float) -> None:
         self._stub = stub
@@ -239,3 +262,38 @@ class ParamsChecker:
                 reasons.TRAINER_UNAVAILABLE,
                 f"the Trainer could not estimate the job ({error.code().name}); retry later",
             ) from error
+
+    async def model_version(self, name: str, version: int, alias: str) -> int:
+        """The version `version` (when set) or `alias` names; NOT_FOUND names what is
+        missing. Resolved once, at create: the job scores that version even if the
+        alias moves while it waits."""
+        try:
+            model: Model = await self._stub.GetModel(
+                GetModelRequest(model_name=name), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found(
+                    reasons.MODEL_NOT_FOUND, f"no registered model {name!r}", model_name=name
+                ) from error
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise PassThroughError(status_from_rpc_error(error)) from error
+            logger.warning(
+                "TrainerService.GetModel failed",
+                extra={"code": error.code().name, "details": error.details()},
+            )
+            raise unavailable(
+                reasons.TRAINER_UNAVAILABLE,
+                f"the Trainer could not look up model {name!r} ({error.code().name}); retry later",
+            ) from error
+        for found in model.versions:
+            if (version and found.version == version) or (not version and alias in found.aliases):
+                return int(found.version)
+        asked = {"version": str(version)} if version else {"alias": echo(alias)}
+        what = " ".join(next(iter(asked.items())))
+        raise not_found(
+            reasons.MODEL_VERSION_NOT_FOUND,
+            f"model {name!r} has no {what}",
+            model_name=name,
+            **asked,
+        )

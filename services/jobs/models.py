@@ -6,6 +6,11 @@ a job converts to its `TrainingJob` message without any join). `version` is
 bumped by every change, so concurrent writers (two replicas, the watchdog, a
 cancel) update a job with a conditional UPDATE and never interleave.
 
+Scoring jobs are rows of the same table, of `kind` `scoring`: they share the
+lifecycle columns (state, attempt, times, deadline, error) and so the outbox,
+relay, events consumer, watchdog and watches of training jobs; what only a
+scoring job has is the serialized `ScoringJob` in `scoring`.
+
 `jobs_outbox` holds what must reach NATS, written in the same transaction as
 the change that produced it and published by the relay (see outbox.py).
 """
@@ -100,6 +105,9 @@ class TrainingJobRow(Base):
     # The request's TrainingSearch (immutable) and, for a replay, its Replay (serialized).
     search: Mapped[bytes | None] = mapped_column(LargeBinary)
     replay: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # `training` or `scoring`; a scoring job's whole ScoringJob, serialized.
+    kind: Mapped[str] = mapped_column(String(16), server_default="training")
+    scoring: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         Index("uq_training_jobs_request_id", "request_id", unique=True),
@@ -108,6 +116,7 @@ class TrainingJobRow(Base):
         Index("ix_training_jobs_state_create_time", "state", "create_time", "job_id"),
         Index("ix_training_jobs_dataset_create_time", "dataset_id", "create_time", "job_id"),
         Index("ix_training_jobs_run_deadline", "run_deadline"),
+        Index("ix_training_jobs_kind_create_time", "kind", "create_time", "job_id"),
     )
 
 

@@ -1,4 +1,7 @@
-"""JobsService over gRPC: create, get, list, cancel and watch training jobs."""
+"""JobsService over gRPC: create, get, list, cancel and watch training and scoring jobs.
+
+Both kinds are rows of one table and live by one state machine; each RPC answers
+for its own kind only (a scoring job's id is NOT_FOUND to GetTrainingJob)."""
 
 from __future__ import annotations
 
@@ -8,28 +11,40 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from nats.js.kv import KeyValue
 
-from modelyard.dispatch.v1.dispatch_pb2 import ReplayConfiguration, TrainingRequest
+from modelyard.dispatch.v1.dispatch_pb2 import (
+    ReplayConfiguration,
+    ScoringRequest,
+    TrainingRequest,
+)
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
 from modelyard.jobs.v1.jobs_service_pb2 import (
+    CancelScoringJobRequest,
     CancelTrainingJobRequest,
+    CreateScoringJobRequest,
     CreateTrainingJobRequest,
     EstimateTrainingJobRequest,
     EstimateTrainingJobResponse,
+    GetScoringJobRequest,
     GetTrainingJobRequest,
+    ListScoringJobsRequest,
+    ListScoringJobsResponse,
     ListTrainingJobsRequest,
     ListTrainingJobsResponse,
     ListTrialsRequest,
     ListTrialsResponse,
     ReplayTrainingJobRequest,
     ReplayTrainingJobResponse,
+    WatchScoringJobRequest,
+    WatchScoringJobResponse,
     WatchTrainingJobRequest,
     WatchTrainingJobResponse,
 )
+from modelyard.jobs.v1.scoring_job_pb2 import ScoringJob
 from modelyard.jobs.v1.training_job_pb2 import Replay, TrainingJob
 from modelyard.training.v1.trainer_service_pb2 import (
     EstimateTrainingRequest,
@@ -44,13 +59,23 @@ from services.jobs.dependencies import DatasetChecker, ParamsChecker, ReadyDatas
 from services.jobs.outbox import cancel_flag_entry, job_event_entry, training_request_entry
 from services.jobs.relay import OutboxRelay
 from services.jobs.settings import JobsSettings
-from services.jobs.state_machine import apply_event, cancel_event, is_final
+from services.jobs.state_machine import (
+    SCORING,
+    TRAINING,
+    Job,
+    apply_event,
+    cancel_event,
+    is_final,
+    kind_of,
+    state_name,
+)
 from services.jobs.store import DuplicateRequestId, JobStore
 from services.jobs.transitions import ConflictError, Decision, change_job
 from services.jobs.validation import (
     job_not_found,
     max_run_duration,
     validate_create,
+    validate_create_scoring,
     validate_job_id,
 )
 from services.jobs.watch import JobWatcher
@@ -58,7 +83,10 @@ from services.jobs.watch import JobWatcher
 logger = logging.getLogger("modelyard.jobs.servicer")
 
 STATES = frozenset(TrainingJob.State.values()) - {TrainingJob.STATE_UNSPECIFIED}
+DEFAULT_ALIAS = "champion"
+MAX_OUTPUT_DISPLAY_NAME = 200
 CANCEL_FLAG_TIMEOUT_SECONDS = 2.0
+JobT = TypeVar("JobT", TrainingJob, ScoringJob)
 
 
 class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
@@ -90,7 +118,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             # A retry returns the job it created, whatever happened to the dataset since.
             existing = await self._store.find_by_request_id(request.request_id)
             if existing is not None:
-                return existing
+                return _of_kind(existing, TrainingJob, request.request_id)
         dataset = await self._check_dependencies(request)
         await self._check_quote(request, dataset)
         job = self._new_job(request, dataset)
@@ -99,7 +127,8 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         except DuplicateRequestId:
             existing = await self._store.find_by_request_id(request.request_id)
             assert existing is not None
-            return existing  # a concurrent retry won the race: its job is the job
+            # a concurrent retry won the race: its job is the job
+            return _of_kind(existing, TrainingJob, request.request_id)
         if self._settings.fault_crash_after_commit:
             os._exit(137)  # TEST ONLY: committed, not published (see settings)
         self._relay.wake(traced_msg_id=job.job_id)
@@ -166,9 +195,11 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     async def GetTrainingJob(
         self, request: GetTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> TrainingJob:
-        job_id = validate_job_id(request.job_id)
+        return await self._training_job(validate_job_id(request.job_id))
+
+    async def _training_job(self, job_id: str) -> TrainingJob:
         found = await self._store.get(job_id)
-        if found is None:
+        if found is None or not isinstance(found.job, TrainingJob):
             raise job_not_found(job_id)
         return found.job
 
@@ -181,8 +212,11 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             )
         filters = {"state": request.state, "dataset_id": request.dataset_id}
         page = parse_page(request.page_size, request.page_token, filters)
+        listed = await self._store.list_page(
+            page, request.state or None, request.dataset_id or None, TRAINING
+        )
         jobs, next_token = page_tail(
-            await self._store.list_page(page, request.state or None, request.dataset_id or None),
+            [job for job in listed if isinstance(job, TrainingJob)],
             page,
             key=lambda job: (job.create_time.ToDatetime(tzinfo=UTC), job.job_id),
             filters=filters,
@@ -195,11 +229,9 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         job_id = validate_job_id(request.job_id)
         filters = {"job_id": job_id}
         page = parse_page(request.page_size, request.page_token, filters)
-        found = await self._store.get(job_id)
-        if found is None:
-            raise job_not_found(job_id)
+        job = await self._training_job(job_id)
         trials, next_token = page_tail(
-            await self._store.list_trials(job_id, found.job.attempt, page),
+            await self._store.list_trials(job_id, job.attempt, page),
             page,
             key=lambda trial: (trial.number, ""),
             filters=filters,
@@ -236,11 +268,10 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         if request.request_id:
             existing = await self._store.find_by_request_id(request.request_id)
             if existing is not None:
-                return ReplayTrainingJobResponse(training_job=existing)
-        found = await self._store.get(source_id)
-        if found is None:
-            raise job_not_found(source_id)
-        source = found.job
+                return ReplayTrainingJobResponse(
+                    training_job=_of_kind(existing, TrainingJob, request.request_id)
+                )
+        source = await self._training_job(source_id)
         _check_replayable(source)
         await self._check_dataset_kept(source)
         job, replay = self._replay_job(source, request.request_id)
@@ -249,7 +280,9 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         except DuplicateRequestId:
             existing = await self._store.find_by_request_id(request.request_id)
             assert existing is not None
-            return ReplayTrainingJobResponse(training_job=existing)
+            return ReplayTrainingJobResponse(
+                training_job=_of_kind(existing, TrainingJob, request.request_id)
+            )
         self._relay.wake(traced_msg_id=job.job_id)
         with log_context(job_id=job.job_id):
             logger.info("replay queued", extra={"source_job_id": source_id})
@@ -307,16 +340,25 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     async def CancelTrainingJob(
         self, request: CancelTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> TrainingJob:
-        job_id = validate_job_id(request.job_id)
-        now = datetime.now(UTC)
+        job = await self._cancel(validate_job_id(request.job_id), TrainingJob)
+        assert isinstance(job, TrainingJob)
+        return job
 
-        def decide(job: TrainingJob) -> Decision | None:
+    async def _cancel(self, job_id: str, kind: type[Job]) -> Job:
+        """Cancel a job of `kind`: CANCELLED at once when QUEUED, CANCELLING (and the
+        Trainer told through the cancellations bucket) when RUNNING."""
+        now = datetime.now(UTC)
+        noun = SCORING if kind is ScoringJob else TRAINING
+
+        def decide(job: Job) -> Decision | None:
+            if not isinstance(job, kind):
+                raise job_not_found(job_id, noun)
             if is_final(job.state):
                 raise failed_precondition(
                     reasons.JOB_ALREADY_FINISHED,
-                    f"training job {job_id} is already {TrainingJob.State.Name(job.state)}",
+                    f"{noun} job {job_id} is already {state_name(job)}",
                     job_id=job_id,
-                    state=TrainingJob.State.Name(job.state),
+                    state=state_name(job),
                 )
             event = cancel_event(job, now)
             updated = None if event is None else apply_event(job, event)
@@ -332,18 +374,15 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             except ConflictError as error:
                 raise unavailable(
                     reasons.JOB_BUSY,
-                    f"training job {job_id} kept changing; retry the cancel",
+                    f"{noun} job {job_id} kept changing; retry the cancel",
                     job_id=job_id,
                 ) from error
             if outcome.job is None:
-                raise job_not_found(job_id)
+                raise job_not_found(job_id, noun)
             if outcome.changed:
                 self._relay.wake()
                 await self._raise_cancel_flag(job_id)
-                logger.info(
-                    "cancel requested",
-                    extra={"state": TrainingJob.State.Name(outcome.job.state)},
-                )
+                logger.info("cancel requested", extra={"state": state_name(outcome.job)})
             return outcome.job
 
     async def _raise_cancel_flag(self, job_id: str) -> None:
@@ -366,7 +405,160 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         job_id = validate_job_id(request.job_id)
         with log_context(job_id=job_id):
             async for job in self._watcher.watch(job_id):
+                if not isinstance(job, TrainingJob):
+                    raise job_not_found(job_id)
                 yield WatchTrainingJobResponse(training_job=job)
+
+    # -- scoring jobs --------------------------------------------------------------------
+
+    async def CreateScoringJob(
+        self, request: CreateScoringJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ScoringJob:
+        validate_create_scoring(request, self._settings)
+        if request.request_id:
+            existing = await self._store.find_by_request_id(request.request_id)
+            if existing is not None:
+                return _of_kind(existing, ScoringJob, request.request_id)
+        dataset, version = await self._check_scoring_dependencies(request)
+        job = self._new_scoring_job(request, dataset, version)
+        try:
+            await self._store.insert(job, [training_request_entry(_scoring_request(job))])
+        except DuplicateRequestId:
+            existing = await self._store.find_by_request_id(request.request_id)
+            assert existing is not None
+            return _of_kind(existing, ScoringJob, request.request_id)
+        self._relay.wake(traced_msg_id=job.job_id)
+        with log_context(job_id=job.job_id):
+            logger.info(
+                "scoring job queued",
+                extra={
+                    "dataset_id": job.dataset_id,
+                    "model": job.model_name,
+                    "model_version": job.model_version,
+                },
+            )
+        return job
+
+    async def _check_scoring_dependencies(
+        self, request: CreateScoringJobRequest
+    ) -> tuple[ReadyDataset, int]:
+        """The dataset (with the pass-through columns) and the model version, asked
+        concurrently; the dataset's error wins."""
+        dataset, version = await asyncio.gather(
+            self._datasets.check_columns(request.dataset_id, list(request.pass_through_columns)),
+            self._params.model_version(
+                request.model_name,
+                request.model_version,
+                request.model_alias or DEFAULT_ALIAS,
+            ),
+            return_exceptions=True,
+        )
+        if isinstance(dataset, BaseException):
+            raise dataset
+        if isinstance(version, BaseException):
+            raise version
+        return dataset, version
+
+    def _new_scoring_job(
+        self, request: CreateScoringJobRequest, dataset: ReadyDataset, version: int
+    ) -> ScoringJob:
+        default_name = f"{dataset.display_name or dataset.dataset_id}-scored-"
+        default_name += f"{request.model_name}-v{version}"
+        job = ScoringJob(
+            job_id=uuid.uuid4().hex,
+            dataset_id=dataset.dataset_id,
+            model_name=request.model_name,
+            model_version=version,
+            model_alias="" if request.model_version else request.model_alias or DEFAULT_ALIAS,
+            pass_through_columns=request.pass_through_columns,
+            class_probabilities=request.class_probabilities,
+            output_display_name=request.output_display_name
+            or default_name[:MAX_OUTPUT_DISPLAY_NAME],
+            request_id=request.request_id,
+            state=ScoringJob.QUEUED,
+            attempt=0,
+        )
+        job.max_run_duration.FromTimedelta(max_run_duration(request, self._settings))
+        now = datetime.now(UTC)
+        job.create_time.FromDatetime(now)
+        job.update_time.FromDatetime(now)
+        return job
+
+    async def GetScoringJob(
+        self, request: GetScoringJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ScoringJob:
+        job_id = validate_job_id(request.job_id)
+        found = await self._store.get(job_id)
+        if found is None or not isinstance(found.job, ScoringJob):
+            raise job_not_found(job_id, SCORING)
+        return found.job
+
+    async def ListScoringJobs(
+        self, request: ListScoringJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ListScoringJobsResponse:
+        if request.state and request.state not in STATES:
+            raise invalid_argument(
+                reasons.STATE_INVALID, f"state {request.state} is not a job state"
+            )
+        filters = {"state": request.state, "dataset_id": request.dataset_id, "kind": SCORING}
+        page = parse_page(request.page_size, request.page_token, filters)
+        listed = await self._store.list_page(
+            page, request.state or None, request.dataset_id or None, SCORING
+        )
+        jobs, next_token = page_tail(
+            [job for job in listed if isinstance(job, ScoringJob)],
+            page,
+            key=lambda job: (job.create_time.ToDatetime(tzinfo=UTC), job.job_id),
+            filters=filters,
+        )
+        return ListScoringJobsResponse(scoring_jobs=jobs, next_page_token=next_token)
+
+    async def CancelScoringJob(
+        self, request: CancelScoringJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ScoringJob:
+        job = await self._cancel(validate_job_id(request.job_id), ScoringJob)
+        assert isinstance(job, ScoringJob)
+        return job
+
+    async def WatchScoringJob(
+        self, request: WatchScoringJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[WatchScoringJobResponse]:
+        job_id = validate_job_id(request.job_id)
+        with log_context(job_id=job_id):
+            async for job in self._watcher.watch(job_id):
+                if not isinstance(job, ScoringJob):
+                    raise job_not_found(job_id, SCORING)
+                yield WatchScoringJobResponse(scoring_job=job)
+
+
+def _of_kind(existing: Job, kind: type[JobT], request_id: str) -> JobT:
+    """The job a repeated request_id created; refused when a job of the other kind has it."""
+    if not isinstance(existing, kind):
+        raise failed_precondition(
+            reasons.REQUEST_ID_IN_USE,
+            f"request_id {request_id!r} belongs to {kind_of(existing)} job {existing.job_id}",
+            job_id=existing.job_id,
+        )
+    return existing
+
+
+def _scoring_request(job: ScoringJob) -> TrainingRequest:
+    """A scoring job travels as a TrainingRequest with `scoring` set (same subject,
+    stream and consumer as training)."""
+    request = TrainingRequest(
+        job_id=job.job_id,
+        dataset_id=job.dataset_id,
+        scoring=ScoringRequest(
+            model_name=job.model_name,
+            model_version=job.model_version,
+            pass_through_columns=job.pass_through_columns,
+            class_probabilities=job.class_probabilities,
+            output_display_name=job.output_display_name,
+        ),
+    )
+    request.max_run_duration.CopyFrom(job.max_run_duration)
+    request.create_time.CopyFrom(job.create_time)
+    return request
 
 
 def _check_replayable(source: TrainingJob) -> None:

@@ -14,6 +14,10 @@ the same sequence of states. The rules (docs: the Jobs ↔ Trainer contract):
   for ListTrials);
 - a replay's success records whether its model hash matched the original's;
 - applying an event twice changes nothing the second time.
+
+Scoring jobs (ScoringJob) live by the same rules: their states have the same
+numbers as a training job's, their progress is rows done (only forward), and
+their success records the output dataset. `Job` is either message.
 """
 
 from __future__ import annotations
@@ -21,35 +25,44 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import overload
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
+from modelyard.jobs.v1.scoring_job_pb2 import ScoringJob
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import make_status
 from services.jobs import reasons
+
+Job = TrainingJob | ScoringJob
 
 FINAL_STATES = frozenset({TrainingJob.SUCCEEDED, TrainingJob.FAILED, TrainingJob.CANCELLED})
 ACTIVE_STATES = frozenset({TrainingJob.RUNNING, TrainingJob.CANCELLING})
 JOBS_SOURCE = "jobs"
 
 # Event kinds that mean "a Trainer is working on this attempt".
-_TRAINER_ACTIVITY = frozenset({"started", "progress"})
+_TRAINER_ACTIVITY = frozenset({"started", "progress", "scoring_progress"})
 
 
 def is_final(state: int) -> bool:
     return state in FINAL_STATES
 
 
-def apply_event(job: TrainingJob, event: JobEvent) -> TrainingJob | None:
+@overload
+def apply_event(job: TrainingJob, event: JobEvent) -> TrainingJob | None: ...
+@overload
+def apply_event(job: ScoringJob, event: JobEvent) -> ScoringJob | None: ...
+@overload
+def apply_event(job: Job, event: JobEvent) -> Job | None: ...
+def apply_event(job: Job, event: JobEvent) -> Job | None:
     """The job after `event`, or None when the event changes nothing."""
     kind = event.WhichOneof("kind")
     if kind is None or is_final(job.state) or event.attempt < job.attempt:
         return None
-    updated = TrainingJob()
-    updated.CopyFrom(job)
+    updated = type(job).FromString(job.SerializeToString())
     if event.attempt > job.attempt or (
         job.state == TrainingJob.QUEUED and kind in _TRAINER_ACTIVITY
     ):
@@ -66,7 +79,7 @@ def _seconds(timestamp: Timestamp) -> float:
     return timestamp.seconds + timestamp.nanos / 1e9
 
 
-def _begin_attempt(job: TrainingJob, event: JobEvent) -> None:
+def _begin_attempt(job: Job, event: JobEvent) -> None:
     job.attempt = max(job.attempt, event.attempt)
     if job.state != TrainingJob.CANCELLING:
         job.state = TrainingJob.RUNNING
@@ -74,7 +87,9 @@ def _begin_attempt(job: TrainingJob, event: JobEvent) -> None:
     job.ClearField("progress")
 
 
-def _started(job: TrainingJob, event: JobEvent) -> None:
+def _started(job: Job, event: JobEvent) -> None:
+    if isinstance(job, ScoringJob):
+        return  # a scoring job's start carries nothing but the attempt
     started = event.started
     if started.HasField("task_detection"):
         job.task_detection.CopyFrom(started.task_detection)
@@ -82,8 +97,8 @@ def _started(job: TrainingJob, event: JobEvent) -> None:
         job.mlflow.CopyFrom(started.mlflow)
 
 
-def _progress(job: TrainingJob, event: JobEvent) -> None:
-    if job.state not in ACTIVE_STATES:
+def _progress(job: Job, event: JobEvent) -> None:
+    if job.state not in ACTIVE_STATES or not isinstance(job, TrainingJob):
         return
     old, new = job.progress, event.progress
     if job.HasField("progress") and (new.trial, new.iteration) < (old.trial, old.iteration):
@@ -91,9 +106,25 @@ def _progress(job: TrainingJob, event: JobEvent) -> None:
     job.progress.CopyFrom(event.progress)
 
 
-def _succeeded(job: TrainingJob, event: JobEvent) -> None:
+def _scoring_progress(job: Job, event: JobEvent) -> None:
+    if job.state not in ACTIVE_STATES or not isinstance(job, ScoringJob):
+        return
+    new = event.scoring_progress
+    if job.HasField("progress") and new.rows_done < job.progress.rows_done:
+        return  # an older report overtaken by a newer one
+    job.progress.CopyFrom(new)
+
+
+def _succeeded(job: Job, event: JobEvent) -> None:
     succeeded = event.succeeded
     job.state = TrainingJob.SUCCEEDED
+    if isinstance(job, ScoringJob):
+        job.output.CopyFrom(succeeded.scoring_output)
+        rows = succeeded.scoring_output.rows_scored
+        job.progress.rows_done = rows
+        job.progress.rows_total = max(job.progress.rows_total, rows)
+        _end(job, event)
+        return
     job.metrics.clear()
     job.metrics.update(succeeded.metrics)
     if succeeded.HasField("mlflow"):
@@ -109,7 +140,7 @@ def _succeeded(job: TrainingJob, event: JobEvent) -> None:
     _end(job, event)
 
 
-def _failed(job: TrainingJob, event: JobEvent) -> None:
+def _failed(job: Job, event: JobEvent) -> None:
     failed = event.failed
     job.state = TrainingJob.FAILED
     if failed.HasField("error"):
@@ -122,34 +153,35 @@ def _failed(job: TrainingJob, event: JobEvent) -> None:
                 f"{event.source or 'the Trainer'} reported a failure without details",
             )
         )
-    if failed.HasField("mlflow"):
+    if failed.HasField("mlflow") and isinstance(job, TrainingJob):
         job.mlflow.CopyFrom(failed.mlflow)
     _end(job, event)
 
 
-def _cancelled(job: TrainingJob, event: JobEvent) -> None:
+def _cancelled(job: Job, event: JobEvent) -> None:
     job.state = TrainingJob.CANCELLED
-    if event.cancelled.HasField("mlflow"):
+    if event.cancelled.HasField("mlflow") and isinstance(job, TrainingJob):
         job.mlflow.CopyFrom(event.cancelled.mlflow)
     _end(job, event)
 
 
-def _cancel_requested(job: TrainingJob, event: JobEvent) -> None:
+def _cancel_requested(job: Job, event: JobEvent) -> None:
     if job.state == TrainingJob.RUNNING:
         job.state = TrainingJob.CANCELLING
 
 
-def _trial(job: TrainingJob, event: JobEvent) -> None:
+def _trial(job: Job, event: JobEvent) -> None:
     return None  # kept apart from the job (ListTrials); progress events carry the count
 
 
-def _end(job: TrainingJob, event: JobEvent) -> None:
+def _end(job: Job, event: JobEvent) -> None:
     job.end_time.CopyFrom(event.event_time)
 
 
-_APPLY: dict[str, Callable[[TrainingJob, JobEvent], None]] = {
+_APPLY: dict[str, Callable[[Job, JobEvent], None]] = {
     "started": _started,
     "progress": _progress,
+    "scoring_progress": _scoring_progress,
     "succeeded": _succeeded,
     "failed": _failed,
     "cancelled": _cancelled,
@@ -161,7 +193,7 @@ _APPLY: dict[str, Callable[[TrainingJob, JobEvent], None]] = {
 # -- events the Jobs service itself emits -------------------------------------------
 
 
-def jobs_event(job: TrainingJob, now: datetime) -> JobEvent:
+def jobs_event(job: Job, now: datetime) -> JobEvent:
     """An event about `job` from the Jobs service, of the job's current attempt."""
     event = JobEvent(
         job_id=job.job_id, attempt=job.attempt, source=JOBS_SOURCE, event_id=uuid.uuid4().hex
@@ -170,7 +202,7 @@ def jobs_event(job: TrainingJob, now: datetime) -> JobEvent:
     return event
 
 
-def cancel_event(job: TrainingJob, now: datetime) -> JobEvent | None:
+def cancel_event(job: Job, now: datetime) -> JobEvent | None:
     """What a cancel request does to a job that is not final: a QUEUED job is
     cancelled at once, a RUNNING one waits for its Trainer (CANCELLING)."""
     event = jobs_event(job, now)
@@ -183,7 +215,20 @@ def cancel_event(job: TrainingJob, now: datetime) -> JobEvent | None:
     return event
 
 
-def failure_event(job: TrainingJob, now: datetime, error: status_pb2.Status) -> JobEvent:
+def failure_event(job: Job, now: datetime, error: status_pb2.Status) -> JobEvent:
     event = jobs_event(job, now)
     event.failed.error.CopyFrom(error)
     return event
+
+
+def state_name(job: Job) -> str:
+    return TrainingJob.State.Name(job.state)  # the same names for both kinds
+
+
+def kind_of(job: Job) -> str:
+    """The `kind` column of a stored job: `training` or `scoring`."""
+    return SCORING if isinstance(job, ScoringJob) else TRAINING
+
+
+TRAINING = "training"
+SCORING = "scoring"

@@ -25,6 +25,7 @@ from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from modelyard.jobs.v1.scoring_job_pb2 import ScoringJob
 from modelyard.jobs.v1.training_job_pb2 import (
     MlflowRun,
     Replay,
@@ -40,7 +41,7 @@ from runtime.pagination import Page
 from services.jobs.models import OutboxRow, TrainingJobRow, TrialRow
 from services.jobs.outbox import OutboxEntry
 from services.jobs.pg_hot_path import PostgresHotPath
-from services.jobs.state_machine import ACTIVE_STATES
+from services.jobs.state_machine import ACTIVE_STATES, TRAINING, Job, kind_of
 
 JOBS = cast(Table, TrainingJobRow.__table__)
 OUTBOX = cast(Table, OutboxRow.__table__)
@@ -66,7 +67,7 @@ class RowLike(Protocol):
 
 @dataclass(frozen=True)
 class VersionedJob:
-    job: TrainingJob
+    job: Job
     version: int
 
 
@@ -83,20 +84,20 @@ def _datetime(timestamp: Any) -> datetime | None:
     return timestamp.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
-def _message_bytes(job: TrainingJob, field: str) -> bytes | None:
+def _message_bytes(job: Job, field: str) -> bytes | None:
     return getattr(job, field).SerializeToString() if job.HasField(field) else None
 
 
-def _run_deadline(job: TrainingJob) -> datetime | None:
+def _run_deadline(job: Job) -> datetime | None:
     start = _datetime(job.start_time)
     if job.state not in ACTIVE_STATES or start is None:
         return None
     return start + job.max_run_duration.ToTimedelta()
 
 
-def mutable_values(job: TrainingJob) -> dict[str, Any]:
+def mutable_values(job: Job) -> dict[str, Any]:
     """The columns a job's life changes (everything the Trainer reports)."""
-    return {
+    lifecycle = {
         "state": job.state,
         "attempt": job.attempt,
         "update_time": _datetime(job.update_time),
@@ -104,19 +105,42 @@ def mutable_values(job: TrainingJob) -> dict[str, Any]:
         "end_time": _datetime(job.end_time),
         "run_deadline": _run_deadline(job),
         "error": _message_bytes(job, "error"),
+    }
+    if isinstance(job, ScoringJob):
+        # The whole message: read back whole, never queried by its fields.
+        empty = dict.fromkeys(("task_detection", "progress", "summary", "mlflow", "metrics"))
+        return lifecycle | empty | {"replay": None, "scoring": job.SerializeToString()}
+    return lifecycle | {
         "task_detection": _message_bytes(job, "task_detection"),
         "progress": _message_bytes(job, "progress"),
         "summary": _message_bytes(job, "summary"),
         "mlflow": _message_bytes(job, "mlflow"),
         "metrics": json.dumps(dict(job.metrics)) if job.metrics else None,
         "replay": _message_bytes(job, "replay"),
+        "scoring": None,
     }
 
 
 MUTABLE_COLUMNS = tuple(mutable_values(TrainingJob()))
 
 
-def insert_values(job: TrainingJob) -> dict[str, Any]:
+def insert_values(job: Job) -> dict[str, Any]:
+    if isinstance(job, ScoringJob):
+        return {
+            "job_id": job.job_id,
+            "request_id": job.request_id or None,
+            "dataset_id": job.dataset_id,
+            "target_column": "",
+            "task": 0,
+            "params": "{}",
+            "registered_model_name": job.model_name,
+            "max_run_duration_seconds": job.max_run_duration.ToTimedelta().total_seconds(),
+            "create_time": _datetime(job.create_time),
+            "search": None,
+            "kind": kind_of(job),
+            "version": 1,
+            **mutable_values(job),
+        }
     return {
         "job_id": job.job_id,
         "request_id": job.request_id or None,
@@ -128,13 +152,16 @@ def insert_values(job: TrainingJob) -> dict[str, Any]:
         "max_run_duration_seconds": job.max_run_duration.ToTimedelta().total_seconds(),
         "create_time": _datetime(job.create_time),
         "search": _message_bytes(job, "search"),
+        "kind": kind_of(job),
         "version": 1,
         **mutable_values(job),
     }
 
 
-def row_to_job(row: RowLike) -> TrainingJob:
+def row_to_job(row: RowLike) -> Job:
     """A `training_jobs` row (SQLAlchemy's or asyncpg's) as its message."""
+    if row["kind"] != TRAINING:
+        return ScoringJob.FromString(row["scoring"])
     job = TrainingJob(
         job_id=row["job_id"],
         dataset_id=row["dataset_id"],
@@ -172,7 +199,7 @@ _INSERT_JOB = insert(JOBS)
 _INSERT_OUTBOX = insert(OUTBOX)
 
 
-ChangeListener = Callable[[TrainingJob], Awaitable[None]]
+ChangeListener = Callable[[Job], Awaitable[None]]
 
 
 class JobStore:
@@ -207,7 +234,7 @@ class JobStore:
             row = await self._first(_BY_ID, {"job_id": job_id})
         return None if row is None else VersionedJob(row_to_job(row), row["version"])
 
-    async def find_by_request_id(self, request_id: str) -> TrainingJob | None:
+    async def find_by_request_id(self, request_id: str) -> Job | None:
         row: RowLike | None
         if self._hot_path is not None:
             row = await self._hot_path.job_by_request_id(request_id)
@@ -220,7 +247,7 @@ class JobStore:
             row = (await connection.execute(statement, parameters)).first()
         return None if row is None else row._mapping
 
-    async def insert(self, job: TrainingJob, outbox: Sequence[OutboxEntry]) -> None:
+    async def insert(self, job: Job, outbox: Sequence[OutboxEntry]) -> None:
         """Store a new job and its outbox rows in one transaction.
 
         Raises DuplicateRequestId when another job holds the job's request_id."""
@@ -238,7 +265,7 @@ class JobStore:
             raise
 
     async def replace(
-        self, job: TrainingJob, read_version: int, outbox: Sequence[OutboxEntry] = ()
+        self, job: Job, read_version: int, outbox: Sequence[OutboxEntry] = ()
     ) -> bool:
         """Write `job` if nobody changed it since `read_version`; False when somebody did."""
         written = await self._write_replacement(job, read_version, outbox)
@@ -248,7 +275,7 @@ class JobStore:
         return written
 
     async def _write_replacement(
-        self, job: TrainingJob, read_version: int, outbox: Sequence[OutboxEntry]
+        self, job: Job, read_version: int, outbox: Sequence[OutboxEntry]
     ) -> bool:
         if self._hot_path is not None:
             return await self._hot_path.replace(
@@ -267,10 +294,11 @@ class JobStore:
         return True
 
     async def list_page(
-        self, page: Page, state: int | None, dataset_id: str | None
-    ) -> list[TrainingJob]:
-        """One page, newest first; one row more than the page when there is a next page."""
-        statement = select(JOBS)
+        self, page: Page, state: int | None, dataset_id: str | None, kind: str = TRAINING
+    ) -> list[Job]:
+        """One page of one kind of job, newest first; one row more than the page when
+        there is a next page."""
+        statement = select(JOBS).where(JOBS.c.kind == kind)
         if state is not None:
             statement = statement.where(JOBS.c.state == state)
         if dataset_id is not None:

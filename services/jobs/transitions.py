@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
-from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from services.jobs.outbox import OutboxEntry
-from services.jobs.state_machine import apply_event
+from services.jobs.state_machine import Job, apply_event
 from services.jobs.store import JobStore
 
 MAX_CONFLICTS = 20
@@ -23,13 +22,13 @@ MAX_CONFLICTS = 20
 
 @dataclass(frozen=True)
 class Decision:
-    job: TrainingJob
+    job: Job
     outbox: Sequence[OutboxEntry] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    job: TrainingJob | None  # None: no such job
+    job: Job | None  # None: no such job
     changed: bool
 
 
@@ -38,7 +37,7 @@ class ConflictError(Exception):
 
 
 async def change_job(
-    store: JobStore, job_id: str, decide: Callable[[TrainingJob], Decision | None]
+    store: JobStore, job_id: str, decide: Callable[[Job], Decision | None]
 ) -> Outcome:
     for _ in range(MAX_CONFLICTS):
         current = await store.get(job_id)
@@ -55,7 +54,7 @@ async def change_job(
 async def apply_event_to_store(store: JobStore, event: JobEvent) -> Outcome:
     """Apply an event to the stored job (idempotent: see state_machine)."""
 
-    def decide(job: TrainingJob) -> Decision | None:
+    def decide(job: Job) -> Decision | None:
         updated = apply_event(job, event)
         return None if updated is None else Decision(updated)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest
+from modelyard.jobs.v1.jobs_service_pb2 import CreateScoringJobRequest, CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
+from runtime import limits
 from runtime.errors import ServiceError, invalid_argument, not_found
 from runtime.limits import check_model_name, check_request_id, check_resource_id, echo
 from services.jobs import reasons
@@ -18,15 +19,22 @@ MAX_TARGET_COLUMN = 10_000
 # A dataset reference: an id, or a display name (200 characters at most) with "@version".
 MAX_DATASET_REFERENCE = 240
 TASKS = frozenset(TrainingJob.Task.values())
+MAX_PASS_THROUGH_COLUMNS = 1000
+MAX_COLUMN_NAME = 10_000
+MAX_OUTPUT_DISPLAY_NAME = 200  # DatasetService's limit on display names
+# Columns a scoring job's output makes itself: `prediction`, `probability_<class>`.
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"
+CreateRequest = CreateTrainingJobRequest | CreateScoringJobRequest
 
 
 def validate_job_id(job_id: str) -> str:
     return check_resource_id(job_id, "job_id", reasons.JOB_ID_REQUIRED, reasons.JOB_ID_INVALID)
 
 
-def job_not_found(job_id: str) -> ServiceError:
+def job_not_found(job_id: str, kind: str = "training") -> ServiceError:
     """NOT_FOUND for a job id that passed `validate_job_id`, whichever RPC asked."""
-    return not_found(reasons.JOB_NOT_FOUND, f"training job {job_id} does not exist", job_id=job_id)
+    return not_found(reasons.JOB_NOT_FOUND, f"{kind} job {job_id} does not exist", job_id=job_id)
 
 
 def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
@@ -42,11 +50,79 @@ def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -
         _validate_search(request, settings)
 
 
-def max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) -> timedelta:
+def max_run_duration(request: CreateRequest, settings: JobsSettings) -> timedelta:
     """The job's limit: the request's, else the service default."""
     if request.HasField("max_run_duration"):
         return request.max_run_duration.ToTimedelta()
     return timedelta(seconds=settings.default_max_run_duration_seconds)
+
+
+def validate_create_scoring(request: CreateScoringJobRequest, settings: JobsSettings) -> None:
+    _validate_dataset_reference(request.dataset_id)
+    if not request.model_name:
+        raise invalid_argument(reasons.MODEL_NAME_INVALID, "model_name is required")
+    check_model_name(request.model_name, reasons.MODEL_NAME_INVALID, field="model_name")
+    if request.model_version < 0:
+        raise invalid_argument(
+            reasons.MODEL_VERSION_INVALID,
+            "model_version must be positive (or unset for an alias)",
+            version=str(request.model_version),
+        )
+    if request.model_alias and request.model_version:
+        raise invalid_argument(
+            reasons.MODEL_VERSION_INVALID, "give model_version or model_alias, not both"
+        )
+    if request.model_alias and not limits.is_model_name(request.model_alias):
+        raise invalid_argument(
+            reasons.MODEL_VERSION_INVALID,
+            f"model_alias must be {limits.MODEL_NAME_RULE}",
+            alias=echo(request.model_alias),
+        )
+    _validate_pass_through(list(request.pass_through_columns))
+    if request.output_display_name and (
+        len(request.output_display_name) > MAX_OUTPUT_DISPLAY_NAME
+        or not request.output_display_name.strip()
+    ):
+        raise invalid_argument(
+            reasons.OUTPUT_DISPLAY_NAME_INVALID,
+            f"output_display_name must be 1 to {MAX_OUTPUT_DISPLAY_NAME} characters",
+        )
+    check_request_id(request.request_id, reasons.REQUEST_ID_INVALID)
+    if request.HasField("max_run_duration"):
+        _validate_max_run_duration(request, settings)
+
+
+def _validate_pass_through(columns: list[str]) -> None:
+    if len(columns) > MAX_PASS_THROUGH_COLUMNS or len(set(columns)) != len(columns):
+        raise invalid_argument(
+            reasons.SCORING_COLUMNS_INVALID,
+            f"pass_through_columns must be at most {MAX_PASS_THROUGH_COLUMNS} distinct names",
+        )
+    for name in columns:
+        if not name or len(name) > MAX_COLUMN_NAME:
+            raise invalid_argument(
+                reasons.SCORING_COLUMNS_INVALID,
+                f"pass_through_columns names must be 1 to {MAX_COLUMN_NAME} characters",
+            )
+        if name == PREDICTION_COLUMN or name.startswith(PROBABILITY_PREFIX):
+            raise invalid_argument(
+                reasons.SCORING_COLUMN_CONFLICT,
+                f"pass-through column {echo(name)!r} would repeat an output column "
+                f"({PREDICTION_COLUMN!r} or {PROBABILITY_PREFIX}<class>)",
+                column=echo(name),
+            )
+
+
+def _validate_dataset_reference(dataset_id: str) -> None:
+    if not dataset_id:
+        raise invalid_argument(reasons.DATASET_ID_REQUIRED, "dataset_id is required")
+    if len(dataset_id) > MAX_DATASET_REFERENCE:
+        raise invalid_argument(
+            reasons.DATASET_ID_INVALID,
+            f"dataset_id (an id, a name or name@version) is longer than "
+            f"{MAX_DATASET_REFERENCE} characters",
+            dataset_id=echo(dataset_id),
+        )
 
 
 def _validate_dataset_and_target(request: CreateTrainingJobRequest) -> None:
@@ -95,7 +171,7 @@ def _validate_params(params: dict[str, str]) -> None:
             )
 
 
-def _validate_max_run_duration(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
+def _validate_max_run_duration(request: CreateRequest, settings: JobsSettings) -> None:
     duration = request.max_run_duration
     if (
         duration.seconds < 0

@@ -39,13 +39,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import unavailable
 from runtime.logs import error_fields
 from runtime.messaging import job_changes_subject, job_events_subject
 from services.jobs import reasons
 from services.jobs.consumer import parse_event
-from services.jobs.state_machine import apply_event, is_final
+from services.jobs.state_machine import Job, apply_event, is_final
 from services.jobs.store import JobStore
 from services.jobs.validation import job_not_found
 
@@ -71,7 +70,7 @@ class JobWatcher:
         for queue in self._queues:
             queue.put_nowait(_CLOSED)
 
-    async def watch(self, job_id: str) -> AsyncGenerator[TrainingJob, None]:
+    async def watch(self, job_id: str) -> AsyncGenerator[Job, None]:
         queue: asyncio.Queue[Msg | None] = asyncio.Queue()
 
         async def on_message(message: Msg) -> None:
@@ -103,7 +102,7 @@ class JobWatcher:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
 
-    async def announce(self, job: TrainingJob) -> None:
+    async def announce(self, job: Job) -> None:
         """Tell the watches of every replica that the stored job changed (best effort:
         a watch that misses it catches up when it re-reads)."""
         try:
@@ -119,14 +118,14 @@ class JobWatcher:
             logger.warning("watch subscription not confirmed", extra=error_fields(error))
 
     async def _next_change(
-        self, job_id: str, job: TrainingJob, queue: asyncio.Queue[Msg | None]
+        self, job_id: str, job: Job, queue: asyncio.Queue[Msg | None]
     ) -> Update | None:
         """The job after the next event or re-read, or None when nothing changed."""
         message = await self._next_message(queue, self._refresh_seconds)
         if message is None:
             return _stored(await self._reread(job_id, job))
         if message.subject == job_changes_subject(job_id):
-            return _stored(_if_ahead(_parse_job(message.data), job))
+            return _stored(_if_ahead(_parse_job(message.data, type(job)), job))
         event = parse_event(message)
         applied = None if event is None else apply_event(job, event)
         return None if applied is None else Update(applied, from_store=False)
@@ -142,7 +141,7 @@ class JobWatcher:
                 return Update(current.job, from_store=True)
             message = await self._next_message(queue, wait)
             if message is not None and message.subject == job_changes_subject(job_id):
-                announced = _parse_job(message.data)
+                announced = _parse_job(message.data, type(current.job))
                 if announced is not None and is_final(announced.state):
                     return Update(announced, from_store=True)
             wait = min(wait * 2, self._refresh_seconds)
@@ -166,7 +165,7 @@ class JobWatcher:
             )
         return message
 
-    async def _reread(self, job_id: str, job: TrainingJob) -> TrainingJob | None:
+    async def _reread(self, job_id: str, job: Job) -> Job | None:
         current = await self._store.get(job_id)
         return None if current is None else _if_ahead(current.job, job)
 
@@ -176,22 +175,23 @@ class Update:
     """The watched job after a change, and whether it is the stored job (readable by
     GetTrainingJob) or the watch's own copy with a Trainer event applied."""
 
-    job: TrainingJob
+    job: Job
     from_store: bool
 
 
-def _stored(job: TrainingJob | None) -> Update | None:
+def _stored(job: Job | None) -> Update | None:
     return None if job is None else Update(job, from_store=True)
 
 
-def _parse_job(data: bytes) -> TrainingJob | None:
+def _parse_job(data: bytes, kind: type[Job]) -> Job | None:
+    """A job announced on its change subject, of the kind the watch follows."""
     try:
-        return TrainingJob.FromString(data)
+        return kind.FromString(data)
     except DecodeError:
         return None
 
 
-def _if_ahead(stored: TrainingJob | None, job: TrainingJob) -> TrainingJob | None:
+def _if_ahead(stored: Job | None, job: Job) -> Job | None:
     """The stored job when it is ahead of the watch's copy, else None."""
     if stored is None or stored == job:
         return None

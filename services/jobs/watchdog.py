@@ -29,7 +29,7 @@ from services.jobs import reasons
 from services.jobs.backoff import Backoff
 from services.jobs.outbox import cancel_flag_entry, job_event_entry
 from services.jobs.settings import JobsSettings
-from services.jobs.state_machine import ACTIVE_STATES, apply_event, failure_event
+from services.jobs.state_machine import ACTIVE_STATES, Job, apply_event, failure_event
 from services.jobs.store import JobStore
 from services.jobs.transitions import Decision, change_job
 
@@ -77,9 +77,9 @@ class DeadlineWatchdog:
         self,
         job_id: str,
         now: datetime,
-        failure: Callable[[TrainingJob, datetime], tuple[str, grpc.StatusCode, str] | None],
+        failure: Callable[[Job, datetime], tuple[str, grpc.StatusCode, str] | None],
     ) -> int:
-        def decide(job: TrainingJob) -> Decision | None:
+        def decide(job: Job) -> Decision | None:
             found = failure(job, now)  # checked again on the freshly read job
             if found is None:
                 return None
@@ -100,9 +100,7 @@ class DeadlineWatchdog:
                 return 1
         return 0
 
-    def _overdue_failure(
-        self, job: TrainingJob, now: datetime
-    ) -> tuple[str, grpc.StatusCode, str] | None:
+    def _overdue_failure(self, job: Job, now: datetime) -> tuple[str, grpc.StatusCode, str] | None:
         if job.state not in ACTIVE_STATES or not job.HasField("start_time"):
             return None
         limit = job.max_run_duration.ToTimedelta()
@@ -115,9 +113,7 @@ class DeadlineWatchdog:
             f"(attempt {job.attempt}) and its Trainer did not stop it",
         )
 
-    def _queued_failure(
-        self, job: TrainingJob, now: datetime
-    ) -> tuple[str, grpc.StatusCode, str] | None:
+    def _queued_failure(self, job: Job, now: datetime) -> tuple[str, grpc.StatusCode, str] | None:
         assert self._max_queued is not None
         if job.state != TrainingJob.QUEUED:
             return None

@@ -33,6 +33,7 @@ from runtime.messaging import (
     wait_for_setup,
 )
 from runtime.server import GrpcServer
+from services.training.batch.output import DatasetWriter
 from services.training.fit.dataset_reader import DatasetReader
 from services.training.fit.estimate import CostBook
 from services.training.servicer import TrainerServicer
@@ -83,11 +84,15 @@ class TrainerApp(App):
         stack.push_async_callback(dataset_channel.close)
         self.datasets = DatasetReader(dataset_channel, settings.rpc_timeout_seconds)
         self.costs = CostBook(settings.resolved_work_dir())
+        # Scoring jobs store their output through the same channel.
+        self.writer = DatasetWriter(dataset_channel)
+        # One cache of loaded versions for Predict and scoring jobs.
+        self.models = ModelCache(settings.predict_cache_size)
         trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server(
             TrainerServicer(
                 settings,
                 ModelCatalog(tracker.client),
-                ModelCache(settings.predict_cache_size),
+                self.models,
                 self.datasets,
                 self.costs,
             ),
@@ -148,6 +153,8 @@ class TrainerApp(App):
             tracker,
             executor,
             self.costs,
+            self.models,
+            self.writer,
         )
         return TrainerWorker(settings, nats, runner)
 

@@ -26,7 +26,12 @@ from pydantic import SecretStr
 
 from devstack.processes import ManagedProcess, free_port
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
-from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc, training_job_pb2
+from modelyard.jobs.v1 import (
+    jobs_service_pb2,
+    jobs_service_pb2_grpc,
+    scoring_job_pb2,
+    training_job_pb2,
+)
 from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import ServiceError
 from runtime.server import GrpcServer
@@ -390,6 +395,80 @@ class FakeJobs(jobs_service_pb2_grpc.JobsServiceServicer):
         job.state = training_job_pb2.TrainingJob.QUEUED
         job.replay.source_job_id = request.job_id
         return jobs_service_pb2.ReplayTrainingJobResponse(training_job=job)
+
+    # -- scoring jobs: the gateway's routes to them, nothing more ---------------------
+
+    async def CreateScoringJob(
+        self,
+        request: jobs_service_pb2.CreateScoringJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> scoring_job_pb2.ScoringJob:
+        self.recorder.record("CreateScoringJob", request, context)
+        if not request.dataset_id or not request.model_name:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "FIELD_REQUIRED", "missing")
+        job = sample_scoring_job("scoring-new")
+        job.dataset_id = request.dataset_id
+        job.model_name = request.model_name
+        job.state = scoring_job_pb2.ScoringJob.QUEUED
+        return job
+
+    async def GetScoringJob(
+        self,
+        request: jobs_service_pb2.GetScoringJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> scoring_job_pb2.ScoringJob:
+        self.recorder.record("GetScoringJob", request, context)
+        if request.job_id == MISSING:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND", "scoring job missing does not exist"
+            )
+        return sample_scoring_job(request.job_id)
+
+    async def ListScoringJobs(
+        self,
+        request: jobs_service_pb2.ListScoringJobsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> jobs_service_pb2.ListScoringJobsResponse:
+        self.recorder.record("ListScoringJobs", request, context)
+        return jobs_service_pb2.ListScoringJobsResponse(
+            scoring_jobs=[sample_scoring_job("scoring-1")]
+        )
+
+    async def CancelScoringJob(
+        self,
+        request: jobs_service_pb2.CancelScoringJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> scoring_job_pb2.ScoringJob:
+        self.recorder.record("CancelScoringJob", request, context)
+        job = sample_scoring_job(request.job_id)
+        job.state = scoring_job_pb2.ScoringJob.CANCELLING
+        return job
+
+    async def WatchScoringJob(
+        self,
+        request: jobs_service_pb2.WatchScoringJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[jobs_service_pb2.WatchScoringJobResponse]:
+        self.recorder.record("WatchScoringJob", request, context)
+        job = sample_scoring_job(request.job_id)
+        for state in (scoring_job_pb2.ScoringJob.RUNNING, scoring_job_pb2.ScoringJob.SUCCEEDED):
+            job.state = state
+            yield jobs_service_pb2.WatchScoringJobResponse(scoring_job=job)
+
+
+def sample_scoring_job(job_id: str) -> scoring_job_pb2.ScoringJob:
+    job = scoring_job_pb2.ScoringJob(
+        job_id=job_id,
+        dataset_id="ds-1",
+        model_name="churn",
+        model_version=3,
+        state=scoring_job_pb2.ScoringJob.RUNNING,
+        attempt=1,
+    )
+    job.create_time.FromSeconds(1_700_000_000)
+    job.progress.rows_done = 65_536
+    job.progress.rows_total = 100_000
+    return job
 
 
 class FakeTrainer(trainer_service_pb2_grpc.TrainerServiceServicer):

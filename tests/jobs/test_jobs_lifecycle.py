@@ -386,6 +386,7 @@ async def test_watch_sees_a_change_stored_after_its_read_without_the_event(
         await apply_event_to_store(store, succeeded_event(job.job_id))  # no event on NATS
         after = await asyncio.wait_for(anext(updates), 10)
         assert after.state == S.SUCCEEDED
+        assert isinstance(after, TrainingJob)
         assert after.metrics["accuracy"] == pytest.approx(0.8)
     finally:
         await updates.aclose()
@@ -431,6 +432,7 @@ async def test_watch_ends_only_once_get_returns_the_final_state(
         assert stored is not None
         assert sent == stored.job  # what a Get returns: SUCCEEDED with its metrics
         assert sent.state == S.SUCCEEDED
+        assert isinstance(sent, TrainingJob)
         assert sent.metrics["accuracy"] == pytest.approx(0.75)
         with pytest.raises(StopAsyncIteration):
             await anext(updates)

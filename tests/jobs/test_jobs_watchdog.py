@@ -75,6 +75,7 @@ async def outbox_kinds(engine: AsyncEngine, job_id: str) -> list[str]:
 async def state_of(store: JobStore, job_id: str) -> TrainingJob:
     found = await store.get(job_id)
     assert found is not None
+    assert isinstance(found.job, TrainingJob)
     return found.job
 
 

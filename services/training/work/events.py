@@ -19,7 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from modelyard.dispatch.v1 import dispatch_pb2
-from modelyard.jobs.v1 import training_job_pb2
+from modelyard.jobs.v1 import scoring_job_pb2, training_job_pb2
 from runtime.logs import error_fields
 from runtime.messaging import job_events_subject
 from runtime.tracing import headers_with_context
@@ -63,6 +63,11 @@ class EventPublisher:
         self, job_id: str, attempt: int, progress: training_job_pb2.TrainingProgress
     ) -> None:
         await self.publish(self._event(job_id, attempt, progress=progress), attempts=1)
+
+    async def scoring_progress(
+        self, job_id: str, attempt: int, progress: scoring_job_pb2.ScoringProgress
+    ) -> None:
+        await self.publish(self._event(job_id, attempt, scoring_progress=progress), attempts=1)
 
     async def trial(self, job_id: str, attempt: int, trial: training_job_pb2.Trial) -> None:
         """A search's trial; Jobs stores it for ListTrials. Not worth failing a job over."""

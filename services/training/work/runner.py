@@ -29,12 +29,15 @@ from google.protobuf import json_format
 
 from modelyard.dataset.v1 import dataset_pb2
 from modelyard.dispatch.v1 import dispatch_pb2
-from modelyard.jobs.v1 import training_job_pb2
+from modelyard.jobs.v1 import scoring_job_pb2, training_job_pb2
 from runtime import limits
 from runtime.errors import ServiceError, make_status
 from runtime.logs import error_fields
 from runtime.tracing import tracer
 from services.training import metrics, reasons
+from services.training.batch.job import score_dataset
+from services.training.batch.output import DatasetWriter
+from services.training.batch.scorer import ScoringOptions
 from services.training.fit.dask_fit import DaskTarget, DaskUnavailable, ParquetSource, train_on_dask
 from services.training.fit.dataset_reader import (
     DatasetReader,
@@ -60,6 +63,7 @@ from services.training.fit.search import (
 )
 from services.training.model.params import as_strings, validate_params
 from services.training.model.targets import Task, TaskDecision, TrainingFailure
+from services.training.serving.cache import LoadedModel, ModelCache
 from services.training.settings import TrainerSettings
 from services.training.tracking.calls import MlflowTimings, MlflowUnavailable
 from services.training.tracking.records import JobInfo, PublishedModel, RunRef
@@ -216,6 +220,39 @@ class _ThreadHooks:
             self._unsent = None
 
 
+class _RowsProgress:
+    """Rows-done reports of a scoring job, from the scoring thread: at most one per
+    progress interval, and always the last."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[scoring_job_pb2.ScoringProgress], None],
+        interval: float,
+        total: int,
+    ) -> None:
+        self._loop = loop
+        self._send = send
+        self._interval = interval
+        self._total = total
+        self._last = 0.0
+        self._unsent: scoring_job_pb2.ScoringProgress | None = None
+
+    def rows(self, done: int) -> None:
+        progress = scoring_job_pb2.ScoringProgress(rows_done=done, rows_total=self._total)
+        now = time.monotonic()
+        if now - self._last < self._interval and done < self._total:
+            self._unsent = progress
+            return
+        self._last, self._unsent = now, None
+        self._loop.call_soon_threadsafe(self._send, progress)
+
+    def flush(self) -> None:
+        if self._unsent is not None:
+            self._loop.call_soon_threadsafe(self._send, self._unsent)
+            self._unsent = None
+
+
 class JobRunner:
     def __init__(
         self,
@@ -225,8 +262,13 @@ class JobRunner:
         tracker: Tracker,
         executor: ThreadPoolExecutor,
         costs: CostBook | None = None,
+        models: ModelCache | None = None,
+        writer: DatasetWriter | None = None,
     ) -> None:
         self._settings = settings
+        # Scoring jobs: the models Predict loads (one cache), the output's uploads.
+        self._models = models or ModelCache(settings.predict_cache_size)
+        self._writer = writer
         self._costs = costs or CostBook(settings.resolved_work_dir())
         self._events = events
         self._reader = reader
@@ -290,8 +332,10 @@ class JobRunner:
         return disposition
 
     async def _outcome(self, state: _Attempt) -> Disposition:
-        """Train, and publish how it ended."""
+        """Train (or score), and publish how it ended."""
         try:
+            if state.request.HasField("scoring"):
+                return await self._score(state)
             return await self._train(state)
         except TrainingFailure as failure:
             code = grpc.StatusCode[failure.code]
@@ -340,6 +384,74 @@ class JobRunner:
             self._tracker.record_timings, state.run.run_id, state.timings.as_dict()
         )
         return Disposition.ACK
+
+    async def _score(self, state: _Attempt) -> Disposition:
+        """A scoring job: the model version, the dataset's rows through it record batch
+        by record batch, the output stored as a new dataset (batch/)."""
+        request, scoring = state.request, state.request.scoring
+        if self._writer is None:
+            raise RuntimeError("this Trainer was built without a DatasetWriter")
+        dataset = await self._until_stopped(state, self._reader.get(request.dataset_id))
+        model = await self._until_stopped(
+            state, self._in_thread(self._load_model, scoring.model_name, scoring.model_version)
+        )
+        progress = _RowsProgress(
+            self._loop,
+            functools.partial(self._send_scoring_progress, state),
+            self._settings.progress_interval_seconds,
+            int(dataset.row_count),
+        )
+        result = await self._until_stopped(
+            state,
+            score_dataset(
+                datasets=self._reader,
+                writer=self._writer,
+                model=model,
+                dataset=dataset,
+                options=ScoringOptions(
+                    tuple(scoring.pass_through_columns), scoring.class_probabilities
+                ),
+                work_dir=self._settings.resolved_work_dir() / "scoring",
+                output_name=scoring.output_display_name or f"scored-{request.job_id}",
+                # The same id on every attempt: a retried job stores no second copy.
+                upload_request_id=f"scoring-{request.job_id}",
+                upload_timeout=max(1.0, state.control.deadline - time.monotonic()),
+                check=state.control.check,
+                on_rows=progress.rows,
+            ),
+        )
+        progress.flush()
+        await self._flush_progress(state)
+        logger.info(
+            "dataset scored",
+            extra={"rows": result.rows_scored, "output_dataset_id": result.output.dataset_id},
+        )
+        succeeded = dispatch_pb2.JobEvent.Succeeded(
+            scoring_output=scoring_job_pb2.ScoringOutput(
+                dataset_id=result.output.dataset_id, rows_scored=result.rows_scored
+            )
+        )
+        await self._events.succeeded(request.job_id, state.attempt, succeeded)
+        return Disposition.ACK
+
+    def _load_model(self, name: str, version: int) -> LoadedModel:
+        """The version as Predict loads it; the registry's errors as the job's."""
+        try:
+            return self._models.load(name, version)
+        except ServiceError as error:
+            if error.code == grpc.StatusCode.UNAVAILABLE:
+                raise MlflowUnavailable(error.message) from error
+            raise TrainingFailure(
+                error.reason, error.message, code=error.code.name, metadata=error.metadata
+            ) from error
+
+    def _send_scoring_progress(
+        self, state: _Attempt, progress: scoring_job_pb2.ScoringProgress
+    ) -> None:
+        task = asyncio.ensure_future(
+            self._events.scoring_progress(state.job_id, state.attempt, progress)
+        )
+        state.progress_sent.add(task)
 
     def on_dask(self, request: dispatch_pb2.TrainingRequest, dataset: dataset_pb2.Dataset) -> bool:
         """Datasets of `dask_min_rows` rows or more train on Dask, when a scheduler is set

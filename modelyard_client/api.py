@@ -417,11 +417,22 @@ class Client:
         A stream cut midway is resumed (the gateway sends the job as it is now
         first), so a caller sees every state, though perhaps not every progress.
         """
+        yield from self._watch(job_id, timeout, TRAINING_JOBS)
+
+    def watch_scoring_job(
+        self, job_id: str, timeout: float = 24 * 3600
+    ) -> Generator[Json, None, None]:
+        """As watch_training_job, for a scoring job (progress: rows done of rows total)."""
+        yield from self._watch(job_id, timeout, SCORING_JOBS)
+
+    def _watch(
+        self, job_id: str, timeout: float, kind: tuple[str, str]
+    ) -> Generator[Json, None, None]:
         job: Json = {}
         reconnects = 0
         while True:
             try:
-                for job in self._watch_once(job_id, timeout):
+                for job in self._watch_once(job_id, timeout, kind):
                     reconnects = 0
                     yield job
             except ModelyardError as error:
@@ -443,8 +454,9 @@ class Client:
             reconnects += 1
             time.sleep(min(0.25 * 2**reconnects, 5.0))
 
-    def _watch_once(self, job_id: str, timeout: float) -> Iterator[Json]:
-        url = f"/v1/trainingJobs/{_segment(job_id)}:watch"
+    def _watch_once(self, job_id: str, timeout: float, kind: tuple[str, str]) -> Iterator[Json]:
+        collection, key = kind
+        url = f"/v1/{collection}/{_segment(job_id)}:watch"
         try:
             with self._http.stream(
                 "GET",
@@ -466,7 +478,7 @@ class Client:
                         status = payload.get("error", payload)
                         raise ModelyardError.from_status(status, int(status.get("code", 500)))
                     if event == "job":
-                        yield payload["trainingJob"]
+                        yield payload[key]
         except httpx.TransportError as error:
             raise self._transport_error(error) from error
 
@@ -486,6 +498,50 @@ class Client:
             time.sleep(poll_seconds)
 
     # -- models ----------------------------------------------------------------------
+
+    def create_scoring_job(
+        self,
+        dataset_id: str,
+        model_name: str,
+        *,
+        model_version: int | None = None,
+        model_alias: str | None = None,
+        pass_through_columns: Iterable[str] = (),
+        class_probabilities: bool = False,
+        output_display_name: str | None = None,
+        request_id: str | None = None,
+        max_run_duration_seconds: float | None = None,
+    ) -> Json:
+        """Queue a scoring job: every row of a stored dataset through a model version,
+        into a new dataset. Returns it, QUEUED, with the version the alias named."""
+        body: dict[str, Any] = {"datasetId": dataset_id, "modelName": model_name}
+        if model_version is not None:
+            body["modelVersion"] = str(model_version)
+        if model_alias:
+            body["modelAlias"] = model_alias
+        if pass_through_columns:
+            body["passThroughColumns"] = list(pass_through_columns)
+        if class_probabilities:
+            body["classProbabilities"] = True
+        if output_display_name:
+            body["outputDisplayName"] = output_display_name
+        if request_id:
+            body["requestId"] = request_id
+        if max_run_duration_seconds is not None:
+            body["maxRunDuration"] = _duration(max_run_duration_seconds)
+        return self._json("POST", "/v1/scoringJobs", json=body)
+
+    def get_scoring_job(self, job_id: str) -> Json:
+        return self._json("GET", f"/v1/scoringJobs/{_segment(job_id)}")
+
+    def list_scoring_jobs(
+        self, state: str | None = None, dataset_id: str | None = None, page_size: int = 100
+    ) -> Iterator[Json]:
+        params = {"state": state, "datasetId": dataset_id, "pageSize": page_size}
+        return self._pages("/v1/scoringJobs", "scoringJobs", params)
+
+    def cancel_scoring_job(self, job_id: str) -> Json:
+        return self._json("POST", f"/v1/scoringJobs/{_segment(job_id)}:cancel", json={})
 
     def list_models(self, page_size: int = 100) -> Iterator[Json]:
         """Registered models with their latest and champion versions, by name."""
@@ -510,6 +566,10 @@ class Client:
         if alias:
             body["alias"] = alias
         return self._json("POST", f"/v1/models/{_segment(model_name)}:predict", json=body)
+
+
+TRAINING_JOBS = ("trainingJobs", "trainingJob")  # the route's collection, the watch's key
+SCORING_JOBS = ("scoringJobs", "scoringJob")
 
 
 def _job_body(

@@ -650,6 +650,11 @@ def show_progress(progress: Progress, bar: TaskID, job: Json) -> None:
 def finish(job: Json) -> None:
     """Print a followed job, and exit 7 if it FAILED, 8 if it was CANCELLED."""
     show_job(job)
+    finish_state(job)
+
+
+def finish_state(job: Json) -> None:
+    """Exit 7 if the job FAILED (its error on stderr), 8 if it was CANCELLED."""
     state = job.get("state")
     if state == "FAILED":
         error = job.get("error") or {}
@@ -708,6 +713,114 @@ def models_show(name: str, output: OutputOption = None) -> None:
     stdout.print(render.model_card(model))
     stdout.print()
     stdout.print(render.versions_table(model))
+
+
+@app.command("score")
+def score(
+    dataset_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DATASET",
+            help="The stored dataset to score: an id, a name (its latest version) or name@version.",
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            metavar="NAME[@ALIAS|/VERSION]",
+            help="The registered model; its champion unless an alias or version is given.",
+        ),
+    ],
+    keep: Annotated[
+        list[str] | None,
+        typer.Option(metavar="COLUMN", help="Copy this column into the output (repeatable)."),
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="One probability column per class.")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Display name of the output dataset.")
+    ] = None,
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    max_run_seconds: Annotated[
+        float | None, typer.Option(min=1, metavar="SECONDS", help="Longest run time.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job to its end, with a progress bar.")
+    ] = False,
+    output: OutputOption = None,
+) -> None:
+    """Queue a scoring job: every row of a stored dataset through a model version, into
+    a new dataset (download it with `modelyard datasets download`). With --wait,
+    follow it with a bar of rows scored."""
+    model_name, version, alias = parse_model_reference(model, param_hint="--model")
+    with use(output) as api:
+        job = call(
+            api.create_scoring_job,
+            dataset_id,
+            model_name,
+            model_version=version,
+            model_alias=alias,
+            pass_through_columns=keep or [],
+            class_probabilities=probabilities,
+            output_display_name=name,
+            request_id=request_id,
+            max_run_duration_seconds=max_run_seconds,
+        )
+        if not wait:
+            show_scoring_job(job)
+            return
+        announce(job)
+        job = follow_scoring(api, job["jobId"], job)
+    show_scoring_job(job)
+    finish_state(job)
+
+
+def follow_scoring(api: Client, job_id: str, job: Json) -> Json:
+    """Watch a scoring job to its end: a line per state, a bar of rows scored."""
+    said_state = job.get("state", "")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=32),
+        TextColumn("{task.fields[count]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=as_json(),
+    ) as progress:
+        bar = progress.add_task("waiting for a trainer", total=None, count="")
+        try:
+            with closing(api.watch_scoring_job(job_id)) as updates:
+                for job in updates:
+                    rows = job.get("progress") or {}
+                    total = int(rows.get("rowsTotal", 0)) or None
+                    progress.update(
+                        bar,
+                        description="scoring" if job.get("state") == "RUNNING" else "waiting",
+                        completed=int(rows.get("rowsDone", 0)),
+                        total=total,
+                        count=render.rows_done(rows) if rows else "",
+                    )
+                    if job.get("state") != said_state:
+                        said_state = job.get("state", "")
+                        announce(job)
+        except ModelyardError as error:
+            discard(progress)
+            fail(error)
+        except KeyboardInterrupt:
+            progress.stop()
+            progress.disable = True
+            stderr.print(f"stopped following; the job goes on: `modelyard jobs cancel {job_id}`")
+            raise
+    if job.get("state") not in FINAL_STATES:  # the stream ended early: ask for the truth
+        job = call(api.get_scoring_job, job_id)
+    return job
+
+
+def show_scoring_job(job: Json) -> None:
+    if as_json():
+        return emit_json(job)
+    stdout.print(render.scoring_card(job))
 
 
 @app.command("predict")
@@ -805,20 +918,24 @@ def parse_param(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def parse_model_reference(text: str) -> tuple[str, int | None, str | None]:
-    """NAME, NAME@ALIAS or NAME:VERSION → (name, version, alias)."""
+def parse_model_reference(
+    text: str, param_hint: str = "MODEL"
+) -> tuple[str, int | None, str | None]:
+    """NAME, NAME@ALIAS, NAME:VERSION or NAME/VERSION → (name, version, alias)."""
     if "@" in text:
         name, alias = text.rsplit("@", 1)
         if not name or not alias:
-            raise typer.BadParameter(f"expected NAME@ALIAS, got {text!r}", param_hint="MODEL")
+            raise typer.BadParameter(f"expected NAME@ALIAS, got {text!r}", param_hint=param_hint)
         return name, None, alias
-    if ":" in text:
-        name, version = text.rsplit(":", 1)
-        if not name or not version.isdigit():
-            raise typer.BadParameter(
-                f"expected NAME:VERSION with a version number, got {text!r}", param_hint="MODEL"
-            )
-        return name, int(version), None
+    for separator in (":", "/"):
+        if separator in text:
+            name, version = text.rsplit(separator, 1)
+            if not name or not version.isdigit():
+                raise typer.BadParameter(
+                    f"expected NAME{separator}VERSION with a version number, got {text!r}",
+                    param_hint=param_hint,
+                )
+            return name, int(version), None
     return text, None, None
 
 

@@ -242,6 +242,42 @@ def job_card(job: Json) -> Table:
     return lines
 
 
+def scoring_card(job: Json) -> Table:
+    """A scoring job: what it scores with, how far it is, where the output is."""
+    lines = card()
+    lines.add_row("scoring job", f"[bold]{job['jobId']}[/]")
+    details = [f"attempt {job['attempt']}" if int(job.get("attempt", 0)) else "", took(job)]
+    shown = ", ".join(d for d in details if d)
+    lines.add_row("state", state(job.get("state", "")) + (f"  [dim]{shown}[/]" if shown else ""))
+    lines.add_row("dataset", job.get("datasetId", ""))
+    alias = f" (alias {escape(job['modelAlias'])})" if job.get("modelAlias") else ""
+    lines.add_row(
+        "model", f"{escape(job.get('modelName', ''))} version {job.get('modelVersion')}{alias}"
+    )
+    if job.get("passThroughColumns"):
+        lines.add_row("pass-through", escape(", ".join(job["passThroughColumns"])))
+    progress = job.get("progress") or {}
+    if progress:
+        lines.add_row("rows", rows_done(progress))
+    if job.get("error"):
+        lines.add_row("error", f"[red]{escape(status_text(job['error']))}[/]")
+    output = job.get("output") or {}
+    if output.get("datasetId"):
+        lines.add_row(
+            "output",
+            f"dataset [bold]{output['datasetId']}[/] "
+            f"({int(output.get('rowsScored', 0)):,} rows; "
+            f"modelyard datasets download {output['datasetId']})",
+        )
+    lines.add_row("created", when(job.get("createTime")) + " UTC")
+    return lines
+
+
+def rows_done(progress: Mapping[str, Any]) -> str:
+    done, total = int(progress.get("rowsDone", 0)), int(progress.get("rowsTotal", 0))
+    return f"{done:,}/{total:,} rows" if total else f"{done:,} rows"
+
+
 def metrics_table(metrics: Mapping[str, Any], task: str) -> Table:
     """The validation metrics, each with what it means; the champion's metric marked."""
     primary = PRIMARY_METRICS.get(task, ("", ""))[0]

@@ -624,7 +624,7 @@ def show_progress(progress: Progress, bar: TaskID, job: Json) -> None:
         return
     done, total = int(training.get("iteration", 0)), int(training.get("totalIterations", 0))
     count = f"{done}/{total} iterations" if total else f"{done} iterations"
-    if "trial" in training or "trialsDone" in training or "bestMetricName" in training:
+    if job.get("search"):  # the trial fields are always in the JSON, 0 outside a search
         count = render.search_progress(training)
     best = int((job.get("summary") or {}).get("bestIteration", 0))
     if state == "SUCCEEDED" and best:

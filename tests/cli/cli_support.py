@@ -123,7 +123,10 @@ class Cli:
                 written += chunk
             else:
                 process.kill()
-                raise AssertionError(f"modelyard {args} still running after {timeout}s")
+                shown = written.decode("utf-8", errors="replace")
+                raise AssertionError(
+                    f"modelyard {args} still running after {timeout}s; it showed:\n{shown}"
+                )
         finally:
             os.close(master)
         return TerminalRun(process.wait(timeout=10), written.decode("utf-8", errors="replace"))

@@ -37,7 +37,9 @@ def test_train_wait_in_a_terminal_shows_states_a_live_bar_and_the_metrics(
     cli: Cli, client: Client, slow_dataset: dict[str, Any]
 ) -> None:
     dataset = slow_dataset["datasetId"]
-    run = cli.terminal("train", dataset, "--target", "y", "--wait", *SLOW, *iterations(3000))
+    run = cli.terminal(
+        "train", dataset, "--target", "y", "--wait", *SLOW, *iterations(3000), timeout=300
+    )
 
     assert run.code == 0, run
     job_id = re.search(r"job ([0-9a-f]{32}) QUEUED \(waiting for a free trainer\)", run.text)

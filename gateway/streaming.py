@@ -32,7 +32,7 @@ from gateway import reasons
 from gateway.errors import GatewayError, error_json, status_of_rpc_error
 from gateway.routes import Route
 from gateway.transcoding import merge_query, to_json
-from runtime.errors import status_reason
+from runtime.errors import status_from_rpc_error, status_reason
 
 logger = logging.getLogger("modelyard.gateway.streaming")
 
@@ -81,6 +81,8 @@ async def send_upload(
     """The upload call: `first` (the header message), then `body` cut into chunk messages
     as it arrives; the backend's answer, or BackendError."""
     call = stub(timeout=options.timeout, metadata=options.metadata)
+    ended_with = _FirstStatus()
+    call.add_done_callback(ended_with.keep)
     try:
         await _send_upload(call, route, first, body, chunk_bytes)
     except ClientDisconnect:
@@ -97,8 +99,59 @@ async def send_upload(
     try:
         response: Message = await call
     except grpc.aio.AioRpcError as error:
-        raise BackendError(error, route) from error
+        raise BackendError(ended_with.error_or(error), route) from error
     return response
+
+
+class _FirstStatus:
+    """The status a call ended with first, kept as the call reaches it.
+
+    When the backend ends an upload early (a limit, a bad header) while a write is in
+    flight, grpc.aio replaces the status the backend sent with its own INTERNAL
+    "Internal error from Core" as that write fails (grpc/grpc#36066). The call's done
+    callbacks run as soon as the first status is set, before a failing write can
+    replace it: this one reads it there, through the call's own accessors, which
+    return at once (without waiting) on a finished call.
+    """
+
+    def __init__(self) -> None:
+        self.error: grpc.aio.AioRpcError | None = None
+
+    def keep(self, call: Any) -> None:
+        try:
+            code = _finished_value(call.code())
+            if code is grpc.StatusCode.OK:
+                return
+            self.error = grpc.aio.AioRpcError(
+                code,
+                _finished_value(call.initial_metadata()),
+                _finished_value(call.trailing_metadata()),
+                _finished_value(call.details()),
+            )
+        except _NotFinished:
+            pass  # the status from awaiting the call is the only one there is
+
+    def error_or(self, awaited: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """The kept status when it is the backend's own (it has a reason), else `awaited`."""
+        kept = self.error
+        if kept is not None and status_reason(status_from_rpc_error(kept)) is not None:
+            return kept
+        return awaited
+
+
+class _NotFinished(Exception):
+    pass
+
+
+def _finished_value(awaitable: Any) -> Any:
+    """The value of an awaitable that completes without waiting; _NotFinished otherwise."""
+    steps = awaitable.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as finished:
+        return finished.value
+    steps.close()
+    raise _NotFinished
 
 
 def _check_upload_type(route: Route, content_type: str | None) -> None:

@@ -163,7 +163,7 @@ async def test_upload_refused_midway_by_the_service_answers_its_error(
             content=b"a\n",
             headers={"content-type": "text/csv"},
         )
-    assert response.status_code == 429
+    assert response.status_code == 429, response.text
     assert response.json()["error"]["details"][0]["reason"] == "UPLOAD_TOO_LARGE"
     assert header_error.status_code == 400
     assert header_error.json()["error"]["details"][0]["reason"] == "FAKE_INVALID_ARGUMENT"

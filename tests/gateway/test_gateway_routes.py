@@ -232,9 +232,10 @@ async def test_predict_with_rows_and_a_version(gateway: GatewayProcess, recorder
     assert request.rows[0]["age"] == 41
     body = response.json()
     assert body["modelVersion"] == "2"
+    # Every repeated field is written, empty too: no trust flags, no explanations asked for.
     assert body["predictions"] == [
-        {"value": "yes", "probabilities": [0.25, 0.75]},
-        {"value": "yes", "probabilities": [0.25, 0.75]},
+        {"value": "yes", "probabilities": [0.25, 0.75], "flags": [], "explanations": []},
+        {"value": "yes", "probabilities": [0.25, 0.75], "flags": [], "explanations": []},
     ]
 
 

@@ -285,3 +285,66 @@ def test_burst_of_200_jobs_with_a_trainer_killed_twice(
     assert all(registered[job_id] == 1 for job_id in job_ids), registered.most_common(3)
     versions = {int(job["mlflow"]["registeredModelVersion"]) for job in finals.values()}
     assert len(versions) == len(job_ids)  # one version each, none shared
+
+
+def test_trainer_killed_mid_scoring_job_scores_again_on_attempt_two(
+    stack: Stack, api: httpx.Client, slow_csv: Path, tmp_path: Path
+) -> None:
+    """A scoring job whose Trainer dies after its first record batch is delivered again
+    (ack wait), scored whole by the other Trainer, and stored once."""
+    import numpy as np
+    import pandas as pd
+
+    dataset_id = upload(api, slow_csv)
+    model_job = create_job(
+        api, dataset_id, "label", params=SLOW_PARAMS, registeredModelName="fault-scoring"
+    )
+    assert wait_final(api, model_job)["state"] == "SUCCEEDED"
+    rng = np.random.default_rng(11)
+    rows = 400_000  # several record batches of a 600-tree model: seconds of scoring
+    frame = pd.DataFrame(rng.normal(size=(rows, 12)), columns=[f"x{i}" for i in range(12)])
+    parquet = tmp_path / "to-score.parquet"
+    frame.to_parquet(parquet, index=False)
+    uploaded = api.post(
+        "/v1/datasets",
+        params={"displayName": "fault-to-score"},
+        content=parquet.read_bytes(),
+        headers={"Content-Type": "application/vnd.apache.parquet"},
+        timeout=300,
+    )
+    assert uploaded.status_code == 200, uploaded.text
+
+    created = api.post(
+        "/v1/scoringJobs",
+        json={
+            "datasetId": uploaded.json()["datasetId"],
+            "modelName": "fault-scoring",
+            "outputDisplayName": "fault-scored",
+        },
+    )
+    assert created.status_code == 200, created.text
+    job_id = created.json()["jobId"]
+
+    def scoring(path: str = f"/v1/scoringJobs/{job_id}") -> dict[str, Any]:
+        job: dict[str, Any] = api.get(path).json()
+        return job
+
+    wait_until(
+        lambda: int(scoring().get("progress", {}).get("rowsDone", 0)) > 0,
+        180,
+        "the scoring job never reported rows done",
+    )
+    victim = trainer_holding(stack, job_id)
+    stack.processes[victim].kill()
+
+    job = wait_until(
+        lambda: (found := scoring())["state"] in FINAL_STATES and found,
+        300,
+        f"scoring job {job_id} not final",
+    )
+    assert job["state"] == "SUCCEEDED", job.get("error")
+    assert job["attempt"] == 2
+    assert int(job["output"]["rowsScored"]) == rows
+    stored = api.get("/v1/datasets", params={"displayNameContains": "fault-scored"}).json()
+    assert [d["datasetId"] for d in stored["datasets"]] == [job["output"]["datasetId"]]
+    stack.start_service("trainer", instance=int(victim.partition("-")[2] or 0))

@@ -388,6 +388,11 @@ class Client:
         path = f"/v1/trainingJobs/{_segment(job_id)}/trials"
         return self._pages(path, "trials", {"pageSize": page_size})
 
+    def get_training_job_report(self, job_id: str) -> Json:
+        """A succeeded job's evaluation report (charts as base64 PNG in `charts[].png`)."""
+        report: Json = self._json("GET", f"/v1/trainingJobs/{_segment(job_id)}/report")
+        return report
+
     def replay_training_job(self, job_id: str, request_id: str | None = None) -> Json:
         """Retrain a job's recorded configuration as a new job; returns it, QUEUED."""
         body: Json = {"requestId": request_id} if request_id else {}

@@ -19,8 +19,10 @@ service unavailable / timed out, 7 the job FAILED, 8 the job was CANCELLED,
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
@@ -523,6 +525,39 @@ def jobs_trials(
     if not trials:
         return stdout.print(f"job {job_id} has no trials (it did not search, or has not yet)")
     stdout.print(render.trials_table(trials))
+
+
+@jobs_app.command("report")
+def jobs_report(
+    job_id: str,
+    charts: Annotated[
+        Path | None,
+        typer.Option(help="Write the report's charts (PNG) into this directory."),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Where a succeeded job's model goes wrong: confusion matrix, per-class precision
+    and recall, curve areas (classification), residuals (regression)."""
+    with use(output) as api:
+        report = api.get_training_job_report(job_id).get("report", {})
+    written = write_charts(report, charts) if charts is not None else []
+    if as_json():
+        return emit_json(report)
+    for table in render.report_tables(report):
+        stdout.print(table)
+    for path in written:
+        stdout.print(f"chart written: {path}")
+
+
+def write_charts(report: Json, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for chart in report.get("charts", []):
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(chart.get("name", "chart")))
+        path = directory / f"{name}.png"
+        path.write_bytes(base64.b64decode(chart.get("png", "")))
+        written.append(path)
+    return written
 
 
 @jobs_app.command("replay")

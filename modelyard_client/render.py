@@ -517,6 +517,57 @@ def trials_table(trials: list[Json]) -> Table:
     return table
 
 
+def report_tables(report: Json) -> list[Table]:
+    """A job's evaluation report for the terminal: the confusion matrix (rows actual,
+    columns predicted) and per-class metrics, or the residuals' summary."""
+    names = [str(name) for name in report.get("classNames", [])]
+    rows = int(report.get("validationRows", 0))
+    tables: list[Table] = []
+    if names:
+        matrix = listing(
+            "actual \\ predicted",
+            *(escape(name) for name in names),
+            title=f"confusion matrix ({rows} validation rows)",
+        )
+        for actual, row in enumerate(report.get("confusionMatrix", [])):
+            counts = [int(count) for count in row.get("counts", [])]
+            cells = [  # the diagonal, the rows predicted right, stands out
+                f"[bold green]{count}[/]" if predicted == actual else str(count)
+                for predicted, count in enumerate(counts)
+            ]
+            matrix.add_row(escape(names[actual]) if actual < len(names) else "", *cells)
+        tables.append(matrix)
+        per_class = listing("class", "precision", "recall", "f1", "support", title="per class")
+        for item in report.get("classMetrics", []):
+            per_class.add_row(
+                escape(str(item.get("className", ""))),
+                metric(item.get("precision", 0.0)),
+                metric(item.get("recall", 0.0)),
+                metric(item.get("f1", 0.0)),
+                str(item.get("support", 0)),
+            )
+        tables.append(per_class)
+    curves = card()
+    for key, label in (
+        ("rocCurve", "ROC AUC"),
+        ("precisionRecallCurve", "average precision"),
+    ):
+        if "area" in report.get(key, {}):
+            curves.add_row(label, metric(report[key]["area"]))
+    residuals = report.get("residuals", {}).get("y", [])
+    if residuals:
+        values = [float(value) for value in residuals]
+        mean = sum(values) / len(values)
+        curves.add_row("residuals (actual - predicted)", f"{len(values)} rows shown")
+        curves.add_row("mean residual", metric(mean))
+        curves.add_row("largest |residual|", metric(max(abs(value) for value in values)))
+    charts = [str(chart.get("name", "")) for chart in report.get("charts", [])]
+    if charts:
+        curves.add_row("charts", ", ".join(charts) + " (--charts DIR writes them)")
+    tables.append(curves)
+    return tables
+
+
 def estimate_card(quote: Json) -> Table:
     lines = card()
     lines.add_row("dataset", quote.get("datasetId", ""))

@@ -147,6 +147,13 @@ class EventsConsumer:
                 if outcome.job is not None and event.HasField("trial"):
                     event.trial.attempt = event.attempt
                     await self._store.save_trial(event.job_id, event.trial)
+                if (
+                    outcome.job is not None
+                    and event.HasField("succeeded")
+                    and event.succeeded.HasField("evaluation_report")
+                    and event.attempt == outcome.job.attempt
+                ):
+                    await self._store.save_report(event.job_id, event.succeeded.evaluation_report)
             except Exception:
                 logger.exception("applying a job event failed; it will be redelivered")
                 await _quietly(message.nak(delay=1.0))

@@ -163,3 +163,15 @@ class TrialRow(Base):
     # The serialized modelyard.jobs.v1.Trial.
     trial: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ReportRow(Base):
+    """A succeeded job's evaluation report, as the Trainer sent it with its `succeeded`
+    event (GetTrainingJobReport reads it, never MLflow). Written once per job."""
+
+    __tablename__ = "training_reports"
+
+    job_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    # The serialized modelyard.jobs.v1.EvaluationReport (its charts included).
+    report: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)

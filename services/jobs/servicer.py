@@ -30,6 +30,8 @@ from modelyard.jobs.v1.jobs_service_pb2 import (
     EstimateTrainingJobRequest,
     EstimateTrainingJobResponse,
     GetScoringJobRequest,
+    GetTrainingJobReportRequest,
+    GetTrainingJobReportResponse,
     GetTrainingJobRequest,
     ListScoringJobsRequest,
     ListScoringJobsResponse,
@@ -50,7 +52,13 @@ from modelyard.training.v1.trainer_service_pb2 import (
     EstimateTrainingRequest,
     EstimateTrainingResponse,
 )
-from runtime.errors import ServiceError, failed_precondition, invalid_argument, unavailable
+from runtime.errors import (
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
 from runtime.limits import check_request_id
 from runtime.logs import error_fields, log_context
 from runtime.pagination import page_tail, parse_page
@@ -237,6 +245,16 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             filters=filters,
         )
         return ListTrialsResponse(trials=trials, next_page_token=next_token)
+
+    async def GetTrainingJobReport(
+        self, request: GetTrainingJobReportRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> GetTrainingJobReportResponse:
+        job_id = validate_job_id(request.job_id)
+        job = await self._training_job(job_id)
+        report = await self._store.get_report(job_id)
+        if report is None:
+            raise report_not_found(job)
+        return GetTrainingJobReportResponse(report=report)
 
     # -- estimate ----------------------------------------------------------------------
 
@@ -624,3 +642,20 @@ def _training_request(
     if replay is not None:
         request.replay.CopyFrom(replay)
     return request
+
+
+def report_not_found(job: TrainingJob) -> ServiceError:
+    """NOT_FOUND for a job without a report, saying why it has none."""
+    state = TrainingJob.State.Name(job.state)
+    if job.state != TrainingJob.State.SUCCEEDED:
+        why = f"the job is {state}: a report comes with a SUCCEEDED job"
+    elif job.HasField("search"):
+        why = "a search refits its final model on every row: no validation rows to report on"
+    else:
+        why = "the job was trained before reports were kept, or recovered after its Trainer stopped"
+    return not_found(
+        reasons.REPORT_NOT_FOUND,
+        f"training job {job.job_id} has no report: {why}",
+        job_id=job.job_id,
+        state=state,
+    )

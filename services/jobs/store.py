@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from modelyard.jobs.v1.scoring_job_pb2 import ScoringJob
 from modelyard.jobs.v1.training_job_pb2 import (
+    EvaluationReport,
     MlflowRun,
     Replay,
     TaskDetection,
@@ -38,7 +39,7 @@ from modelyard.jobs.v1.training_job_pb2 import (
 )
 from runtime.db import is_postgresql
 from runtime.pagination import Page
-from services.jobs.models import OutboxRow, TrainingJobRow, TrialRow
+from services.jobs.models import OutboxRow, ReportRow, TrainingJobRow, TrialRow
 from services.jobs.outbox import OutboxEntry
 from services.jobs.pg_hot_path import PostgresHotPath
 from services.jobs.state_machine import ACTIVE_STATES, TRAINING, Job, kind_of
@@ -57,6 +58,7 @@ _MESSAGE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("search", TrainingSearch),
     ("replay", Replay),
 )
+REPORTS = cast(Table, ReportRow.__table__)
 
 
 class RowLike(Protocol):
@@ -333,6 +335,26 @@ class JobStore:
         except IntegrityError:
             return False
         return True
+
+    async def save_report(self, job_id: str, report: EvaluationReport) -> bool:
+        """Keep a succeeded job's report; False when it was already kept (redelivery)."""
+        values = {
+            "job_id": job_id,
+            "report": report.SerializeToString(),
+            "create_time": datetime.now(UTC),
+        }
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(insert(REPORTS), values)
+        except IntegrityError:
+            return False
+        return True
+
+    async def get_report(self, job_id: str) -> EvaluationReport | None:
+        statement = select(REPORTS.c.report).where(REPORTS.c.job_id == job_id)
+        async with self.engine.connect() as connection:
+            found = (await connection.execute(statement)).scalar_one_or_none()
+        return EvaluationReport.FromString(found) if found is not None else None
 
     async def list_trials(self, job_id: str, attempt: int, page: Page) -> list[Trial]:
         """One page of a job attempt's trials by number; one more when there is a next page."""

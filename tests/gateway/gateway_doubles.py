@@ -375,6 +375,15 @@ class FakeJobs(jobs_service_pb2_grpc.JobsServiceServicer):
         )
         return jobs_service_pb2.ListTrialsResponse(trials=[trial])
 
+    async def GetTrainingJobReport(
+        self,
+        request: jobs_service_pb2.GetTrainingJobReportRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> jobs_service_pb2.GetTrainingJobReportResponse:
+        self.recorder.record("GetTrainingJobReport", request, context)
+        report = training_job_pb2.EvaluationReport(job_id=request.job_id, validation_rows=2)
+        return jobs_service_pb2.GetTrainingJobReportResponse(report=report)
+
     async def EstimateTrainingJob(
         self,
         request: jobs_service_pb2.EstimateTrainingJobRequest,

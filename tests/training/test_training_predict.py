@@ -27,6 +27,7 @@ from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from modelyard_client.cli import typed_row
 from runtime.errors import error_metadata, error_reason
 from services.training.model import pyfunc_model
+from tests.cli.cli_support import Cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -108,7 +109,7 @@ def models(api: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> dict[
     for job_id in jobs.values():
         job = wait_for_job(api, job_id)
         assert job["state"] == "SUCCEEDED", job.get("error")
-    return {"frames": frames}
+    return {"frames": frames, "jobs": jobs}
 
 
 def wait_for_job(api: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
@@ -353,3 +354,142 @@ def test_regression_contributions_add_up_to_the_predicted_value(
         (explanation,) = prediction["explanations"]
         assert explanation["className"] == ""
         assert _sums(explanation) == pytest.approx(prediction["value"], abs=1e-6)
+
+
+# -- the evaluation report ---------------------------------------------------------------
+
+
+def _report(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/trainingJobs/{job_id}/report")
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()["report"]
+    return report
+
+
+def _png(chart: dict[str, Any]) -> bytes:
+    import base64
+
+    data = base64.b64decode(chart["png"])
+    assert data.startswith(b"\x89PNG")
+    return data
+
+
+def test_a_binary_jobs_report_has_its_confusion_matrix_curves_and_charts(
+    api: httpx.Client, models: dict[str, Any]
+) -> None:
+    job_id = models["jobs"]["churn"]
+    job = api.get(f"/v1/trainingJobs/{job_id}").json()
+    report = _report(api, job_id)
+    assert report["jobId"] == job_id
+    assert report["task"] == "BINARY"
+    assert report["classNames"] == ["no", "yes"]
+    rows = int(job["summary"]["validationRows"])
+    assert int(report["validationRows"]) == rows
+    matrix = [[int(c) for c in row["counts"]] for row in report["confusionMatrix"]]
+    assert sum(map(sum, matrix)) == rows
+    accuracy = (matrix[0][0] + matrix[1][1]) / rows
+    assert accuracy == pytest.approx(job["metrics"]["accuracy"])
+    recall_yes = matrix[1][1] / sum(matrix[1])
+    by_class = {item["className"]: item for item in report["classMetrics"]}
+    assert by_class["yes"]["recall"] == pytest.approx(recall_yes)
+    assert by_class["yes"]["precision"] == pytest.approx(job["metrics"]["precision"])
+    assert report["rocCurve"]["area"] == pytest.approx(job["metrics"]["roc_auc"])
+    assert report["rocCurve"]["x"][0] == 0
+    assert report["rocCurve"]["y"][-1] == 1
+    assert report["precisionRecallCurve"]["x"]
+    assert len(report["calibrationCurve"]["x"]) >= 2
+    names = [chart["name"] for chart in report["charts"]]
+    assert names == ["confusion_matrix", "roc_curve", "precision_recall_curve", "calibration_curve"]
+    assert all(_png(chart) for chart in report["charts"])
+
+
+def test_a_regression_jobs_report_has_residuals_and_predicted_against_actual(
+    api: httpx.Client, models: dict[str, Any]
+) -> None:
+    job_id = models["jobs"]["sugar"]
+    job = api.get(f"/v1/trainingJobs/{job_id}").json()
+    report = _report(api, job_id)
+    assert report["task"] == "REGRESSION"
+    assert report["confusionMatrix"] == []
+    predicted = np.array(report["predictedVsActual"]["x"])
+    actual = np.array(report["predictedVsActual"]["y"])
+    assert len(predicted) == int(job["summary"]["validationRows"])
+    rmse = float(np.sqrt(np.mean((actual - predicted) ** 2)))
+    assert rmse == pytest.approx(job["metrics"]["rmse"])
+    assert report["residuals"]["y"] == pytest.approx((actual - predicted).tolist())
+    assert [chart["name"] for chart in report["charts"]] == ["predicted_vs_actual", "residuals"]
+
+
+def test_the_report_files_are_in_the_mlflow_run(
+    stack: Stack, api: httpx.Client, models: dict[str, Any], tmp_path: Path
+) -> None:
+    assert stack.mlflow is not None
+    job = api.get(f"/v1/trainingJobs/{models['jobs']['flowers']}").json()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
+    try:
+        client = mlflow.MlflowClient(stack.mlflow.url)
+        files = {
+            Path(f.path).name for f in client.list_artifacts(job["mlflow"]["runId"], "evaluation")
+        }
+        local = client.download_artifacts(
+            job["mlflow"]["runId"], "evaluation/report.json", str(tmp_path)
+        )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert files == {"report.json", "confusion_matrix.png", "calibration_curve.png"}
+    stored = json.loads(Path(local).read_text())
+    served = _report(api, job["jobId"])
+    assert stored["confusionMatrix"] == served["confusionMatrix"]
+    assert len(stored["confusionMatrix"]) == 3  # three classes
+    assert "charts" not in stored
+
+
+def test_a_job_without_a_report_is_404_with_a_reason(
+    api: httpx.Client, models: dict[str, Any]
+) -> None:
+    missing = api.get("/v1/trainingJobs/no-such-job/report")
+    assert missing.status_code == 404
+    assert error_info(missing)["reason"] == "JOB_NOT_FOUND"
+    dataset = api.get("/v1/datasets").json()["datasets"][0]
+    failed = api.post(
+        "/v1/trainingJobs",
+        json={
+            "datasetId": dataset["datasetId"],
+            "targetColumn": dataset["columns"][0]["name"],
+            "task": "BINARY",
+        },
+    )
+    assert failed.status_code == 200, failed.text
+    job = wait_for_job(api, failed.json()["jobId"])
+    assert job["state"] == "FAILED"
+    response = api.get(f"/v1/trainingJobs/{job['jobId']}/report")
+    assert response.status_code == 404
+    info = error_info(response)
+    assert info["reason"] == "REPORT_NOT_FOUND"
+    assert info["metadata"] == {"job_id": job["jobId"], "state": "FAILED"}
+
+
+def test_modelyard_jobs_report_prints_the_confusion_matrix(
+    stack: Stack, models: dict[str, Any], tmp_path: Path
+) -> None:
+    cli = Cli(stack.gateway_url, stack.api_token, tmp_path)
+    job_id = models["jobs"]["flowers"]
+    shown = cli("jobs", "report", job_id, "--charts", str(tmp_path / "charts"))
+    assert shown.code == 0, shown
+    text = shown.stdout
+    assert "confusion matrix" in text
+    for name in ("setosa", "versicolor", "virginica", "precision", "recall"):
+        assert name in text
+    assert sorted(p.name for p in (tmp_path / "charts").iterdir()) == [
+        "calibration_curve.png",
+        "confusion_matrix.png",
+    ]
+    as_json = cli("jobs", "report", job_id, "--output", "json")
+    assert as_json.code == 0, as_json
+    assert as_json.json()["classNames"] == ["setosa", "versicolor", "virginica"]

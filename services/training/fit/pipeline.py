@@ -39,6 +39,7 @@ from sklearn.model_selection._split import _approximate_mode
 from runtime.limits import echo
 from runtime.memory import release_free_memory
 from services.training import reasons
+from services.training.fit.report import evaluation_report
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo, raw_example, select_features
 from services.training.model.params import ParamValue
@@ -218,6 +219,8 @@ class TrainingResult:
     # them before it is replaced (tracking/champion.py). None after a search or on Dask.
     valid_inputs: pd.DataFrame | None = None
     valid_labels: np.ndarray[Any, Any] | None = None
+    # The evaluation report (fit/report.py) on the validation rows; None after a search.
+    evaluation: Any = None
     # What a search tried and chose (fit/search.py); None for the default job.
     search: Any = None
 
@@ -622,6 +625,8 @@ def fit(
     hooks.check()
     raw = np.asarray(booster.predict(prepared.valid_features, num_iteration=best))
     metrics = evaluate(prepared.decision.task, prepared.valid_labels, raw)
+    class_names = [pyfunc_model.label_text(label) for label in prepared.decision.class_labels]
+    report = evaluation_report(prepared.decision.task, prepared.valid_labels, raw, class_names)
     importance = dict(
         zip(
             pyfunc_model.feature_names(prepared.spec),
@@ -654,6 +659,7 @@ def fit(
         input_example=prepared.input_example,
         valid_inputs=prepared.valid_inputs,
         valid_labels=prepared.valid_labels,
+        evaluation=report,
     )
 
 

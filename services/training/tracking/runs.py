@@ -62,6 +62,7 @@ from services.training.tracking.champion import ChampionLock
 from services.training.tracking.records import JobInfo, PublishedModel, RecoveredJob, RunRef
 from services.training.tracking.recovery import JOB_RESULT_ARTIFACT, JOB_RESULT_TAG, Recovery
 from services.training.tracking.registry import Registry
+from services.training.tracking.report_charts import write_report
 from services.training.tracking.run_content import curve_steps, importance_chart, model_signature
 from services.training.tracking.same_rows import score_champion
 from services.training.tracking.trials import log_trial, write_leaderboard
@@ -322,6 +323,8 @@ class Tracker:
             json.dumps({"importance_type": "gain", "features": result.importance}, indent=2)
         )
         importance_chart(result.importance, run_files / "feature_importance.png")
+        if result.evaluation is not None:
+            write_report(result.evaluation, run_files)
         if result.search is not None:
             write_leaderboard(result.search, result.primary_metric.higher_is_better, run_files)
         if not fits:

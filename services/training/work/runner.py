@@ -559,6 +559,9 @@ class JobRunner:
         for future in state.trials_logged:
             future.result()  # never raises
         succeeded.mlflow.CopyFrom(mlflow_run(state.run, published))
+        if result.evaluation is not None:  # its charts drawn while the run was logged
+            succeeded.evaluation_report.CopyFrom(result.evaluation)
+            succeeded.evaluation_report.job_id = state.job_id
         return succeeded
 
     def _fit(

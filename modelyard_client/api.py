@@ -513,6 +513,7 @@ class Client:
         model_alias: str | None = None,
         pass_through_columns: Iterable[str] = (),
         class_probabilities: bool = False,
+        explain: bool = False,
         output_display_name: str | None = None,
         request_id: str | None = None,
         max_run_duration_seconds: float | None = None,
@@ -528,6 +529,8 @@ class Client:
             body["passThroughColumns"] = list(pass_through_columns)
         if class_probabilities:
             body["classProbabilities"] = True
+        if explain:
+            body["explain"] = True
         if output_display_name:
             body["outputDisplayName"] = output_display_name
         if request_id:

@@ -774,6 +774,10 @@ def score(
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="One probability column per class.")
     ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="Each feature's contribution (TreeSHAP), base value."),
+    ] = False,
     name: Annotated[
         str | None, typer.Option(metavar="NAME", help="Display name of the output dataset.")
     ] = None,
@@ -799,6 +803,7 @@ def score(
             model_alias=alias,
             pass_through_columns=keep or [],
             class_probabilities=probabilities,
+            explain=explain,
             output_display_name=name,
             request_id=request_id,
             max_run_duration_seconds=max_run_seconds,

@@ -269,8 +269,20 @@ def scoring_card(job: Json) -> Table:
             f"({int(output.get('rowsScored', 0)):,} rows; "
             f"modelyard datasets download {output['datasetId']})",
         )
+        lines.add_row("flagged rows", flagged_rows(output))
     lines.add_row("created", when(job.get("createTime")) + " UTC")
     return lines
+
+
+def flagged_rows(output: Mapping[str, Any]) -> str:
+    """How many rows are unlike the training data, and how."""
+    kinds = [
+        (int(output.get("unseenCategoryRows", 0)), "unseen category"),
+        (int(output.get("outOfRangeRows", 0)), "out of range"),
+        (int(output.get("allMissingRows", 0)), "all features missing"),
+    ]
+    detail = ", ".join(f"{count:,} {what}" for count, what in kinds if count)
+    return f"{int(output.get('flaggedRows', 0)):,}" + (f" ({detail})" if detail else "")
 
 
 def rows_done(progress: Mapping[str, Any]) -> str:

@@ -490,6 +490,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             model_alias="" if request.model_version else request.model_alias or DEFAULT_ALIAS,
             pass_through_columns=request.pass_through_columns,
             class_probabilities=request.class_probabilities,
+            explain=request.explain,
             output_display_name=request.output_display_name
             or default_name[:MAX_OUTPUT_DISPLAY_NAME],
             request_id=request.request_id,
@@ -572,6 +573,7 @@ def _scoring_request(job: ScoringJob) -> TrainingRequest:
             pass_through_columns=job.pass_through_columns,
             class_probabilities=job.class_probabilities,
             output_display_name=job.output_display_name,
+            explain=job.explain,
         ),
     )
     request.max_run_duration.CopyFrom(job.max_run_duration)

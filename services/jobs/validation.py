@@ -22,9 +22,10 @@ TASKS = frozenset(TrainingJob.Task.values())
 MAX_PASS_THROUGH_COLUMNS = 1000
 MAX_COLUMN_NAME = 10_000
 MAX_OUTPUT_DISPLAY_NAME = 200  # DatasetService's limit on display names
-# Columns a scoring job's output makes itself: `prediction`, `probability_<class>`.
-PREDICTION_COLUMN = "prediction"
-PROBABILITY_PREFIX = "probability_"
+# Columns a scoring job's output makes itself: `prediction`, `probability_<class>`,
+# `flags`, `contribution_…`, `base_value…` (the Trainer's batch/scorer.py).
+OUTPUT_COLUMNS = ("prediction", "flags")
+OUTPUT_PREFIXES = ("probability_", "contribution_", "base_value")
 CreateRequest = CreateTrainingJobRequest | CreateScoringJobRequest
 
 
@@ -104,11 +105,11 @@ def _validate_pass_through(columns: list[str]) -> None:
                 reasons.SCORING_COLUMNS_INVALID,
                 f"pass_through_columns names must be 1 to {MAX_COLUMN_NAME} characters",
             )
-        if name == PREDICTION_COLUMN or name.startswith(PROBABILITY_PREFIX):
+        if name in OUTPUT_COLUMNS or name.startswith(OUTPUT_PREFIXES):
             raise invalid_argument(
                 reasons.SCORING_COLUMN_CONFLICT,
                 f"pass-through column {echo(name)!r} would repeat an output column "
-                f"({PREDICTION_COLUMN!r} or {PROBABILITY_PREFIX}<class>)",
+                "(prediction, flags, probability_…, contribution_…, base_value…)",
                 column=echo(name),
             )
 

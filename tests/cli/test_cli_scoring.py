@@ -28,7 +28,7 @@ def test_score_waits_for_the_output_dataset(
     found = re.search(r"output\s+dataset (\w+) \(300 rows;", run.stdout)
     assert found, run
     shown = cli("datasets", "show", found.group(1), "-O", "json")
-    assert [c["name"] for c in shown.json()["columns"]] == ["customer_id", "prediction"]
+    assert [c["name"] for c in shown.json()["columns"]] == ["customer_id", "prediction", "flags"]
 
     assert as_json.code == 0, as_json
     job = as_json.json()
@@ -40,6 +40,7 @@ def test_score_waits_for_the_output_dataset(
         "prediction",
         "probability_no",
         "probability_yes",
+        "flags",
     ]
 
 

@@ -153,6 +153,7 @@ def test_a_dataset_scored_by_name_is_a_new_dataset_with_predicts_answers(
         "flower_id",
         "prediction",
         *(f"probability_{name}" for name in classes),
+        "flags",
     ]
     assert scored["flower_id"].tolist() == iris.frame["flower_id"].tolist()
 

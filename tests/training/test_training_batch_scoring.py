@@ -29,6 +29,7 @@ from services.training.batch.output import DatasetWriter
 from services.training.batch.scorer import ScoringOptions
 from services.training.fit.dataset_reader import DatasetReader
 from services.training.fit.pipeline import TrainingStopped
+from services.training.model import pyfunc_model
 from services.training.model.targets import TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from tests.dataset.conftest import TOKEN, RunningService, start_in_process, stop_in_process
@@ -160,6 +161,7 @@ async def test_every_row_is_scored_into_a_new_dataset_as_the_pyfunc_model_scores
         "prediction",
         "probability_no",
         "probability_yes",
+        "flags",
     ]
     table, _ = await parts.client.read(output.dataset_id)
     scored = table.to_pandas()
@@ -176,7 +178,7 @@ async def test_every_row_is_scored_into_a_new_dataset_as_the_pyfunc_model_scores
 
 async def test_probabilities_are_left_out_unless_asked(parts: Parts, tmp_path: Path) -> None:
     result = await parts.score(request_id="scoring-no-probabilities", work_dir=tmp_path)
-    assert [c.name for c in result.output.columns] == ["prediction"]
+    assert [c.name for c in result.output.columns] == ["prediction", "flags"]
     assert result.output.row_count == ROWS
 
 
@@ -258,3 +260,51 @@ async def test_a_value_the_model_cannot_read_names_its_row_in_the_dataset(
         )
     assert failure.value.reason == reasons.PREDICT_VALUE_INVALID
     assert failure.value.metadata == {"column": "size", "rows": "250"}
+
+
+async def test_rows_unlike_the_training_data_are_flagged_and_counted(
+    parts: Parts, tmp_path: Path
+) -> None:
+    frame = messy_frame(ROWS)
+    frame.loc[10, "color"] = "purple"  # never seen in training
+    frame.loc[20, "size"] = 1e6  # far above the training range
+    for column in ("color", "size", "count", "signup", "flag"):
+        frame[column] = frame[column].astype("object")
+        frame.loc[30, column] = None  # every feature missing
+    csv = tmp_path / "unlike.csv"
+    frame.to_csv(csv, index=False)
+    unlike = await parts.client.upload(csv, display_name="customers-unlike")
+
+    result = await parts.score(unlike, request_id="scoring-flags", work_dir=tmp_path / "w")
+
+    table, _ = await parts.client.read(result.output.dataset_id)
+    flags = table.column("flags").to_pylist()
+    assert flags[10] == "unseen_category:color"
+    assert flags[20] == "out_of_range:size"
+    assert flags[30] == "all_missing"
+    assert result.flag_counts.unseen_category_rows == 1
+    assert result.flag_counts.out_of_range_rows == 1
+    assert result.flag_counts.all_missing_rows == 1
+    assert result.flag_counts.flagged_rows == sum(1 for text in flags if text) == 3
+
+
+async def test_explain_adds_contributions_that_sum_to_the_score(
+    parts: Parts, tmp_path: Path
+) -> None:
+    result = await parts.score(
+        options=ScoringOptions(class_probabilities=True, explain=True),
+        request_id="scoring-explained",
+        work_dir=tmp_path,
+        batch_rows=250,
+    )
+
+    table, _ = await parts.client.read(result.output.dataset_id)
+    scored = table.to_pandas()
+    assert parts.model is not None
+    features = [name for name in scored.columns if name.startswith("contribution_")]
+    model_columns = pyfunc_model.feature_names(parts.model.spec)
+    assert features == [f"contribution_{name}" for name in model_columns]
+    assert "contribution_signup__year" in features  # a date is several model columns
+    raw = scored[features].sum(axis=1) + scored["base_value"]
+    probability_yes = 1.0 / (1.0 + np.exp(-raw))  # binary: the raw score is log-odds
+    np.testing.assert_allclose(probability_yes, scored["probability_yes"], rtol=1e-9)

@@ -27,6 +27,7 @@ from services.training.batch.scorer import (
     columns_to_read,
 )
 from services.training.fit.dataset_reader import DatasetReader
+from services.training.model.scoring import FlagCounts
 from services.training.serving.cache import LoadedModel
 
 # Rows per record batch: one batch's features and output held at a time (a few MB at
@@ -38,6 +39,7 @@ BATCH_ROWS = 65_536
 class ScoringResult:
     output: dataset_pb2.Dataset
     rows_scored: int
+    flag_counts: FlagCounts
 
 
 async def score_dataset(
@@ -88,4 +90,6 @@ async def score_dataset(
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    return ScoringResult(output=output, rows_scored=scorers[0].rows if scorers else 0)
+    if not scorers:
+        return ScoringResult(output, 0, FlagCounts())
+    return ScoringResult(output, scorers[0].rows, scorers[0].flag_counts)

@@ -1,9 +1,10 @@
 """Scoring record batches into a Parquet file, one batch at a time.
 
 The rows arrive as Arrow record batches (DatasetService.ReadDataset, decoded while
-the stream arrives); each batch is turned into features exactly as Predict turns
-JSON rows into them (`pyfunc_model.coerce_features`), predicted, and written to
-the output file as one row group, then let go. Memory holds one input batch and
+the stream arrives); each batch is scored by the function Predict uses
+(`model.scoring.score_frame`: the same features, trust flags and, with `explain`,
+TreeSHAP contributions), and written to the output file as one row group, then
+let go. Memory holds one input batch and
 its output whatever the row count. Pass-through columns are copied from the Arrow
 batch as they are (types kept), never through pandas.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,28 +25,51 @@ import pyarrow.parquet as pq
 from runtime.limits import echo
 from services.training import reasons
 from services.training.fit.dataset_reader import to_pandas
-from services.training.model import pyfunc_model
+from services.training.model import pyfunc_model, scoring
 from services.training.model.pyfunc_model import FeatureSpec
 from services.training.model.targets import TrainingFailure
 
 PREDICTION_COLUMN = pyfunc_model.PREDICTION_COLUMN
 PROBABILITY_PREFIX = pyfunc_model.PROBABILITY_PREFIX
+# Each row's trust flags, `kind:column` joined by `;` (`all_missing` alone); empty
+# when the row is like the training data.
+FLAGS_COLUMN = "flags"
+CONTRIBUTION_PREFIX = "contribution_"
+BASE_VALUE_COLUMN = "base_value"
 
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """What the output holds besides the prediction."""
+    """What the output holds besides the prediction and the flags."""
 
     pass_through_columns: tuple[str, ...] = ()
     class_probabilities: bool = False
+    explain: bool = False
 
 
 def output_names(spec: FeatureSpec, options: ScoringOptions) -> list[str]:
-    """The output's columns, in order: pass-through, prediction, probabilities."""
+    """The output's columns, in order: pass-through, prediction, probabilities, flags,
+    then with `explain` each feature's contribution and the base value (per explained
+    class for a multiclass model: `contribution_<class>_<feature>`, `base_value_<class>`)."""
     names = [*options.pass_through_columns, PREDICTION_COLUMN]
     if options.class_probabilities and spec["task"] != pyfunc_model.REGRESSION:
         names.extend(probability_column(label) for label in spec["class_labels"])
+    names.append(FLAGS_COLUMN)
+    if options.explain:
+        for prefix in _explained_prefixes(spec):
+            names.extend(
+                f"{CONTRIBUTION_PREFIX}{prefix}{feature}"
+                for feature in pyfunc_model.feature_names(spec)
+            )
+            names.append(f"{BASE_VALUE_COLUMN}{'_' + prefix[:-1] if prefix else ''}")
     return names
+
+
+def _explained_prefixes(spec: FeatureSpec) -> list[str]:
+    """'' for a model explained by one score (regression, binary), '<class>_' each else."""
+    if spec["task"] != pyfunc_model.MULTICLASS:
+        return [""]
+    return [f"{pyfunc_model.label_text(label)}_" for label in spec["class_labels"]]
 
 
 def probability_column(label: Any) -> str:
@@ -71,7 +96,7 @@ def check_columns(
             invalid_argument=True,
             metadata={"dataset_id": dataset_id, "column": echo(",".join(missing))},
         )
-    produced = set(output_names(spec, ScoringOptions(class_probabilities=True)))
+    produced = set(output_names(spec, ScoringOptions(class_probabilities=True, explain=True)))
     clashing = [name for name in options.pass_through_columns if name in produced]
     if clashing:
         raise TrainingFailure(
@@ -122,8 +147,12 @@ class BatchScorer:
         fields = [input_schema.field(name) for name in options.pass_through_columns]
         fields.append(pa.field(PREDICTION_COLUMN, _prediction_type(spec)))
         names = output_names(spec, options)
-        fields.extend(pa.field(name, pa.float64()) for name in names[len(fields) :])
+        fields.extend(
+            pa.field(name, pa.string() if name == FLAGS_COLUMN else pa.float64())
+            for name in names[len(fields) :]
+        )
         self.schema = pa.schema(fields)
+        self.flag_counts = scoring.FlagCounts()
         self.path = path
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             path, self.schema, compression="zstd"
@@ -136,15 +165,19 @@ class BatchScorer:
             return
         frame = to_pandas(pa.Table.from_batches([batch.select(self._inputs)]))
         try:
-            features = pyfunc_model.coerce_features(frame, self._spec)
+            scored = scoring.score_frame(self._booster, self._spec, frame, self._options.explain)
         except pyfunc_model.InvalidModelInput as error:
             raise self._invalid(error) from error
-        output = pyfunc_model.predict_frame(self._booster, self._spec, features)
-        del frame, features
+        del frame
+        self.flag_counts += scored.flags.counts()
+        columns = _explained_columns(scored.explanations) if scored.explanations else {}
+        columns[FLAGS_COLUMN] = pa.array(_flag_texts(scored.flags), type=pa.string())
         arrays = [batch.column(name) for name in self._options.pass_through_columns]
         for field in self.schema:
-            if field.name in output.columns:
-                arrays.append(_arrow(output[field.name], field.type))
+            if field.name in scored.output.columns:
+                arrays.append(_arrow(scored.output[field.name], field.type))
+            elif field.name in columns:
+                arrays.append(columns[field.name])
         assert self._writer is not None, "scoring after close"
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self.rows += batch.num_rows
@@ -166,6 +199,35 @@ class BatchScorer:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+
+
+def _flag_texts(flags: scoring.TrustFlags) -> np.ndarray[Any, Any]:
+    """Each row's flags as text, built flag by flag (vectorised over the rows)."""
+    texts = np.full(flags.rows, "", dtype=object)
+    labelled = [
+        *((f"{scoring.UNSEEN_CATEGORY}:{name}", m) for name, m in flags.unseen_category.items()),
+        *((f"{scoring.OUT_OF_RANGE}:{name}", m) for name, m in flags.out_of_range.items()),
+        (scoring.ALL_MISSING, flags.all_missing),
+    ]
+    for label, mask in labelled:
+        rows = np.flatnonzero(mask)
+        if rows.size:
+            texts[rows] = [f"{text};{label}" if text else label for text in texts[rows]]
+    return texts
+
+
+def _explained_columns(explained: scoring.Explanations) -> dict[str, pa.Array]:
+    """Contribution and base value columns, named as `output_names` names them."""
+    columns: dict[str, pa.Array] = {}
+    several = len(explained.class_names) > 1
+    for k, class_name in enumerate(explained.class_names):
+        prefix = f"{class_name}_" if several else ""
+        for j, feature in enumerate(explained.feature_names):
+            values = np.ascontiguousarray(explained.contributions[:, k, j])
+            columns[f"{CONTRIBUTION_PREFIX}{prefix}{feature}"] = pa.array(values)
+        base = np.ascontiguousarray(explained.base_values[:, k])
+        columns[f"{BASE_VALUE_COLUMN}{'_' + class_name if several else ''}"] = pa.array(base)
+    return columns
 
 
 def _arrow(values: pd.Series[Any], data_type: pa.DataType) -> pa.Array:

@@ -409,7 +409,9 @@ class JobRunner:
                 model=model,
                 dataset=dataset,
                 options=ScoringOptions(
-                    tuple(scoring.pass_through_columns), scoring.class_probabilities
+                    tuple(scoring.pass_through_columns),
+                    scoring.class_probabilities,
+                    scoring.explain,
                 ),
                 work_dir=self._settings.resolved_work_dir() / "scoring",
                 output_name=scoring.output_display_name or f"scored-{request.job_id}",
@@ -428,7 +430,12 @@ class JobRunner:
         )
         succeeded = dispatch_pb2.JobEvent.Succeeded(
             scoring_output=scoring_job_pb2.ScoringOutput(
-                dataset_id=result.output.dataset_id, rows_scored=result.rows_scored
+                dataset_id=result.output.dataset_id,
+                rows_scored=result.rows_scored,
+                flagged_rows=result.flag_counts.flagged_rows,
+                unseen_category_rows=result.flag_counts.unseen_category_rows,
+                out_of_range_rows=result.flag_counts.out_of_range_rows,
+                all_missing_rows=result.flag_counts.all_missing_rows,
             )
         )
         await self._events.succeeded(request.job_id, state.attempt, succeeded)

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from modelyard.dispatch.v1.dispatch_pb2 import JobEvent
+from modelyard.jobs.v1.scoring_job_pb2 import ScoringJob
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime.errors import make_status, status_reason
 from services.jobs.state_machine import apply_event, cancel_event, failure_event, is_final
@@ -247,3 +248,59 @@ def test_update_time_never_goes_backwards() -> None:
 
 def test_an_event_without_a_kind_changes_nothing() -> None:
     assert apply_event(job(), event(1)) is None
+
+
+# -- scoring jobs: the same rules, their own progress and outcome ------------------------
+
+
+def apply_all_scoring(start: ScoringJob, *events: JobEvent) -> ScoringJob:
+    current = start
+    for each in events:
+        current = apply_event(current, each) or current
+    return current
+
+
+def scoring_job(state: int = ScoringJob.QUEUED, attempt: int = 0) -> ScoringJob:
+    created = ScoringJob(job_id="job1", dataset_id="ds", model_name="m", model_version=3)
+    created.state = state  # type: ignore[assignment]
+    created.attempt = attempt
+    created.create_time.FromDatetime(T0)
+    created.update_time.FromDatetime(T0)
+    return created
+
+
+def rows(done: int, total: int = 1000) -> dict[str, Any]:
+    return {"scoring_progress": {"rows_done": done, "rows_total": total}}
+
+
+def test_a_scoring_job_runs_reports_rows_forward_only_and_records_its_output() -> None:
+    running = apply_all_scoring(
+        scoring_job(), event(1, 1.0, started={}), event(1, 2.0, **rows(500))
+    )
+    assert running.state == ScoringJob.RUNNING
+    assert running.progress.rows_done == 500
+    assert apply_event(running, event(1, 3.0, **rows(200))) is None  # overtaken report
+
+    output = {"dataset_id": "out", "rows_scored": 1000, "flagged_rows": 7}
+    done = apply_event(running, event(1, 4.0, succeeded={"scoring_output": output}))
+    assert done is not None
+    assert done.state == ScoringJob.SUCCEEDED
+    assert done.output.dataset_id == "out"
+    assert done.output.flagged_rows == 7
+    assert done.progress.rows_done == 1000
+    assert done.end_time.ToDatetime(tzinfo=UTC) == T0 + timedelta(seconds=4)
+
+
+def test_a_scoring_job_retried_restarts_its_rows_and_ignores_the_old_attempt() -> None:
+    first = apply_all_scoring(scoring_job(), event(1, 1.0, started={}), event(1, 2.0, **rows(600)))
+    second = apply_event(first, event(2, 3.0, started={}))
+    assert second is not None
+    assert second.attempt == 2
+    assert not second.HasField("progress")  # the new attempt starts from row 0
+    stale = event(1, 4.0, failed={"error": {"code": 14, "message": "lost"}})
+    assert apply_event(second, stale) is None
+
+
+def test_a_training_progress_event_changes_no_scoring_job() -> None:
+    running = apply_all_scoring(scoring_job(), event(1, 1.0, started={}))
+    assert apply_event(running, event(1, 2.0, **progress(5))) is None

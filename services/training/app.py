@@ -100,7 +100,7 @@ class TrainerApp(App):
         )
         server.enable(trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"])
         worker = None
-        if settings.worker_slots > 0:
+        if settings.trains_jobs():
             worker = await self._worker(stack, tracker, executor, redact)
         # Calls in flight and running jobs get the same grace, at the same time.
         serving: list[Callable[[], Awaitable[None]]] = []
@@ -113,7 +113,8 @@ class TrainerApp(App):
         logger.info(
             "trainer ready",
             extra={
-                "worker_slots": settings.worker_slots,
+                "role": settings.role,
+                "worker_slots": settings.worker_slots if worker is not None else 0,
                 "mlflow": redact(settings.mlflow_tracking_uri),
             },
         )

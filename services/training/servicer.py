@@ -135,6 +135,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     async def ListModels(
         self, request: trainer_service_pb2.ListModelsRequest, context: Context
     ) -> trainer_service_pb2.ListModelsResponse:
+        self._check_serving()
         models, token = await asyncio.to_thread(
             self._catalog.list_models, request.page_size, request.page_token
         )
@@ -143,11 +144,13 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     async def GetModel(
         self, request: trainer_service_pb2.GetModelRequest, context: Context
     ) -> model_pb2.Model:
+        self._check_serving()
         return await asyncio.to_thread(self._catalog.get_model, request.model_name)
 
     async def Predict(
         self, request: trainer_service_pb2.PredictRequest, context: Context
     ) -> trainer_service_pb2.PredictResponse:
+        self._check_serving()
         self._check_rows(request)
         selector = request.WhichOneof("version_selector")
         version = request.version if selector == "version" else None
@@ -169,6 +172,15 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
                 where["rows"] = ",".join(str(row) for row in error.rows)
             raise invalid_argument(error.reason, str(error), **where) from error
         return predict_response(model, scored)
+
+    def _check_serving(self) -> None:
+        """A `training` Trainer keeps its CPU for jobs: model reads go to the serving ones."""
+        if not self._settings.serves_models():
+            raise failed_precondition(
+                reasons.TRAINER_NOT_SERVING,
+                "this Trainer only trains (MODELYARD_TRAINER_ROLE=training); "
+                "models are served by Trainers of role `serving` or `all`",
+            )
 
     def _check_rows(self, request: trainer_service_pb2.PredictRequest) -> None:
         if not request.rows:

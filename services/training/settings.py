@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import psutil
 from pydantic import Field, SecretStr
@@ -59,6 +60,24 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
     worker_slots: int = Field(
         default=1, ge=0, le=64, description="Jobs trained at once; 0 serves TrainerService only."
     )
+    role: Literal["all", "serving", "training"] = Field(
+        default="all",
+        description=(
+            "What this Trainer does: `all` serves TrainerService and trains jobs; `serving` "
+            "serves Predict, ListModels and GetModel (and the checks Jobs asks for) and "
+            "consumes no jobs, whatever worker_slots says, so that scoring keeps its latency "
+            "while other Trainers train; `training` trains jobs and answers only the checks "
+            "Jobs asks for (ValidateTrainingParams, EstimateTraining), Predict, ListModels and "
+            "GetModel being refused with TRAINER_NOT_SERVING."
+        ),
+    )
+
+    def trains_jobs(self) -> bool:
+        return self.role != "serving" and self.worker_slots > 0
+
+    def serves_models(self) -> bool:
+        return self.role != "training"
+
     ack_wait_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -89,8 +89,10 @@ def test_services_wait_for_what_they_call_at_start(compose: dict[str, Any]) -> N
         "mlflow": {"postgres", "minio-init"},
         "dataset": {"postgres", "minio-init"},
         "trainer": {"nats", "nats-setup", "dataset", "mlflow"},
-        "jobs": {"postgres", "nats", "nats-setup", "dataset", "trainer"},
-        "gateway": {"dataset", "jobs", "trainer"},
+        # The serving-only Trainer (MODELYARD_TRAINER_ROLE=serving) needs no NATS.
+        "trainer-serving": {"dataset", "mlflow"},
+        "jobs": {"postgres", "nats", "nats-setup", "dataset", "trainer-serving"},
+        "gateway": {"dataset", "jobs", "trainer-serving"},
     }
     for name, dependencies in needs.items():
         assert dependencies <= set(services(compose)[name]["depends_on"]), name
@@ -143,6 +145,7 @@ def test_one_image_built_from_the_dockerfile_runs_every_modelyard_process(
         "nats-setup",
         "dataset",
         "trainer",
+        "trainer-serving",
         "jobs",
         "gateway",
         "dask-scheduler",

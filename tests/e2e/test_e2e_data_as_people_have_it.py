@@ -36,7 +36,7 @@ def busy_days(rows: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     days = pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 700, rows), unit="D")
     hours = rng.integers(0, 24, rows)
-    busy = (days.dayofweek >= 5) | (hours >= 18)
+    busy = (days.day_of_week >= 5) | (hours >= 18)
     return pd.DataFrame(
         {
             "day": days,

@@ -336,7 +336,7 @@ def test_dates_become_features_and_flagged_row_numbers_are_left_out() -> None:
     hours = rng.integers(0, 24, rows)
     moments = days + pd.to_timedelta(hours, unit="h")
     # Weekends and evenings are busy: only the date and time parts can tell.
-    busy = (days.dayofweek >= 5) | (hours >= 18)
+    busy = (days.day_of_week >= 5) | (hours >= 18)
     frame = pd.DataFrame(
         {
             "unnamed_0": np.arange(rows),

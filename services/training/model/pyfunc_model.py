@@ -257,9 +257,13 @@ def _part(moments: pd.Series[Any], part: str) -> pd.Series[Any]:
     if part == ELAPSED_DAYS:
         elapsed: pd.Series[Any] = (moments - _EPOCH).dt.total_seconds() / 86400.0
         return elapsed
-    # year, month, day, dayofweek (Monday is 0), hour
-    values: pd.Series[Any] = getattr(moments.dt, part)
+    # year, month, day, dayofweek (Monday is 0), hour; pandas spells one of them its own way
+    values: pd.Series[Any] = getattr(moments.dt, _DATETIME_ATTRIBUTE.get(part, part))
     return values
+
+
+# A part's name is in saved models' column names; pandas deprecated `dayofweek` for this.
+_DATETIME_ATTRIBUTE = {"dayofweek": "day_of_week"}
 
 
 def _moments(values: pd.Series[Any], name: str, written: str) -> pd.Series[Any]:
@@ -306,7 +310,8 @@ def _categorical(values: pd.Series[Any], categories: list[str]) -> pd.Series[Any
         values = values.map(
             lambda value: _category_text(value, categories, known), na_action="ignore"
         )
-    return values.astype(pd.CategoricalDtype(categories))
+    # Unknown levels become missing before the cast: pandas refuses to drop them itself.
+    return values.where(values.isin(categories)).astype(pd.CategoricalDtype(categories))
 
 
 def _category_text(value: Any, categories: list[str], known: dict[str, str]) -> str:

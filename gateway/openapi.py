@@ -526,7 +526,8 @@ def _success_response(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
     binary = {"schema": {"type": "string", "format": "binary"}}
     if route.kind is RouteKind.DOWNLOAD:
         response["description"] = "The bytes, streamed, as an attachment."
-        response["content"] = {route.media.response_type: binary}
+        types = (route.media.response_type, *route.media.other_response_types)
+        response["content"] = {media_type: binary for media_type in types}
     elif route.kind is RouteKind.BYTES_STREAM:
         response["description"] = f"The concatenated `{output.fields[0].json_name}` bytes."
         response["content"] = {route.media.response_type: binary}

@@ -54,6 +54,8 @@ class StreamingMedia:
     upload_types: tuple[str, ...] = ("application/octet-stream",)
     # Content type of a download or byte stream (documented, and sent by byte streams).
     response_type: str = "application/octet-stream"
+    # Other content types a download may carry (its first message says which), documented.
+    other_response_types: tuple[str, ...] = ()
     # SSE event name of each streamed message.
     event_name: str = "message"
 
@@ -78,7 +80,17 @@ STREAMING_MEDIA: dict[str, StreamingMedia] = {
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         )
     ),
-    "modelyard.dataset.v1.DatasetService.DownloadDataset": StreamingMedia(response_type="text/csv"),
+    # The original file as uploaded (or as a scoring job wrote it), labelled by its format.
+    "modelyard.dataset.v1.DatasetService.DownloadDataset": StreamingMedia(
+        response_type="text/csv",
+        other_response_types=(
+            "application/gzip",
+            "application/zstd",
+            "application/x-bzip2",
+            "application/vnd.apache.parquet",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+    ),
     "modelyard.dataset.v1.DatasetService.ReadDataset": StreamingMedia(
         response_type="application/vnd.apache.arrow.stream"
     ),

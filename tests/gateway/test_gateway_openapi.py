@@ -22,6 +22,7 @@ from openapi_spec_validator import validate
 from gateway.descriptors import Comments, load_services
 from gateway.openapi import build_document
 from gateway.routes import routes_of
+from services.dataset import servicer as dataset_servicer
 from tests.gateway.gateway_doubles import API_TOKENS, PUBLIC_URL, GatewayProcess
 
 Document = dict[str, Any]
@@ -120,7 +121,14 @@ def test_operations_document_their_bodies_and_parameters(document: Document) -> 
         "sheet",
     ]
     _, _, download = ops["/modelyard.dataset.v1.DatasetService/DownloadDataset"]
-    assert list(download["responses"]["200"]["content"]) == ["text/csv"]
+    # CSV first (the usual upload), then every type the Dataset service labels files with.
+    documented = list(download["responses"]["200"]["content"])
+    assert documented[0] == "text/csv"
+    labelled = {
+        *dataset_servicer._CONTENT_TYPES.values(),
+        *dataset_servicer._COMPRESSED_TYPES.values(),
+    }
+    assert labelled <= set(documented)
     _, _, watch = ops["/modelyard.jobs.v1.JobsService/WatchTrainingJob"]
     event = watch["responses"]["200"]["content"]["text/event-stream"]["schema"]
     assert event["properties"]["event"]["enum"] == ["job", "error"]

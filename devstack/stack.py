@@ -135,7 +135,10 @@ class Stack:
                 self.database_urls[service] = create_postgres_database(f"modelyard_{service}")
             else:
                 self.database_urls[service] = f"sqlite:///{self.work_dir / service}.db"
+        # Each calls the other: Jobs checks parameters with the Trainer, the Trainer asks
+        # Jobs whether a job exists before training it.
         self.addresses["trainer"] = f"127.0.0.1:{free_port()}"
+        self.addresses["jobs"] = f"127.0.0.1:{free_port()}"
         self.start_service("dataset")
         for index in range(self.options.trainers):
             self.start_service("trainer", instance=index)
@@ -202,6 +205,7 @@ class Stack:
                 "MODELYARD_TRAINER_LISTEN_ADDRESS": address,
                 **self.nats.env("TRAINER", nats_access.TRAINER),
                 "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
+                "MODELYARD_TRAINER_JOBS_SERVICE_ADDRESS": self.addresses["jobs"],
                 "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": self.mlflow.url,
                 "MODELYARD_TRAINER_MLFLOW_USERNAME": self.mlflow.username,
                 "MODELYARD_TRAINER_MLFLOW_PASSWORD": self.mlflow.password,

@@ -44,6 +44,7 @@ from services.training.tracking.calls import MlflowTimings, MlflowUnavailable
 from services.training.tracking.credentials import configure_mlflow_client, redactor
 from services.training.tracking.runs import Tracker
 from services.training.work.events import EventPublisher, trainer_source
+from services.training.work.jobs_check import JobDirectory
 from services.training.work.locks import NatsChampionLock, locks_bucket
 from services.training.work.runner import JobRunner
 from services.training.work.worker import TrainerWorker, training_executor
@@ -157,7 +158,10 @@ class TrainerApp(App):
             self.models,
             self.writer,
         )
-        return TrainerWorker(settings, nats, runner)
+        jobs_channel = open_channel(settings.jobs_service_address, settings)
+        stack.push_async_callback(jobs_channel.close)
+        jobs = JobDirectory(jobs_channel, settings.rpc_timeout_seconds)
+        return TrainerWorker(settings, nats, runner, jobs)
 
 
 async def _stop_together(stops: list[Callable[[], Awaitable[None]]]) -> None:

@@ -26,7 +26,8 @@ TRAINING_SECONDS = Histogram(
 REQUESTS_REFUSED = Counter(
     "modelyard_trainer_requests_refused",
     "TrainingRequests terminated without training, by reason "
-    "(invalid_job_id: not an id Jobs makes; unreadable: not a TrainingRequest).",
+    "(invalid_job_id: not an id Jobs makes; unknown_job: Jobs has no such job; "
+    "unreadable: not a TrainingRequest).",
     ["reason"],
 )
 RUNNING_JOBS = Gauge("modelyard_trainer_running_jobs", "Jobs this Trainer is running now.")

@@ -32,6 +32,13 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
 
     listen_address: ListenAddress = "127.0.0.1:50053"
     metrics_address: MetricsAddress = "127.0.0.1:9453"
+    jobs_service_address: str = Field(
+        default="127.0.0.1:50052",
+        description=(
+            "host:port of JobsService, asked before training whether the job exists "
+            "(a request for a job it does not know is refused)."
+        ),
+    )
 
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5000", description="MLflow tracking server (basic auth)."

@@ -40,7 +40,7 @@ from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from modelyard.dispatch.v1 import dispatch_pb2
-from modelyard.jobs.v1 import training_job_pb2
+from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc, training_job_pb2
 from runtime import nats_access
 from runtime.messaging import (
     JOB_EVENTS_STREAM,
@@ -224,11 +224,31 @@ def _take(sink: io.BytesIO) -> bytes:
     return data
 
 
+class FakeJobsService(jobs_service_pb2_grpc.JobsServiceServicer):
+    """GetTrainingJob, which the Trainer asks before training: the jobs Bus.submit made."""
+
+    def __init__(self) -> None:
+        self.known: set[str] = set()
+
+    def GetTrainingJob(
+        self, request: jobs_service_pb2.GetTrainingJobRequest, context: grpc.ServicerContext
+    ) -> training_job_pb2.TrainingJob:
+        if request.job_id not in self.known:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
+        return training_job_pb2.TrainingJob(
+            job_id=request.job_id, state=training_job_pb2.TrainingJob.QUEUED
+        )
+
+
 @dataclass
 class DatasetServer:
+    """The Trainer's stand-in neighbours on one server: DatasetService, and the JobsService
+    that the Trainer asks whether a job exists."""
+
     service: FakeDatasetService
     address: str
     server: grpc.Server
+    jobs: FakeJobsService
 
 
 @pytest.fixture(scope="session")
@@ -236,10 +256,12 @@ def dataset_server() -> Iterator[DatasetServer]:
     service = FakeDatasetService()  # type: ignore[abstract]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(service, server)
+    jobs = FakeJobsService()  # type: ignore[abstract]
+    jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(jobs, server)
     address = f"127.0.0.1:{free_port()}"
     server.add_insecure_port(address)
     server.start()
-    yield DatasetServer(service, address, server)
+    yield DatasetServer(service, address, server, jobs)
     server.stop(grace=None)
 
 
@@ -288,6 +310,8 @@ def trainer_env(
         "MODELYARD_TRAINER_LISTEN_ADDRESS": address,
         **nats_server.env("TRAINER", nats_access.TRAINER),
         "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": dataset_address,
+        # The same stand-in server answers GetTrainingJob (DatasetServer).
+        "MODELYARD_TRAINER_JOBS_SERVICE_ADDRESS": dataset_address,
         "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": mlflow_server.url,
         "MODELYARD_TRAINER_MLFLOW_USERNAME": mlflow_server.username,
         "MODELYARD_TRAINER_MLFLOW_PASSWORD": mlflow_server.password,
@@ -341,9 +365,10 @@ def trainer(
 
 
 class Bus:
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, jobs: FakeJobsService) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.jobs = jobs
 
     async def submit(
         self,
@@ -359,8 +384,10 @@ class Bus:
         search: training_job_pb2.TrainingSearch | None = None,
         replay: dispatch_pb2.ReplayConfiguration | None = None,
     ) -> str:
-        """Publish a TrainingRequest exactly as JobsService's relay does."""
+        """Publish a TrainingRequest exactly as JobsService's relay does, for a job the
+        stand-in JobsService then knows."""
         job_id = job_id or "job-" + uuid.uuid4().hex[:16]
+        self.jobs.known.add(job_id)
         request = dispatch_pb2.TrainingRequest(
             job_id=job_id,
             dataset_id=dataset_id,
@@ -427,9 +454,9 @@ class Bus:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+async def bus(nats_server: NatsServer, dataset_server: DatasetServer) -> AsyncIterator[Bus]:
     nc = await nats_server.connect()
-    yield Bus(nc)
+    yield Bus(nc, dataset_server.jobs)
     await nc.close()
 
 

@@ -348,6 +348,33 @@ async def test_a_request_with_an_invalid_job_id_is_terminated_not_redelivered(
     assert dataset_server.service.reads == reads_before  # nothing was read, nothing trained
 
 
+async def test_a_request_for_a_job_jobs_does_not_know_is_refused_never_trained(
+    trainer: TrainerProcess, bus: Bus, dataset_server: DatasetServer, data_dir: Path
+) -> None:
+    """The forged request that registered a new version of an existing model."""
+    dataset_id = dataset_server.service.add_csv(sklearn_csv(data_dir, "iris"), "iris")
+    reads_before = dataset_server.service.reads
+    job_id = "job-forged-" + dataset_id[-8:]
+    request = dispatch_pb2.TrainingRequest(
+        job_id=job_id, dataset_id=dataset_id, target_column="target", registered_model_name="iris"
+    )
+    ack = await bus.js.publish(TRAINING_REQUESTS_SUBJECT, request.SerializeToString())
+    for _ in range(100):
+        try:
+            await bus.js.get_msg(TRAINING_REQUESTS_STREAM, ack.seq)
+        except nats.js.errors.NotFoundError:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the request is still queued")
+    assert await bus.events(job_id) == []
+    assert dataset_server.service.reads == reads_before
+    assert "training request for a job Jobs does not know terminated" in trainer.logs()
+    # A job Jobs knows, submitted after it, trains as usual.
+    known = await bus.submit(dataset_id, "target")
+    assert final_event(await bus.wait_final(known)).WhichOneof("kind") == "succeeded"
+
+
 async def test_job_past_its_max_run_duration_fails(
     trainer: TrainerProcess, bus: Bus, dataset_server: DatasetServer, data_dir: Path
 ) -> None:

@@ -95,6 +95,7 @@ class Disposition(enum.Enum):
     ACK = "ack"  # the final event is published
     RETRY_LATER = "retry_later"  # transient failure: deliver again after a delay
     RETRY_NOW = "retry_now"  # handed back on shutdown: another Trainer takes it
+    TERMINATE = "terminate"  # refused: never delivered again
 
 
 class JobControl:

@@ -46,6 +46,7 @@ from runtime.tracing import context_from_headers, tracer
 from services.training import metrics
 from services.training.settings import TrainerSettings
 from services.training.work.events import EventsUnavailable
+from services.training.work.jobs_check import JobDirectory, JobsUnavailable
 from services.training.work.runner import Disposition, JobControl, JobRunner
 
 logger = logging.getLogger("modelyard.trainer.worker")
@@ -67,8 +68,10 @@ class TrainerWorker:
         settings: TrainerSettings,
         nc: NatsClient,
         runner: JobRunner,
+        jobs: JobDirectory,
     ) -> None:
         self._settings = settings
+        self._jobs = jobs
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self._runner = runner
@@ -228,6 +231,16 @@ class TrainerWorker:
         self, message: Msg, request: dispatch_pb2.TrainingRequest, attempt: int
     ) -> Disposition:
         job_id = request.job_id
+        try:
+            if not await self._jobs.knows(job_id):
+                logger.error("training request for a job Jobs does not know terminated")
+                metrics.REQUESTS_REFUSED.labels(reason="unknown_job").inc()
+                return Disposition.TERMINATE
+        except JobsUnavailable as error:
+            logger.warning(
+                "cannot ask Jobs about the job; retrying later", extra=error_fields(error)
+            )
+            return Disposition.RETRY_LATER
         if attempt > self._settings.max_attempts:
             return await self._runner.exhausted(request, attempt)
         if await self._cancel_flag_set(job_id):
@@ -345,6 +358,8 @@ async def _settle(message: Msg, disposition: Disposition, retry_delay: float) ->
             await message.ack_sync(timeout=ACK_TIMEOUT_SECONDS)
         elif disposition is Disposition.RETRY_LATER:
             await message.nak(delay=retry_delay)
+        elif disposition is Disposition.TERMINATE:
+            await message.term()
         else:
             await message.nak()
     except Exception as error:  # the message comes back after ack_wait; attempts handle it

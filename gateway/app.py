@@ -14,9 +14,7 @@ import functools
 import json
 import logging
 import math
-import re
 import time
-import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -64,6 +62,7 @@ from gateway.transcoding import RequestBuilder, response_json
 from runtime.app import App
 from runtime.errors import make_status
 from runtime.interceptors import REQUEST_ID_KEY
+from runtime.limits import correlation_id
 from runtime.logs import log_context
 from runtime.metrics import LATENCY_BUCKETS
 from runtime.tracing import context_from_headers, tracer
@@ -76,8 +75,6 @@ API_VERSION = "v1"
 JSON_MEDIA_TYPE = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
 TIMEOUT_HEADERS = ("x-request-timeout", "request-timeout")
-# A client's request id is kept when it is this tame; otherwise a new one is made.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 HTTP_REQUESTS = Counter(
@@ -192,7 +189,8 @@ class Gateway(App):
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        # The same rule as every gRPC server's (runtime.limits.correlation_id).
+        request_id = correlation_id(request.headers.get(REQUEST_ID_HEADER))
         exchange = Exchange()
         span = tracer().start_as_current_span(
             f"{request.method} {scope['path']}",
@@ -414,12 +412,6 @@ class Gateway(App):
         access_logger.log(
             level, "%s %s %s", request.method, path, response.status_code, extra=extra
         )
-
-
-def _request_id(presented: str | None) -> str:
-    if presented and _REQUEST_ID.match(presented):
-        return presented
-    return uuid.uuid4().hex
 
 
 def _body_too_large(limit: int) -> GatewayError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from runtime import reasons
 from runtime.errors import STATUS_DETAILS_KEY, ServiceError, code_from_number, make_status
+from runtime.limits import correlation_id
 from runtime.logs import log_context
 from runtime.metrics import record_call
 from runtime.secrets import tokens_equal
@@ -87,7 +87,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
         method = handler_call_details.method
-        request_id = _metadata_value(handler_call_details, REQUEST_ID_KEY) or uuid.uuid4().hex
+        request_id = correlation_id(_metadata_value(handler_call_details, REQUEST_ID_KEY))
 
         metadata = handler_call_details.invocation_metadata or ()
 

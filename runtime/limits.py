@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 
 from runtime.errors import invalid_argument
 
@@ -31,6 +32,19 @@ REQUEST_ID_RULE = f"at most {MAX_REQUEST_ID_CHARS} printable characters"
 # The two settings of `runtime.settings.RunDurationSettings` default to these.
 DEFAULT_MAX_RUN_DURATION_SECONDS = 3600.0
 MAX_RUN_DURATION_LIMIT_SECONDS = 24 * 3600.0
+
+# The request id that ties log lines together (gateway X-Request-Id, gRPC x-request-id
+# metadata): a caller's is kept only when it is this tame, in every process alike;
+# otherwise the process makes one. It is written into every log line of the request.
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def correlation_id(presented: str | None) -> str:
+    """The caller's request id when it follows CORRELATION_ID, else a new one."""
+    if presented and CORRELATION_ID.fullmatch(presented):
+        return presented
+    return uuid.uuid4().hex
+
 
 # Ids the services make (uuid4 hex) and any id a client sends back: letters, digits,
 # '_' or '-'. An id also becomes part of NATS subjects and MLflow filters, where '.',

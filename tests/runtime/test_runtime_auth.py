@@ -14,6 +14,8 @@ from devstack.processes import free_port
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from runtime.channels import open_channel
 from runtime.errors import error_reason
+from runtime.limits import CORRELATION_ID, correlation_id
+from runtime.logs import current_context
 from runtime.server import GrpcServer
 from runtime.settings import CommonSettings
 
@@ -82,3 +84,41 @@ async def test_health_needs_no_token(rotating_server: str) -> None:
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class RequestIdEcho(dataset_service_pb2_grpc.DatasetServiceServicer):
+    """Answers with the request id the server's log lines carry for the call."""
+
+    async def GetDataset(
+        self, request: dataset_service_pb2.GetDatasetRequest, context: Any
+    ) -> dataset_pb2.Dataset:
+        return dataset_pb2.Dataset(dataset_id=current_context()["request_id"])
+
+
+@pytest.mark.parametrize(
+    ("presented", "kept"),
+    [
+        ("req-42:retry/1", True),
+        ("r" * 129, False),  # longer than the gateway keeps
+        ('x", "level": "ERROR', False),  # quotes: would read as another log field
+        ("id with spaces", False),
+    ],
+)
+async def test_a_request_id_is_kept_by_the_same_rule_as_the_gateways(
+    presented: str, kept: bool
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    server = GrpcServer(CommonSettings(service_token="t"), address)
+    servicer = RequestIdEcho()  # type: ignore[abstract]  # only GetDataset is called
+    dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server.server)
+    await server.start()
+    try:
+        metadata = (("authorization", "Bearer t"), ("x-request-id", presented))
+        logged = (await get(address, metadata)).dataset_id
+    finally:
+        await server.stop()
+    assert (logged == presented) is kept
+    assert CORRELATION_ID.fullmatch(logged)
+    assert (
+        correlation_id(presented) == presented if kept else correlation_id(presented) != presented
+    )

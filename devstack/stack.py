@@ -30,6 +30,7 @@ from devstack.processes import ManagedProcess, free_port, port_open
 from devstack.tls import Tls
 from runtime import nats_access
 from runtime.healthcheck import check
+from runtime.secrets import private_directory
 from runtime.settings import CommonSettings
 
 SERVICE_MODULES = {
@@ -123,7 +124,8 @@ class Stack:
         return fresh
 
     def start(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        # Secrets, credentials and databases live here: the owner's alone.
+        private_directory(self.work_dir)
         self.nats = start_nats(self.work_dir)
         self.mlflow = start_mlflow(self.work_dir, password=self.secrets["mlflow_admin_password"])
         if self.options.blob_store == "s3":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -31,6 +32,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from runtime.logs import configure_logging, error_fields
+from runtime.secrets import private_directory
 from runtime.server import wait_for_shutdown_signal
 from runtime.settings import CommonSettings
 from runtime.tracing import configure_tracing, shutdown_tracing
@@ -136,6 +138,10 @@ def run_process(
     such and ends the process with exit code 1."""
     configure_logging(service, settings.log_level)
     configure_tracing(service, settings.otlp_endpoint)
+    # What a process writes (SQLite databases, blobs, generated secrets, scratch files) is
+    # its owner's alone, and so is the state directory.
+    os.umask(0o077)
+    private_directory(settings.state_dir)
     if prepare is not None:
         prepare(settings)
     try:

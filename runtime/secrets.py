@@ -14,8 +14,14 @@ import time
 from pathlib import Path
 
 
+def private_directory(path: Path) -> None:
+    """Create `path` if needed; only its owner may list or enter it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
 def load_or_create_secret(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -4,6 +4,7 @@ one on SIGTERM, open watches told to come back."""
 from __future__ import annotations
 
 import asyncio
+import stat
 import sys
 from pathlib import Path
 
@@ -80,6 +81,12 @@ async def test_embedded_defaults_serve_and_sigterm_stops_cleanly(
     try:
         await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), 60)
         assert (tmp_path / "state" / "jobs.db").exists()  # SQLite under the state dir
+        # The state directory and the database in it are the owner's alone.
+        modes = {
+            path.name: stat.S_IMODE(path.stat().st_mode)
+            for path in (tmp_path / "state", tmp_path / "state" / "jobs.db")
+        }
+        assert modes == {"state": 0o700, "jobs.db": 0o600}
     finally:
         assert process.stop() == 0
 

@@ -29,3 +29,10 @@ def test_token_comparison() -> None:
     assert tokens_equal("abc", "abc")
     assert not tokens_equal("abc", "abd")
     assert not tokens_equal("", "abc")
+
+
+def test_a_generated_secret_and_its_directory_are_the_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "nested" / "service-token"
+    load_or_create_secret(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

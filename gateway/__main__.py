@@ -7,6 +7,7 @@ import importlib.util
 import uvicorn
 
 from gateway.app import Gateway
+from gateway.http_protocols import StatusH11Protocol, StatusHttpToolsProtocol
 from gateway.settings import GatewaySettings
 from runtime.logs import configure_logging
 from runtime.tracing import configure_tracing, shutdown_tracing
@@ -23,7 +24,10 @@ def main() -> None:
         port=settings.port,
         # The fast implementations when installed (uvicorn[standard] brings them).
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # Their answer to a request they cannot parse is a google.rpc.Status too.
+        http=StatusHttpToolsProtocol
+        if importlib.util.find_spec("httptools")
+        else StatusH11Protocol,
         lifespan="on",
         access_log=False,  # the gateway writes its own line per request
         log_config=None,  # keep the JSON logging configured above

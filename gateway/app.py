@@ -76,6 +76,12 @@ JSON_MEDIA_TYPE = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
 TIMEOUT_HEADERS = ("x-request-timeout", "request-timeout")
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Longer URLs (path and query) are refused before routing: no route takes one, and a
+# log line or span name must not carry it. Past uvicorn's own parser limit (about 64 KiB)
+# gateway/http_protocols.py answers instead.
+MAX_URL_BYTES = 8192
+# How much of a path a span name or an access-log line keeps.
+LOGGED_PATH_CHARS = 512
 
 HTTP_REQUESTS = Counter(
     "modelyard_gateway_requests",
@@ -193,7 +199,7 @@ class Gateway(App):
         request_id = correlation_id(request.headers.get(REQUEST_ID_HEADER))
         exchange = Exchange()
         span = tracer().start_as_current_span(
-            f"{request.method} {scope['path']}",
+            f"{request.method} {scope['path'][:LOGGED_PATH_CHARS]}",
             context=context_from_headers(request.headers),
             kind=SpanKind.SERVER,
         )
@@ -219,6 +225,15 @@ class Gateway(App):
 
     async def _respond(self, request: Request, request_id: str, exchange: Exchange) -> Response:
         path: str = request.scope["path"]
+        url_bytes = len(request.scope["raw_path"]) + len(request.scope["query_string"])
+        if url_bytes > MAX_URL_BYTES:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                reasons.URL_TOO_LONG,
+                f"the URL is longer than {MAX_URL_BYTES} bytes",
+                http_status=414,
+                metadata={"limit_bytes": str(MAX_URL_BYTES)},
+            )
         if path in PROBE_PATHS or path == "/openapi.json" or path.startswith("/docs"):
             return await self._open_endpoint(request, path)
         if self.legacy is not None and self.legacy.serves(path):
@@ -401,7 +416,7 @@ class Gateway(App):
         route = exchange.route
         extra: dict[str, Any] = {
             "method": request.method,
-            "path": path,
+            "path": path[:LOGGED_PATH_CHARS],
             "status": response.status_code,
             "elapsed_ms": round((time.perf_counter() - exchange.started) * 1000, 2),
         }
@@ -410,7 +425,12 @@ class Gateway(App):
         if isinstance(response, ErrorResponse | LegacyErrorResponse):
             extra["reason"] = response.reason
         access_logger.log(
-            level, "%s %s %s", request.method, path, response.status_code, extra=extra
+            level,
+            "%s %s %s",
+            request.method,
+            path[:LOGGED_PATH_CHARS],
+            response.status_code,
+            extra=extra,
         )
 
 

@@ -3,6 +3,8 @@ status with the backend's reason, the gateway's own refusals, deadlines and limi
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -177,3 +179,32 @@ async def test_unreachable_backend_is_503_without_internal_addresses(
         "status": "unavailable",
         "backends": {"dataset": "SERVING", "jobs": "SERVING", "trainer": "UNREACHABLE"},
     }
+
+
+async def test_an_over_long_url_is_answered_with_a_status(gateway: GatewayProcess) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/v1/datasets/" + "a" * 9000)
+    assert response.status_code == 414
+    assert reason(response) == "URL_TOO_LONG"
+    assert response.json()["error"]["details"][0]["metadata"] == {"limit_bytes": "8192"}
+    assert "a" * 600 not in gateway.logs()  # neither the log line nor its span keep it
+
+
+async def test_a_url_past_the_http_parser_is_answered_with_a_status(
+    gateway: GatewayProcess,
+) -> None:
+    """uvicorn refuses it before the app sees it; the answer is still a google.rpc.Status."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /v1/datasets/{'a' * 200_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert (error["status"], error["details"][0]["reason"]) == (
+        "INVALID_ARGUMENT",
+        "HTTP_REQUEST_INVALID",
+    )

@@ -243,6 +243,9 @@ class Stack:
     def gateway_env(self) -> dict[str, str]:
         env = {
             "MODELYARD_GATEWAY_PORT": str(self.gateway_port),
+            "MODELYARD_GATEWAY_METRICS_ADDRESS": self.metrics_addresses.setdefault(
+                "gateway", f"127.0.0.1:{free_port()}"
+            ),
             "MODELYARD_GATEWAY_HOST": "127.0.0.1",
             "MODELYARD_GATEWAY_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
             "MODELYARD_GATEWAY_JOBS_SERVICE_ADDRESS": self.addresses["jobs"],

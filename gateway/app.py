@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -64,7 +64,7 @@ from runtime.errors import make_status
 from runtime.interceptors import REQUEST_ID_KEY
 from runtime.limits import correlation_id
 from runtime.logs import log_context
-from runtime.metrics import LATENCY_BUCKETS
+from runtime.metrics import LATENCY_BUCKETS, serve_metrics
 from runtime.tracing import context_from_headers, tracer
 
 logger = logging.getLogger("modelyard.gateway")
@@ -75,7 +75,7 @@ API_VERSION = "v1"
 JSON_MEDIA_TYPE = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
 TIMEOUT_HEADERS = ("x-request-timeout", "request-timeout")
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Longer URLs (path and query) are refused before routing: no route takes one, and a
 # log line or span name must not carry it. Past uvicorn's own parser limit (about 64 KiB)
 # gateway/http_protocols.py answers instead.
@@ -156,6 +156,7 @@ class Gateway(App):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def _open(self, stack: AsyncExitStack) -> None:
+        serve_metrics(self.settings.metrics_address)
         await self.backends.open()
         stack.push_async_callback(self.backends.close)
         logger.info(
@@ -371,8 +372,6 @@ class Gateway(App):
             )
         if path == "/healthz":
             return Response(b'{"status":"ok"}', media_type=JSON_MEDIA_TYPE)
-        if path == "/metrics":
-            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
         if path == "/readyz":
             return await self._readiness()
         if path == "/openapi.json":

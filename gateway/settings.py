@@ -7,7 +7,12 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from runtime.settings import CommonSettings, DatasetClientSettings, TrainerClientSettings
+from runtime.settings import (
+    CommonSettings,
+    DatasetClientSettings,
+    MetricsAddress,
+    TrainerClientSettings,
+)
 
 MIB = 1024 * 1024
 
@@ -24,6 +29,9 @@ class GatewaySettings(CommonSettings, DatasetClientSettings, TrainerClientSettin
 
     host: str = Field(default="127.0.0.1", description="Interface the HTTP server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port.")
+    # Its own port, like every process's: the API port serves no /metrics, so publishing
+    # the API does not publish the metrics.
+    metrics_address: MetricsAddress = "127.0.0.1:9454"
     jobs_service_address: str = Field(
         default="127.0.0.1:50052", description="host:port of JobsService."
     )

@@ -40,7 +40,12 @@ from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from modelyard.dispatch.v1 import dispatch_pb2
-from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc, training_job_pb2
+from modelyard.jobs.v1 import (
+    jobs_service_pb2,
+    jobs_service_pb2_grpc,
+    scoring_job_pb2,
+    training_job_pb2,
+)
 from runtime import nats_access
 from runtime.messaging import (
     JOB_EVENTS_STREAM,
@@ -238,6 +243,13 @@ class FakeJobsService(jobs_service_pb2_grpc.JobsServiceServicer):
         return training_job_pb2.TrainingJob(
             job_id=request.job_id, state=training_job_pb2.TrainingJob.QUEUED
         )
+
+    def GetScoringJob(
+        self, request: jobs_service_pb2.GetScoringJobRequest, context: grpc.ServicerContext
+    ) -> scoring_job_pb2.ScoringJob:
+        if request.job_id not in self.known:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
+        return scoring_job_pb2.ScoringJob(job_id=request.job_id)
 
 
 @dataclass

@@ -33,7 +33,14 @@ from services.training.model import pyfunc_model
 from services.training.model.targets import TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from tests.dataset.conftest import TOKEN, RunningService, start_in_process, stop_in_process
-from tests.training.conftest import Bus, TrainerProcess, final_event, messy_frame, start_trainer
+from tests.training.conftest import (
+    Bus,
+    DatasetServer,
+    TrainerProcess,
+    final_event,
+    messy_frame,
+    start_trainer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +61,7 @@ def scoring_trainer(
     nats_server: NatsServer,
     mlflow_server: MlflowServer,
     datasets: RunningService,
+    dataset_server: DatasetServer,
 ) -> Any:
     work_dir = tmp_path_factory.mktemp("scoring-trainer")
     process = start_trainer(
@@ -63,6 +71,8 @@ def scoring_trainer(
         datasets.settings.listen_address,
         name="scoring-trainer",
         MODELYARD_SERVICE_TOKEN=TOKEN,
+        # The stand-in JobsService that knows the jobs Bus.submit made.
+        MODELYARD_TRAINER_JOBS_SERVICE_ADDRESS=dataset_server.address,
     )
     yield process
     process.stop()

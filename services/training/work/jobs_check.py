@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import grpc
 
-from modelyard.jobs.v1.jobs_service_pb2 import GetTrainingJobRequest
+from modelyard.jobs.v1.jobs_service_pb2 import GetScoringJobRequest, GetTrainingJobRequest
 from modelyard.jobs.v1.jobs_service_pb2_grpc import JobsServiceStub
 
 
@@ -23,12 +23,18 @@ class JobDirectory:
         self._stub = JobsServiceStub(channel)
         self._timeout = timeout_seconds
 
-    async def knows(self, job_id: str) -> bool:
-        """True when Jobs has the job, False when it answers NOT_FOUND."""
+    async def knows(self, job_id: str, *, scoring: bool) -> bool:
+        """True when Jobs has the job (a scoring job when `scoring`), False when it answers
+        NOT_FOUND."""
         try:
-            await self._stub.GetTrainingJob(
-                GetTrainingJobRequest(job_id=job_id), timeout=self._timeout
-            )
+            if scoring:
+                await self._stub.GetScoringJob(
+                    GetScoringJobRequest(job_id=job_id), timeout=self._timeout
+                )
+            else:
+                await self._stub.GetTrainingJob(
+                    GetTrainingJobRequest(job_id=job_id), timeout=self._timeout
+                )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return False

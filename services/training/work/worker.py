@@ -232,7 +232,7 @@ class TrainerWorker:
     ) -> Disposition:
         job_id = request.job_id
         try:
-            if not await self._jobs.knows(job_id):
+            if not await self._jobs.knows(job_id, scoring=request.HasField("scoring")):
                 logger.error("training request for a job Jobs does not know terminated")
                 metrics.REQUESTS_REFUSED.labels(reason="unknown_job").inc()
                 return Disposition.TERMINATE

@@ -12,6 +12,7 @@ restarted or terminated backend costs one retry, not a restart.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,13 @@ def run_migrations_from_env(target_metadata: Any) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+async def database_reachable(engine: AsyncEngine, timeout_seconds: float = 2.0) -> bool:
+    """One `SELECT 1`: a readiness check (runtime.server.GrpcServer.follow_dependencies)."""
+    try:
+        async with asyncio.timeout(timeout_seconds), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True

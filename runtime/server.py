@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -42,6 +42,7 @@ class GrpcServer:
         self._listen_address = listen_address
         self._metrics_address = metrics_address
         self._service_names: list[str] = []
+        self._stopping = False
         self.server = grpc.aio.server(
             interceptors=[
                 ServiceTokenInterceptor(settings.resolved_service_tokens()),
@@ -82,7 +83,28 @@ class GrpcServer:
         else:
             self.server.add_insecure_port(self._listen_address)
 
+    async def follow_dependencies(
+        self, checks: Sequence[Callable[[], Awaitable[bool]]], interval_seconds: float = 2.0
+    ) -> None:
+        """Keep the named services' health on what they need (NATS, a database): NOT_SERVING
+        while any check fails, so /readyz and readiness probes send no calls there. The
+        server's own status ("") stays SERVING while the process lives, so a liveness probe
+        does not restart a process that only waits for a dependency. Runs until cancelled."""
+        ready = True
+        while True:
+            await asyncio.sleep(interval_seconds)
+            now = all([await check() for check in checks])
+            if now != ready and not self._stopping:
+                ready = now
+                status = health_pb2.HealthCheckResponse.SERVING
+                if not ready:
+                    status = health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in self._service_names:
+                    await self._health.set(name, status)
+                logger.warning("dependencies %s", "back" if ready else "down; not ready")
+
     async def stop(self) -> None:
+        self._stopping = True
         for name in ["", *self._service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         logger.info("stopping", extra={"grace_seconds": self._settings.shutdown_grace_seconds})

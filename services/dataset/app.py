@@ -13,7 +13,7 @@ import grpc
 
 from modelyard.dataset.v1 import dataset_service_pb2, dataset_service_pb2_grpc
 from runtime.app import App
-from runtime.db import create_engine, migrate, session_factory
+from runtime.db import create_engine, database_reachable, migrate, session_factory
 from runtime.server import GrpcServer
 from services.dataset.blobstore import BlobStore, LocalBlobStore, S3BlobStore, dataset_prefix
 from services.dataset.cache import ParquetCache
@@ -72,6 +72,12 @@ class DatasetApp(App):
         self._add_servicer(server, servicer)
         await server.start()
         stack.push_async_callback(server.stop)
+
+        async def database_up() -> bool:
+            return await database_reachable(engine)
+
+        # Not ready (gateway /readyz, readiness probes) while its database is down.
+        self._background(server.follow_dependencies([database_up]), "readiness")
 
     @staticmethod
     def _add_servicer(server: GrpcServer, servicer: DatasetServicer) -> None:

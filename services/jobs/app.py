@@ -22,7 +22,7 @@ from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
 from runtime.app import App, StartupError
 from runtime.channels import open_channel
-from runtime.db import create_engine, migrate
+from runtime.db import create_engine, database_reachable, migrate
 from runtime.messaging import (
     CANCELLATIONS_BUCKET,
     JOB_EVENTS_STREAM,
@@ -123,6 +123,14 @@ class JobsApp(App):
         server.enable(jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"])
         await server.start()
         stack.push_async_callback(server.stop)
+
+        async def nats_connected() -> bool:
+            return nc.is_connected
+
+        async def database_up() -> bool:
+            return await database_reachable(engine)
+
+        self._background(server.follow_dependencies([nats_connected, database_up]), "readiness")
         # Open watches end first, so that the server's grace is not spent waiting on them.
         stack.callback(watcher.close)
 

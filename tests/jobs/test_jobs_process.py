@@ -10,15 +10,23 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.components import NatsServer
+from devstack.components import NatsServer, start_nats
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest, WatchTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime import nats_access
+from runtime.db import create_engine, database_reachable
 from runtime.errors import error_reason
-from tests.jobs.jobs_support import SERVICE_TOKEN, Doubles, jobs_settings, start_jobs
+from tests.jobs.jobs_support import (
+    SERVICE_TOKEN,
+    Doubles,
+    eventually,
+    jobs_settings,
+    start_jobs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -114,3 +122,44 @@ async def test_stopping_ends_open_watches_with_unavailable(
         await stopping
     finally:
         await stop()
+
+
+async def serving_status(address: str, service: str) -> str:
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+async def test_not_ready_while_nats_is_down_and_alive_all_along(
+    tmp_path: Path, jobs_database_url: str, doubles: Doubles
+) -> None:
+    """/readyz asks JobsService's health: NOT_SERVING while NATS is down, SERVING when it is
+    back; the server's own status stays SERVING, so a liveness probe restarts nothing."""
+    nats_server = start_nats(tmp_path / "own-nats")
+    settings = jobs_settings(tmp_path, jobs_database_url, nats_server, doubles)
+    _running, stop = await start_jobs(settings, doubles, nats_server)
+    address, service = settings.listen_address, "modelyard.jobs.v1.JobsService"
+    try:
+        assert await serving_status(address, service) == "SERVING"
+        nats_server.process.stop()
+        down = await eventually(lambda: serving_status(address, service), "NOT_SERVING".__eq__, 20)
+        assert down == "NOT_SERVING"
+        assert await serving_status(address, "") == "SERVING"
+        nats_server.restart()
+        back = await eventually(lambda: serving_status(address, service), "SERVING".__eq__, 30)
+        assert back == "SERVING"
+    finally:
+        await stop()
+        nats_server.process.stop()
+
+
+async def test_an_unreachable_database_is_reported_not_reachable(tmp_path: Path) -> None:
+    down = create_engine(f"postgresql://jobs@127.0.0.1:{free_port()}/jobs")
+    up = create_engine(f"sqlite:///{tmp_path / 'up.db'}")
+    try:
+        assert (await database_reachable(down), await database_reachable(up)) == (False, True)
+    finally:
+        await down.dispose()
+        await up.dispose()

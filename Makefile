@@ -76,6 +76,7 @@ bench: install bench-env
 	$(PY) -m bench.train
 	$(PY) -m bench.quality
 	$(PY) -m bench.search
+	$(PY) -m bench.score
 
 # The benchmark-only dependencies (pyproject's `bench` group: FLAML, AutoGluon) in an
 # environment of their own: AutoGluon needs an older pandas than the platform's, and no

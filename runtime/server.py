@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -36,7 +37,11 @@ class GrpcServer:
     """Add servicers to `.server`, call `enable` for each, then `start`."""
 
     def __init__(
-        self, settings: CommonSettings, listen_address: str, metrics_address: str | None = None
+        self,
+        settings: CommonSettings,
+        listen_address: str,
+        metrics_address: str | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._settings = settings
         self._listen_address = listen_address
@@ -48,7 +53,7 @@ class GrpcServer:
                 ServiceTokenInterceptor(settings.resolved_service_tokens()),
                 RequestContextInterceptor(),
             ],
-            options=CHANNEL_OPTIONS,
+            options=[*CHANNEL_OPTIONS, *options],
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)

@@ -43,6 +43,17 @@ def create_blob_store(settings: DatasetSettings) -> BlobStore:
     return LocalBlobStore(settings.resolved_blob_dir())
 
 
+def receive_window_options(window_bytes: int) -> list[tuple[str, int]]:
+    """A fixed HTTP/2 receive window per stream.
+
+    gRPC grows the window of a busy stream by itself (BDP probing), and a client
+    uploading faster than ingest converts then parks tens of MiB in gRPC's buffers
+    (measured: ~60 MiB of a 477 MB upload's peak). A fixed window bounds what one
+    upload has buffered in gRPC to `window_bytes`.
+    """
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window_bytes)]
+
+
 class DatasetApp(App):
     """Database, blob store, gRPC server and janitor, opened in order and closed in
     reverse (`runtime.app.App`)."""
@@ -68,7 +79,12 @@ class DatasetApp(App):
         servicer = self.servicer = DatasetServicer(settings, repository, store, cache)
         stack.push_async_callback(servicer.drain)
         self._background(self._sweep_forever(repository, store), "janitor")
-        server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
+        server = GrpcServer(
+            settings,
+            settings.listen_address,
+            settings.metrics_address,
+            options=receive_window_options(settings.upload_window_bytes),
+        )
         self._add_servicer(server, servicer)
         await server.start()
         stack.push_async_callback(server.stop)

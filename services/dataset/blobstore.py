@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -206,16 +206,19 @@ class LocalBlobStore:
 
 
 class S3MultipartWriter(io.RawIOBase):
-    """Uploads parts as they fill, a few at a time; small blobs become one PUT on commit."""
+    """Uploads parts as they fill, a few at a time; small blobs become one PUT on commit.
+
+    Each part is filled in a buffer of its own, sent as it is (no joining copy) and
+    dropped once uploaded: at most `max_parts_in_flight` + 1 parts are in memory.
+    """
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
         super().__init__()
         self._store = store
         self._client = store.client
         self._key = key
-        # Bytes of the next part, as the pieces written (immutable: kept without a copy).
-        self._pending: list[bytes | memoryview] = []
-        self._pending_bytes = 0
+        self._part = bytearray()  # allocated at the first write (a blob may stay empty)
+        self._filled = 0
         self._position = 0
         self._upload_id: str | None = None
         self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
@@ -225,35 +228,33 @@ class S3MultipartWriter(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        # Callers may reuse a mutable buffer once write returns: only bytes are kept as given.
-        piece = data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
-        self._pending.append(piece)
-        self._pending_bytes += len(piece)
-        self._position += len(piece)
-        while self._pending_bytes >= self._store.part_bytes:
-            self._send_part(self._take(self._store.part_bytes))
-        return len(piece)
+        view = memoryview(data).cast("B")
+        size = len(view)
+        written = 0
+        while written < size:
+            if not self._part:
+                self._part = bytearray(self._store.part_bytes)
+            room = len(self._part) - self._filled
+            piece = min(room, size - written)
+            self._part[self._filled : self._filled + piece] = view[written : written + piece]
+            self._filled += piece
+            written += piece
+            if self._filled == len(self._part):
+                self._send_part(self._take_part())
+        self._position += size
+        return size
 
-    def _take(self, size: int) -> bytes:
-        """The first `size` pending bytes, joined with one copy."""
-        pieces: list[bytes | memoryview] = []
-        taken = 0
-        while taken < size:
-            piece = self._pending.pop(0)
-            if taken + len(piece) > size:
-                cut = size - taken
-                whole = memoryview(piece)
-                piece, rest = whole[:cut], whole[cut:]
-                self._pending.insert(0, rest)
-            pieces.append(piece)
-            taken += len(piece)
-        self._pending_bytes -= size
-        return b"".join(pieces)
+    def _take_part(self) -> bytearray:
+        """The part filled so far (trimmed to its bytes), handed over without a copy."""
+        part, self._part = self._part, bytearray()
+        del part[self._filled :]
+        self._filled = 0
+        return part
 
     def tell(self) -> int:
         return self._position
 
-    def _send_part(self, data: bytes) -> None:
+    def _send_part(self, data: bytearray) -> None:
         if self._upload_id is None:
             response = self._client.create_multipart_upload(
                 Bucket=self._store.bucket, Key=self._key
@@ -264,21 +265,21 @@ class S3MultipartWriter(io.RawIOBase):
         number = len(self._parts) + len(self._in_flight) + 1
         self._in_flight.append(self._store.executor.submit(self._upload_part, number, data))
 
-    def _upload_part(self, number: int, data: bytes) -> CompletedPartTypeDef:
+    def _upload_part(self, number: int, data: bytearray) -> CompletedPartTypeDef:
         assert self._upload_id is not None
         response = self._client.upload_part(
             Bucket=self._store.bucket,
             Key=self._key,
             UploadId=self._upload_id,
             PartNumber=number,
-            Body=data,
+            Body=as_body(data),
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
 
     def commit(self) -> None:
-        rest = self._take(self._pending_bytes)
+        rest = self._take_part()
         if self._upload_id is None:
-            self._client.put_object(Bucket=self._store.bucket, Key=self._key, Body=rest)
+            self._client.put_object(Bucket=self._store.bucket, Key=self._key, Body=as_body(rest))
             return
         if rest:
             self._send_part(rest)
@@ -292,7 +293,7 @@ class S3MultipartWriter(io.RawIOBase):
         )
 
     def abort(self) -> None:
-        self._pending.clear()
+        self._part, self._filled = bytearray(), 0
         for future in self._in_flight:
             future.cancel()
         for future in self._in_flight:
@@ -303,6 +304,11 @@ class S3MultipartWriter(io.RawIOBase):
             self._client.abort_multipart_upload(
                 Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
             )
+
+
+def as_body(data: bytearray) -> bytes:
+    """botocore sends a bytearray as it is (its stubs only say bytes): no copy."""
+    return cast(bytes, data)
 
 
 def _is_not_found(error: ClientError) -> bool:

@@ -17,8 +17,10 @@ is converted a second time with those types.
 
 from __future__ import annotations
 
+import io
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -47,6 +49,9 @@ TRUE_VALUES = ["true", "True", "TRUE"]
 FALSE_VALUES = ["false", "False", "FALSE"]
 GROUP_MAX_BYTES = 64 * 1024 * 1024
 ERROR_EXCERPT_CHARS = 80
+# Blocks of text the CSV reader may hold beyond the batch being taken (see BoundedReadAhead).
+READ_AHEAD_BLOCKS = 4
+READER_STARVED_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,73 @@ def _column_types(source_names: list[str] | None, plan: TypePlan | None) -> dict
     return types
 
 
+class BoundedReadAhead(io.RawIOBase):
+    """The text source as the CSV reader sees it: never more than `blocks` reads ahead
+    of the batches taken.
+
+    pyarrow's streaming CSV reader fetches its blocks on a thread of its own and
+    keeps up to 32 of them queued, a number it does not let callers change: 32 MiB of
+    text per conversion with 1 MiB blocks, which also drains the upload's bounded pipes
+    into a queue of its own. Here a read waits while the reader is `blocks` reads
+    ahead of the batches taken. A read made while the consumer has waited
+    `starved_seconds` for a batch goes ahead anyway (and is not counted), so a reader
+    that needs more text to finish a batch never waits for a batch it cannot finish.
+    """
+
+    def __init__(self, source: RecordingReader, blocks: int, starved_seconds: float) -> None:
+        super().__init__()
+        self._source = source
+        self._blocks = blocks
+        self._starved_seconds = starved_seconds
+        self._ahead = 0
+        self._waiting_since: float | None = None
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        with self._condition:
+            while self._ahead >= self._blocks and not self._closed:
+                if self._consumer_starved():
+                    # This read is for the batch being waited for: not counted, and
+                    # the next such read waits for another spell of starvation.
+                    self._waiting_since = time.monotonic()
+                    self._ahead -= 1
+                    break
+                self._condition.wait(self._starved_seconds / 4)
+            self._ahead += 1
+        return self._source.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+    def _consumer_starved(self) -> bool:
+        waiting_since = self._waiting_since
+        return (
+            waiting_since is not None and time.monotonic() - waiting_since >= self._starved_seconds
+        )
+
+    def waiting_for_batch(self) -> None:
+        with self._condition:
+            self._waiting_since = time.monotonic()
+
+    def took_batch(self) -> None:
+        with self._condition:
+            self._waiting_since = None
+            self._ahead = max(0, self._ahead - 1)
+            self._condition.notify_all()
+
+    def stop(self) -> None:
+        """Release a read waiting here (the reader is being closed)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
 class CsvBatches(AbstractContextManager["CsvBatches"]):
     """The record batches of a text table, typed and named as the dataset keeps them,
     with pyarrow's errors turned into the service's."""
@@ -198,11 +270,14 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         self._source = source
         self._fmt = fmt
         self._limits = limits
+        self._read_ahead = BoundedReadAhead(source, READ_AHEAD_BLOCKS, READER_STARVED_SECONDS)
         try:
             self._reader = pacsv.open_csv(
-                source, **_reader_options(fmt, limits, _column_types(source_names, plan))
+                self._read_ahead,
+                **_reader_options(fmt, limits, _column_types(source_names, plan)),
             )
         except pa.ArrowInvalid as error:
+            self._read_ahead.stop()
             raise self._translate(error) from None
         try:
             self.source_names = _column_names(self._reader)
@@ -218,7 +293,7 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
                 ]
             )
         except BaseException:
-            self._reader.close()
+            self._close()
             raise
 
     def _plan_from_first_batch(self) -> TypePlan:
@@ -235,12 +310,15 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         return TypePlan(columns, drop)
 
     def _read_next(self) -> pa.RecordBatch | None:
+        self._read_ahead.waiting_for_batch()
         try:
             return self._reader.read_next_batch()
         except StopIteration:
             return None
         except pa.ArrowInvalid as error:
             raise self._translate(error) from None
+        finally:
+            self._read_ahead.took_batch()
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         if self._first is not None:
@@ -270,6 +348,10 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._read_ahead.stop()
         self._reader.close()
 
     def _translate(self, error: pa.ArrowInvalid) -> Exception:

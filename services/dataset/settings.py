@@ -47,6 +47,24 @@ class DatasetSettings(CommonSettings):
         ge=1,
         description="Parts of one S3 upload sent concurrently (memory: x part size).",
     )
+    upload_window_bytes: int = Field(
+        default=4 * MiB,
+        ge=64 * 1024,
+        le=256 * MiB,
+        description=(
+            "HTTP/2 receive window of a call: the bytes a client may send ahead of what the "
+            "service has taken in (memory: x concurrent uploads). A client far away gets at "
+            "most this much per round trip."
+        ),
+    )
+    memory_release_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "While uploads run, free C-heap pages are handed back to the system this often "
+            "(malloc_trim; bounds the peak RSS); 0: only when the last upload ends."
+        ),
+    )
     max_upload_bytes: int = Field(
         default=2048 * MiB,
         ge=1,

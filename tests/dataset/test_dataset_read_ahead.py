@@ -1,0 +1,59 @@
+"""The CSV reader of a conversion holds a few blocks of text, whatever the file's size.
+
+pyarrow's streaming CSV reader queues up to 32 blocks read ahead on a thread of its
+own; the conversion bounds that to READ_AHEAD_BLOCKS beyond the batch being taken.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from services.dataset.convert import READ_AHEAD_BLOCKS, CsvBatches, CsvFormat, Limits
+from services.dataset.pipe import RecordingReader
+
+MiB = 1024 * 1024
+LIMITS = Limits(max_columns=10, max_field_bytes=MiB, max_row_bytes=MiB, max_column_name_chars=100)
+
+
+class CountingText:
+    """A text of `rows` rows, handed out in chunks of 256 KiB, counting what was read."""
+
+    def __init__(self, rows: int) -> None:
+        lines = (f"{index},{index * 0.5},name-{index % 97}\n".encode() for index in range(rows))
+        self.data = b"id,score,name\n" + b"".join(lines)
+        self.read_bytes = 0
+        self._lock = threading.Lock()
+
+    def source(self) -> RecordingReader:
+        def next_chunk() -> bytes:
+            with self._lock:
+                chunk = self.data[self.read_bytes : self.read_bytes + 256 * 1024]
+                self.read_bytes += len(chunk)
+            return chunk
+
+        return RecordingReader(next_chunk, keep_bytes=2 * MiB)
+
+
+def test_reader_stays_a_few_blocks_ahead_of_the_batches_taken() -> None:
+    text = CountingText(rows=1_200_000)  # about 30 MiB: 30 blocks of 1 MiB
+    assert len(text.data) > 24 * MiB
+    with CsvBatches(text.source(), CsvFormat(), LIMITS) as batches:
+        batch_iterator = iter(batches)
+        rows = next(batch_iterator).num_rows
+        time.sleep(0.5)  # room for the reader's own thread to read as far as it may
+        # pyarrow alone reads 32 blocks ahead: all of this text.
+        assert text.read_bytes <= (READ_AHEAD_BLOCKS + 2) * MiB <= 8 * MiB
+        rows += sum(batch.num_rows for batch in batch_iterator)
+    assert rows == 1_200_000
+    assert text.read_bytes == len(text.data)
+
+
+def test_closing_early_releases_a_reader_waiting_for_room() -> None:
+    text = CountingText(rows=1_200_000)
+    started = time.monotonic()
+    with CsvBatches(text.source(), CsvFormat(), LIMITS) as batches:
+        next(iter(batches))
+        time.sleep(0.2)
+    assert time.monotonic() - started < 5
+    assert text.read_bytes < len(text.data)

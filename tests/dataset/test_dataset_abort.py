@@ -20,7 +20,7 @@ import pytest
 
 from devstack.components import S3Server
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
-from tests.dataset.conftest import TOKEN, DatasetClient, RunningService, start_process
+from tests.dataset.dataset_support import TOKEN, DatasetClient, RunningService, start_process
 
 State = dataset_pb2.Dataset.State
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ async def test_shutdown_mid_upload_fails_the_upload_cleanly(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
     """SIGTERM's path: the server stops, the upload in flight is cancelled and cleaned up."""
-    from tests.dataset.conftest import start_in_process, stop_in_process
+    from tests.dataset.dataset_support import start_in_process, stop_in_process
 
     running = await start_in_process(
         tmp_path, s3_server, database_url=f"sqlite:///{tmp_path / 'd.db'}"

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from devstack.components import S3Server
 from services.dataset.blobstore import BlobNotFoundError, BlobStore, LocalBlobStore, S3BlobStore
-from tests.dataset.conftest import MiB, s3_keys
+from tests.dataset.dataset_support import MiB, s3_keys
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -27,7 +27,7 @@ import pytest
 from devstack.components import S3Server
 from devstack.stack import grpc_serving
 from modelyard.dataset.v1 import dataset_pb2
-from tests.dataset.conftest import (
+from tests.dataset.dataset_support import (
     DatasetClient,
     MiB,
     RunningService,

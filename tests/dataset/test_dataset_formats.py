@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from modelyard.dataset.v1 import dataset_pb2
-from tests.dataset.conftest import RunningService, column, sha256_of, type_names
+from tests.dataset.dataset_support import RunningService, column, sha256_of, type_names
 
 pytestmark = pytest.mark.slow
 State = dataset_pb2.Dataset.State

@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from modelyard.dataset.v1 import dataset_pb2
-from tests.dataset.conftest import RunningService, start_in_process, stop_in_process
+from tests.dataset.dataset_support import RunningService, start_in_process, stop_in_process
 
 State = dataset_pb2.Dataset.State
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

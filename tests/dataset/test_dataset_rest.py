@@ -25,7 +25,7 @@ import requests
 
 from devstack.components import S3Server
 from devstack.processes import ManagedProcess, free_port, port_open
-from tests.dataset.conftest import TOKEN, start_process
+from tests.dataset.dataset_support import TOKEN, start_process
 
 pytestmark = pytest.mark.slow
 API_TOKEN = secrets.token_urlsafe(16)

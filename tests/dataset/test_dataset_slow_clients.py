@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
-from tests.dataset.conftest import (
+from tests.dataset.dataset_support import (
     RunningService,
     failure_of,
     start_in_process,

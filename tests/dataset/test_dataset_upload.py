@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
-from tests.dataset.conftest import RunningService, column, failure_of, sha256_of, type_names
+from tests.dataset.dataset_support import RunningService, column, failure_of, sha256_of, type_names
 
 State = dataset_pb2.Dataset.State
 pytestmark = pytest.mark.slow
@@ -153,7 +153,7 @@ async def test_read_dataset_refuses_bad_requests(
     code: grpc.StatusCode,
     reason: str,
 ) -> None:
-    from tests.dataset.conftest import failure_of
+    from tests.dataset.dataset_support import failure_of
 
     dataset = await service.client.upload(typed_csv(10))
     failure = await failure_of(service.client.read(dataset.dataset_id, columns, batch_rows))
@@ -161,7 +161,7 @@ async def test_read_dataset_refuses_bad_requests(
 
 
 async def test_unknown_and_failed_datasets_cannot_be_read(service: RunningService) -> None:
-    from tests.dataset.conftest import failure_of
+    from tests.dataset.dataset_support import failure_of
 
     missing = await failure_of(service.client.read("0" * 32))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "DATASET_NOT_FOUND")
@@ -203,7 +203,7 @@ async def test_failed_upload_is_recorded_and_leaves_no_files(service: RunningSer
 
 
 async def test_delete_removes_the_row_and_the_files(service: RunningService) -> None:
-    from tests.dataset.conftest import failure_of
+    from tests.dataset.dataset_support import failure_of
 
     dataset = await service.client.upload(typed_csv(100))
     assert len(service.blob_keys(dataset.dataset_id)) == 2  # original + Parquet copy
@@ -218,7 +218,7 @@ async def test_delete_removes_the_row_and_the_files(service: RunningService) -> 
 
 
 async def test_list_pages_newest_first_with_filters(service: RunningService) -> None:
-    from tests.dataset.conftest import failure_of
+    from tests.dataset.dataset_support import failure_of
 
     tag = f"pages-{id(service)}"
     uploaded = [

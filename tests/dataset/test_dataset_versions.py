@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
-from tests.dataset.conftest import DatasetClient, RunningService, failure_of
+from tests.dataset.dataset_support import DatasetClient, RunningService, failure_of
 
 State = dataset_pb2.Dataset.State
 pytestmark = pytest.mark.slow

@@ -32,8 +32,8 @@ from services.training.fit.pipeline import TrainingStopped
 from services.training.model import pyfunc_model
 from services.training.model.targets import TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
-from tests.dataset.conftest import TOKEN, RunningService, start_in_process, stop_in_process
-from tests.training.conftest import (
+from tests.dataset.dataset_support import TOKEN, RunningService, start_in_process, stop_in_process
+from tests.training.training_support import (
     Bus,
     DatasetServer,
     TrainerProcess,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.training.conftest import Bus, DatasetServer, TrainerProcess, final_event
+from tests.training.training_support import Bus, DatasetServer, TrainerProcess, final_event
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import pytest
 
 from devstack.components import DaskCluster, MlflowServer, NatsServer, start_dask
 from runtime.messaging import cancellations
-from tests.training.conftest import (
+from tests.training.training_support import (
     Bus,
     DatasetServer,
     TrainerProcess,

@@ -28,7 +28,7 @@ from services.training.model.pyfunc_model import coerce_features, feature_names
 from services.training.model.targets import PRIMARY_METRICS, Task, TrainingFailure
 from services.training.tracking.champion import beats_champion
 from services.training.tracking.run_content import curve_steps
-from tests.training.conftest import messy_frame, sklearn_csv
+from tests.training.training_support import messy_frame, sklearn_csv
 
 CONFIG = PipelineConfig(num_threads=2)
 

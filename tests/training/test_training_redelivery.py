@@ -15,7 +15,7 @@ import pytest
 from devstack.components import MlflowServer, NatsServer
 from modelyard.dispatch.v1 import dispatch_pb2
 from runtime.messaging import TRAINERS_CONSUMER, TRAINING_REQUESTS_STREAM, cancellations
-from tests.training.conftest import (
+from tests.training.training_support import (
     SLOW_PARAMS,
     Bus,
     DatasetServer,

@@ -15,7 +15,7 @@ from google.protobuf import struct_pb2
 from devstack.components import MlflowServer, NatsServer
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import error_reason
-from tests.training.conftest import (
+from tests.training.training_support import (
     SERVICE_TOKEN,
     Bus,
     DatasetServer,

@@ -35,7 +35,7 @@ from services.training.model.columns import columns_from_frame
 from services.training.model.params import as_strings
 from services.training.model.targets import Task, TrainingFailure
 from services.training.tracking.trials import leaderboard, leaderboard_chart
-from tests.training.conftest import messy_frame
+from tests.training.training_support import messy_frame
 
 CONFIG = PipelineConfig(num_threads=2)
 

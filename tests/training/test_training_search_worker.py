@@ -21,14 +21,14 @@ from modelyard.jobs.v1 import training_job_pb2
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.errors import error_reason
 from runtime.messaging import cancellations
-from tests.training.conftest import (
+from tests.training.test_training_search import counts_frame
+from tests.training.training_support import (
     SERVICE_TOKEN,
     Bus,
     DatasetServer,
     TrainerProcess,
     final_event,
 )
-from tests.training.test_training_search import counts_frame
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ from runtime.messaging import (
     TRAINING_REQUESTS_SUBJECT,
     cancellations,
 )
-from tests.training.conftest import (
+from tests.training.training_support import (
     SERVICE_TOKEN,
     SLOW_PARAMS,
     Bus,

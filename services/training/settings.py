@@ -103,8 +103,19 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
         default=5.0,
         ge=0,
         description="Delay before a job that hit a transient error (MLflow or Dataset down) "
-        "is delivered again.",
+        "is delivered again; each later retry of the job waits 4 times longer (5, 20, 80 s), "
+        "so its attempts spread over an outage instead of being spent within seconds.",
     )
+    retry_delay_max_seconds: float = Field(
+        default=300.0, ge=0, description="The longest wait before a retry."
+    )
+
+    def retry_delay(self, attempt: int) -> float:
+        """The wait before delivering again a job whose attempt `attempt` hit a transient
+        error: it grows with the attempt, the number of attempts does not."""
+        grown = self.retry_delay_seconds * 4.0 ** max(0, attempt - 1)
+        return float(min(grown, self.retry_delay_max_seconds))
+
     num_threads: int = Field(
         default=0,
         ge=0,

@@ -16,6 +16,7 @@ import enum
 import functools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -672,7 +673,8 @@ class JobRunner:
         logger.info("job failed", extra={"reason": reason, "error": message})
         await self._close_run(state, "FAILED", reason)
         await self._flush_progress(state)
-        status = make_status(code, reason, message, metadata)
+        # Users read this; the log line above keeps the addresses for operators.
+        status = make_status(code, reason, without_urls(message), metadata)
         await self._events.failed(state.job_id, state.attempt, status, self._mlflow(state))
         return Disposition.ACK
 
@@ -816,6 +818,15 @@ def succeeded_event(result: TrainingResult) -> dispatch_pb2.JobEvent.Succeeded:
     return dispatch_pb2.JobEvent.Succeeded(
         metrics=result.metrics, summary=summary, task_detection=task_detection(result.decision)
     )
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def without_urls(message: str) -> str:
+    """A job error for users: internal addresses (MLflow, S3, a Dataset service's host)
+    replaced, since an error text from a client library often quotes the URL it called."""
+    return _URL.sub("<internal address>", message)
 
 
 def mlflow_run(run: RunRef, published: PublishedModel | None) -> training_job_pb2.MlflowRun:

@@ -225,7 +225,7 @@ class TrainerWorker:
                     "events cannot be published; retrying later", extra=error_fields(error)
                 )
                 disposition = Disposition.RETRY_LATER
-            await _settle(message, disposition, self._settings.retry_delay_seconds)
+            await _settle(message, disposition, self._settings.retry_delay(attempt))
 
     async def _attempt(
         self, message: Msg, request: dispatch_pb2.TrainingRequest, attempt: int

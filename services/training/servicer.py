@@ -27,6 +27,7 @@ from services.training.model.params import as_strings, validate_params
 from services.training.model.targets import MAX_NUMERIC_CLASSES, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from services.training.serving.catalog import ModelCatalog
+from services.training.serving.versions import VersionResolver
 from services.training.settings import TrainerSettings
 from services.training.tracking.champion import CHAMPION_ALIAS
 
@@ -70,6 +71,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         self._models = models
         self._datasets = datasets
         self._costs = costs or CostBook(settings.resolved_work_dir())
+        self._versions = VersionResolver(catalog, models, settings.alias_refresh_seconds)
         # READY datasets never change: their profiles are kept a while for quotes.
         self._profiles: dict[str, tuple[float, dataset_pb2.Dataset]] = {}
 
@@ -157,9 +159,11 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         alias = request.alias if selector == "alias" else None
         if version is None and not alias:
             alias = CHAMPION_ALIAS
-        number = await asyncio.to_thread(
-            self._catalog.resolve_version, request.model_name, version, alias
-        )
+        number = self._versions.known(request.model_name, version, alias)
+        if number is None:  # first call for this alias or an unloaded version
+            number = await asyncio.to_thread(
+                self._versions.resolve, request.model_name, version, alias
+            )
         model = await asyncio.to_thread(self._models.load, request.model_name, number)
         frame = rows_frame(request.rows)
         try:

@@ -172,6 +172,15 @@ class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDu
         gt=0,
         description="How long a job waits for the Dask scheduler before it is retried.",
     )
+    alias_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Predict by alias serves the version the alias last named and looks it up again "
+            "in the background once this old: a moved champion is served within about this "
+            "long, and no Predict waits on MLflow after the first."
+        ),
+    )
     predict_cache_size: int = Field(
         default=8, ge=1, description="Loaded model versions kept in memory for Predict."
     )

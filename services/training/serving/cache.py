@@ -39,6 +39,10 @@ class ModelCache:
         self._cache_lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
 
+    def holds(self, name: str, version: int) -> bool:
+        with self._cache_lock:
+            return (name, version) in self._cache
+
     def load(self, name: str, version: int) -> LoadedModel:
         """The model behind a version, loaded once (LRU cache)."""
         key = (name, version)

@@ -11,7 +11,7 @@ import pytest
 
 from devstack.components import MlflowServer, NatsServer
 from devstack.processes import free_port
-from tests.training.conftest import (
+from tests.training.training_support import (
     Bus,
     DatasetServer,
     TrainerProcess,

@@ -250,13 +250,13 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return header
 
     async def _chunks(self, messages: UploadMessages) -> AsyncIterator[bytes]:
-        async for message in messages.paced(self._pace):
+        async for message, chunk in messages.paced(self._pace):
             if message.WhichOneof("payload") == "header":
                 raise invalid_argument(
                     reasons.HEADER_REPEATED,
                     "an upload has exactly one header, in its first message",
                 )
-            yield message.chunk
+            yield chunk
 
     async def _replay(self, request_id: str) -> dataset_pb2.Dataset | None:
         """The dataset an earlier upload with this request_id produced, when READY."""

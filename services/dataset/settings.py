@@ -40,7 +40,12 @@ class DatasetSettings(CommonSettings):
     )
     s3_region: str = Field(default="us-east-1", description="S3 region.")
     s3_part_bytes: int = Field(
-        default=8 * MiB, ge=5 * MiB, description="Part size of S3 multipart uploads."
+        default=5 * MiB,
+        ge=5 * MiB,
+        description=(
+            "Part size of S3 multipart uploads (memory: x (parts in flight + 1) x 2 files "
+            "per upload)."
+        ),
     )
     s3_max_parts_in_flight: int = Field(
         default=2,

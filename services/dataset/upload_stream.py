@@ -55,6 +55,15 @@ class UploadMessages:
 
     async def next(self, wait_seconds: float | None = None) -> Any | None:
         """The next message, None at the end; TimeoutError after `wait_seconds`."""
+        received = await self._next_received(wait_seconds)
+        return None if received is None else received[0]
+
+    async def _next_received(self, wait_seconds: float | None) -> tuple[Any, bytes] | None:
+        """The next message and its chunk (b"" for other messages), None at the end.
+
+        The chunk is taken out of the message once: every access to a bytes field
+        of a protobuf message copies it (1 MiB per message of an upload).
+        """
         if self._ended:
             return None
         if self._pending is None:
@@ -70,20 +79,21 @@ class UploadMessages:
         except StopAsyncIteration:
             self._ended = True
             return None
-        self.received_bytes += len(getattr(message, "chunk", b""))
-        return message
+        chunk: bytes = getattr(message, "chunk", b"")
+        self.received_bytes += len(chunk)
+        return message, chunk
 
-    async def paced(self, pace: Pace) -> AsyncIterator[Any]:
-        """The remaining messages, refused when the client is too slow."""
+    async def paced(self, pace: Pace) -> AsyncIterator[tuple[Any, bytes]]:
+        """The remaining messages with their chunks, refused when the client is too slow."""
         while True:
             try:
-                message = await self.next(wait_seconds=pace.idle_seconds)
+                received = await self._next_received(wait_seconds=pace.idle_seconds)
             except TimeoutError:
                 raise too_slow(
                     f"the client sent nothing for {pace.idle_seconds:g} s while holding an "
                     "upload slot"
                 ) from None
-            if message is None:
+            if received is None:
                 return
             waited = self.waited_seconds
             if (
@@ -95,7 +105,7 @@ class UploadMessages:
                     f"the client sent {self.received_bytes} bytes in {waited:.0f} s, slower "
                     f"than the {pace.min_bytes_per_second} bytes a second an upload must keep"
                 )
-            yield message
+            yield received
 
     async def drain(self, pace: Pace, client_too_slow: bool) -> None:
         """Read what the client is still sending (bounded) before the call is answered:
@@ -105,8 +115,8 @@ class UploadMessages:
         limit = pace.idle_seconds if client_too_slow else DRAIN_MAX_SECONDS
         with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, grpc.RpcError):
             async with asyncio.timeout(limit):
-                while (message := await self.next(pace.idle_seconds)) is not None:
-                    drained += len(getattr(message, "chunk", b""))
+                while (received := await self._next_received(pace.idle_seconds)) is not None:
+                    drained += len(received[1])
                     if drained > DRAIN_MAX_BYTES:
                         break
         if self._pending is not None and not self._pending.done():

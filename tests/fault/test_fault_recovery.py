@@ -287,64 +287,105 @@ def test_burst_of_200_jobs_with_a_trainer_killed_twice(
     assert len(versions) == len(job_ids)  # one version each, none shared
 
 
-def test_trainer_killed_mid_scoring_job_scores_again_on_attempt_two(
-    stack: Stack, api: httpx.Client, slow_csv: Path, tmp_path: Path
-) -> None:
-    """A scoring job whose Trainer dies after its first record batch is delivered again
-    (ack wait), scored whole by the other Trainer, and stored once."""
+SCORED_ROWS = 400_000  # several record batches of a 600-tree model: seconds of scoring
+
+
+@pytest.fixture(scope="module")
+def scoring_setup(
+    stack: Stack, slow_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """A 600-tree model `fault-scoring`, and a stored dataset of SCORED_ROWS rows for it."""
     import numpy as np
     import pandas as pd
 
-    dataset_id = upload(api, slow_csv)
-    model_job = create_job(
-        api, dataset_id, "label", params=SLOW_PARAMS, registeredModelName="fault-scoring"
-    )
-    assert wait_final(api, model_job)["state"] == "SUCCEEDED"
-    rng = np.random.default_rng(11)
-    rows = 400_000  # several record batches of a 600-tree model: seconds of scoring
-    frame = pd.DataFrame(rng.normal(size=(rows, 12)), columns=[f"x{i}" for i in range(12)])
-    parquet = tmp_path / "to-score.parquet"
-    frame.to_parquet(parquet, index=False)
-    uploaded = api.post(
-        "/v1/datasets",
-        params={"displayName": "fault-to-score"},
-        content=parquet.read_bytes(),
-        headers={"Content-Type": "application/vnd.apache.parquet"},
-        timeout=300,
-    )
-    assert uploaded.status_code == 200, uploaded.text
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=300) as api:
+        dataset_id = upload(api, slow_csv)
+        model_job = create_job(
+            api, dataset_id, "label", params=SLOW_PARAMS, registeredModelName="fault-scoring"
+        )
+        assert wait_final(api, model_job)["state"] == "SUCCEEDED"
+        rng = np.random.default_rng(11)
+        columns = [f"x{i}" for i in range(12)]
+        frame = pd.DataFrame(rng.normal(size=(SCORED_ROWS, 12)), columns=columns)
+        parquet = tmp_path_factory.mktemp("fault-scoring") / "to-score.parquet"
+        frame.to_parquet(parquet, index=False)
+        uploaded = api.post(
+            "/v1/datasets",
+            params={"displayName": "fault-to-score"},
+            content=parquet.read_bytes(),
+            headers={"Content-Type": "application/vnd.apache.parquet"},
+        )
+        assert uploaded.status_code == 200, uploaded.text
+    return {"model": "fault-scoring", "dataset_id": str(uploaded.json()["datasetId"])}
 
+
+def start_scoring(api: httpx.Client, setup: dict[str, str], output_name: str) -> str:
+    """A scoring job, once it has reported its first record batch."""
     created = api.post(
         "/v1/scoringJobs",
         json={
-            "datasetId": uploaded.json()["datasetId"],
-            "modelName": "fault-scoring",
-            "outputDisplayName": "fault-scored",
+            "datasetId": setup["dataset_id"],
+            "modelName": setup["model"],
+            "outputDisplayName": output_name,
         },
     )
     assert created.status_code == 200, created.text
-    job_id = created.json()["jobId"]
-
-    def scoring(path: str = f"/v1/scoringJobs/{job_id}") -> dict[str, Any]:
-        job: dict[str, Any] = api.get(path).json()
-        return job
-
+    job_id = str(created.json()["jobId"])
     wait_until(
-        lambda: int(scoring().get("progress", {}).get("rowsDone", 0)) > 0,
+        lambda: int(scoring_job(api, job_id).get("progress", {}).get("rowsDone", 0)) > 0,
         180,
         "the scoring job never reported rows done",
     )
-    victim = trainer_holding(stack, job_id)
-    stack.processes[victim].kill()
+    return job_id
 
-    job = wait_until(
-        lambda: (found := scoring())["state"] in FINAL_STATES and found,
+
+def scoring_job(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = api.get(f"/v1/scoringJobs/{job_id}").json()
+    return job
+
+
+def wait_scoring_final(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = wait_until(
+        lambda: (found := scoring_job(api, job_id))["state"] in FINAL_STATES and found,
         300,
         f"scoring job {job_id} not final",
     )
+    return job
+
+
+def datasets_named(api: httpx.Client, name: str) -> list[str]:
+    listed = api.get("/v1/datasets", params={"displayNameContains": name}).json()
+    return [d["datasetId"] for d in listed.get("datasets", [])]
+
+
+def test_trainer_killed_mid_scoring_job_scores_again_on_attempt_two(
+    stack: Stack, api: httpx.Client, scoring_setup: dict[str, str]
+) -> None:
+    """A scoring job whose Trainer dies after its first record batch is delivered again
+    (ack wait), scored whole by the other Trainer, and stored once."""
+    job_id = start_scoring(api, scoring_setup, "fault-scored")
+    victim = trainer_holding(stack, job_id)
+    stack.processes[victim].kill()
+
+    job = wait_scoring_final(api, job_id)
     assert job["state"] == "SUCCEEDED", job.get("error")
     assert job["attempt"] == 2
-    assert int(job["output"]["rowsScored"]) == rows
-    stored = api.get("/v1/datasets", params={"displayNameContains": "fault-scored"}).json()
-    assert [d["datasetId"] for d in stored["datasets"]] == [job["output"]["datasetId"]]
+    assert int(job["output"]["rowsScored"]) == SCORED_ROWS
+    assert datasets_named(api, "fault-scored") == [job["output"]["datasetId"]]
     stack.start_service("trainer", instance=int(victim.partition("-")[2] or 0))
+
+
+def test_a_running_scoring_job_cancelled_stops_and_stores_nothing(
+    api: httpx.Client, scoring_setup: dict[str, str]
+) -> None:
+    job_id = start_scoring(api, scoring_setup, "fault-cancelled-scoring")
+    cancelled = api.post(f"/v1/scoringJobs/{job_id}:cancel", json={})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] in ("CANCELLING", "CANCELLED")
+
+    job = wait_scoring_final(api, job_id)
+    assert job["state"] == "CANCELLED"
+    assert int(job["progress"]["rowsDone"]) < SCORED_ROWS  # stopped between batches
+    assert "output" not in job
+    assert datasets_named(api, "fault-cancelled-scoring") == []

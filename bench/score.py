@@ -17,7 +17,7 @@ the same generator and registered; then:
   start to exit, its peak RSS sampled the same way.
 
 Targets (issue 11): platform wall time <= 1.5x the script's; the Trainer's peak RSS
-<= 1 GB (1024 MiB). Parts (b) and (c) (online Predict) are not measured here.
+<= 1 GB (1024 MiB). Parts (b) and (c) (online Predict): bench/score_online.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ columns are ignored. Output: a DataFrame with a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -184,7 +185,17 @@ def label_text(label: Any) -> str:
 
 def _numeric(values: pd.Series[Any], name: str) -> pd.Series[Any]:
     """Numbers; a float NaN in a frame is pandas' missing value, an infinity is refused."""
-    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+    numeric_objects = values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in (
+        "floating",
+        "integer",
+        "mixed-integer-float",
+        "empty",
+    )
+    if (
+        numeric_objects  # JSON numbers and nulls (Predict's rows): no text to parse
+        or pd.api.types.is_bool_dtype(values.dtype)
+        or pd.api.types.is_numeric_dtype(values.dtype)
+    ):
         numbers = values.astype("float64")
         _refuse_not_finite(values, pd.Series(np.isinf(numbers.to_numpy())), name)
         return numbers
@@ -297,9 +308,15 @@ def _moments(values: pd.Series[Any], name: str, written: str) -> pd.Series[Any]:
     return parsed.dt.tz_localize(None)
 
 
+@functools.lru_cache(maxsize=256)
+def _levels(categories: tuple[str, ...]) -> tuple[pd.CategoricalDtype, dict[str, str]]:
+    """A feature's dtype and its levels by lower case, made once per model, not per call."""
+    return pd.CategoricalDtype(list(categories)), {c.lower(): c for c in categories}
+
+
 def _categorical(values: pd.Series[Any], categories: list[str]) -> pd.Series[Any]:
     """The training levels, in training order; anything else becomes missing."""
-    known = {category.lower(): category for category in categories}
+    dtype, known = _levels(tuple(categories))
     if isinstance(values.dtype, pd.CategoricalDtype):
         # Work on the few categories, not on every row.
         texts = [_category_text(level, categories, known) for level in values.cat.categories]
@@ -311,7 +328,7 @@ def _categorical(values: pd.Series[Any], categories: list[str]) -> pd.Series[Any
             lambda value: _category_text(value, categories, known), na_action="ignore"
         )
     # Unknown levels become missing before the cast: pandas refuses to drop them itself.
-    return values.where(values.isin(categories)).astype(pd.CategoricalDtype(categories))
+    return values.where(values.isin(categories)).astype(dtype)
 
 
 def _category_text(value: Any, categories: list[str], known: dict[str, str]) -> str:

@@ -165,7 +165,13 @@ def trust_flags(frame: pd.DataFrame, features: pd.DataFrame, spec: FeatureSpec) 
 def _given(values: pd.Series[Any]) -> BoolArray:
     """Rows where the caller gave a value: not null, not NaN, not blank text."""
     present = np.array(values.notna().to_numpy(), dtype=bool)  # a copy: pandas' may be read-only
-    if values.dtype == object:
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) not in (
+        "floating",
+        "integer",
+        "mixed-integer-float",
+        "boolean",
+        "empty",
+    ):  # only text can be blank
         blank = values.map(lambda value: isinstance(value, str) and not value.strip())
         present &= ~blank.to_numpy(dtype=bool)
     return present

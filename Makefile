@@ -77,6 +77,7 @@ bench: install bench-env
 	$(PY) -m bench.quality
 	$(PY) -m bench.search
 	$(PY) -m bench.score
+	$(PY) -m bench.score_online
 
 # The benchmark-only dependencies (pyproject's `bench` group: FLAML, AutoGluon) in an
 # environment of their own: AutoGluon needs an older pandas than the platform's, and no

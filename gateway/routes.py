@@ -80,7 +80,8 @@ STREAMING_MEDIA: dict[str, StreamingMedia] = {
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         )
     ),
-    # The original file as uploaded (or as a scoring job wrote it), labelled by its format.
+    # The original file as uploaded (or as a scoring job wrote it), labelled by its format,
+    # or the rows as CSV or Parquet (`?format=CSV|PARQUET`).
     "modelyard.dataset.v1.DatasetService.DownloadDataset": StreamingMedia(
         response_type="text/csv",
         other_response_types=(

@@ -223,7 +223,7 @@ def download_response(route: Route, call: Any, first: Any, values: tuple[str, ..
     else:
         content_type = first.content_type or route.media.response_type
     name = values[-1] if values else route.method.name.lower()
-    extension = mimetypes.guess_extension(media_type_of(content_type)) or ""
+    extension = _extension(media_type_of(content_type))
     filename = _header_safe(name + extension)
     return StreamingResponse(
         _relay_bytes(route, call, first, lambda body: body.data),
@@ -232,6 +232,19 @@ def download_response(route: Route, call: Any, first: Any, values: tuple[str, ..
             "content-disposition": f'attachment; filename="{filename}"',
         },
     )
+
+
+# Media types Python's mimetypes table does not know (it varies with the host's own tables).
+_EXTENSIONS = {
+    "application/vnd.apache.parquet": ".parquet",
+    "application/x-parquet": ".parquet",
+    "application/zstd": ".zst",
+    "text/csv": ".csv",
+}
+
+
+def _extension(media_type: str) -> str:
+    return _EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ""
 
 
 def bytes_response(route: Route, call: Any, first: Any) -> Response:

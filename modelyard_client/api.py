@@ -304,17 +304,23 @@ class Client:
         dataset_id: str,
         destination: str | Path,
         *,
+        format: str = "ORIGINAL",
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Stream the original CSV into `destination`; returns the number of bytes.
+        """Stream the dataset into `destination`; returns the number of bytes.
 
-        Nothing is left at `destination` when the download fails.
+        `format`: ORIGINAL (the file as uploaded), CSV or PARQUET (the rows,
+        whatever the upload's format). Nothing is left at `destination` when
+        the download fails.
         """
         url = f"/v1/datasets/{_segment(dataset_id)}:download"
         written = 0
         try:
             with self._http.stream(
-                "GET", url, timeout=httpx.Timeout(60.0, read=3600.0)
+                "GET",
+                url,
+                params={"format": format.upper()},
+                timeout=httpx.Timeout(60.0, read=3600.0),
             ) as response:
                 if response.status_code >= 400:
                     response.read()
@@ -326,7 +332,7 @@ class Client:
                             if on_progress:
                                 on_progress(len(chunk))
                 except BaseException:
-                    Path(destination).unlink(missing_ok=True)  # no truncated CSV left behind
+                    Path(destination).unlink(missing_ok=True)  # no truncated file left behind
                     raise
         except httpx.TransportError as error:
             raise self._transport_error(error) from error

@@ -93,6 +93,21 @@ class JobState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class DownloadFormat(StrEnum):
+    original = "original"
+    csv = "csv"
+    parquet = "parquet"
+
+
+# File name extensions of an original upload, by its detected format and compression.
+ORIGINAL_EXTENSIONS = {"FORMAT_PARQUET": ".parquet", "FORMAT_XLSX": ".xlsx"}
+COMPRESSED_EXTENSIONS = {
+    "COMPRESSION_GZIP": ".csv.gz",
+    "COMPRESSION_ZSTD": ".csv.zst",
+    "COMPRESSION_BZIP2": ".csv.bz2",
+}
+
+
 class Settings:
     """Options every command shares, set by the top-level callback."""
 
@@ -339,19 +354,35 @@ def datasets_download(
     dataset_id: str,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Where to write the CSV (default: ID.csv)."),
+        typer.Option(
+            "--out", "-o", help="Where to write the file (default: ID and the format's extension)."
+        ),
     ] = None,
+    file_format: Annotated[
+        DownloadFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            case_sensitive=False,
+            help="original (the file as uploaded), or the rows as csv or parquet.",
+        ),
+    ] = DownloadFormat.original,
     output: OutputOption = None,
 ) -> None:
-    """Download the original CSV, with a progress bar in bytes."""
-    destination = out or Path(f"{dataset_id}.csv")
+    """Download a dataset as uploaded, or as CSV or Parquet, with a progress bar in bytes."""
     with use(output) as api:
-        size = int(call(api.get_dataset, dataset_id).get("sizeBytes", 0))
+        dataset = call(api.get_dataset, dataset_id)
+        destination = out or Path(dataset_id + download_extension(dataset, file_format))
+        # Only the original's size is known ahead; a converted file's bar just counts.
+        size = int(dataset.get("sizeBytes", 0)) if file_format is DownloadFormat.original else 0
         with transfer_progress() as progress:
             bar = progress.add_task(f"download {destination.name}", total=size or None)
             try:
                 written = api.download_dataset(
-                    dataset_id, destination, on_progress=lambda n: progress.advance(bar, n)
+                    dataset_id,
+                    destination,
+                    format=file_format.value,
+                    on_progress=lambda n: progress.advance(bar, n),
                 )
             except ModelyardError as error:
                 discard(progress)
@@ -359,6 +390,15 @@ def datasets_download(
     if as_json():
         return emit_json({"datasetId": dataset_id, "path": str(destination), "bytes": written})
     stdout.print(f"wrote {human_bytes(written)} to {escape(str(destination))}")
+
+
+def download_extension(dataset: Json, file_format: DownloadFormat) -> str:
+    if file_format is not DownloadFormat.original:
+        return f".{file_format.value}"
+    source = dataset.get("sourceFormat") or {}
+    if source.get("format") in ORIGINAL_EXTENSIONS:
+        return ORIGINAL_EXTENSIONS[source["format"]]
+    return COMPRESSED_EXTENSIONS.get(source.get("compression", ""), ".csv")
 
 
 def show_dataset(dataset: Json) -> None:

@@ -70,6 +70,7 @@ RESOURCE_RETURNING_RPCS = {
 UNPREFIXED_ENUMS = {
     "modelyard.dataset.v1.Dataset.State",
     "modelyard.dataset.v1.Column.DataType",
+    "modelyard.dataset.v1.DownloadDatasetRequest.Format",
     "modelyard.jobs.v1.TrainingJob.State",
     "modelyard.jobs.v1.ScoringJob.State",
     "modelyard.jobs.v1.TrainingJob.Task",

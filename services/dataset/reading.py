@@ -1,15 +1,18 @@
-"""Serving stored datasets: the Parquet copy as Arrow IPC, the original CSV as bytes.
+"""Serving stored datasets: the Parquet copy as Arrow IPC or as CSV, stored files as bytes.
 
-Both are synchronous iterators meant to be advanced in a worker thread, one
-message at a time, so a reader's memory is one record batch, not the dataset.
+All are synchronous iterators meant to be advanced in a worker thread, one
+message at a time, so a reader's memory is one row group, not the dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from services.dataset.blobstore import BlobStore
@@ -121,3 +124,73 @@ def read_chunks(
             yield chunk
     finally:
         stream.close()
+
+
+# Rows converted and written as CSV at a time, within one row group.
+CSV_BATCH_ROWS = 16_384
+
+
+def csv_chunks(open_source: Callable[[], BinaryIO], chunk_bytes: int) -> Iterator[bytes]:
+    """The Parquet copy's rows as CSV text (header once), in chunks of `chunk_bytes`.
+
+    Row group by row group, like `ArrowStream`: memory stays at one row group
+    plus one chunk whatever the dataset's size. Dates and timestamps become
+    ISO 8601 text (pyarrow would write a space between date and time).
+    """
+    source = open_source()
+    try:
+        parquet = pq.ParquetFile(source)
+        stored = parquet.schema_arrow
+        sink = io.BytesIO()
+        writer = pa_csv.CSVWriter(sink, _csv_schema(stored))
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, use_threads=True)
+            for batch in table.to_batches(max_chunksize=CSV_BATCH_ROWS):
+                writer.write_batch(_csv_batch(batch))
+                yield from _full_chunks(sink, chunk_bytes)
+        writer.close()  # an empty dataset still gets its header line
+        yield from _full_chunks(sink, chunk_bytes)
+        if rest := sink.getvalue():
+            yield rest
+    finally:
+        source.close()
+
+
+def _full_chunks(sink: io.BytesIO, chunk_bytes: int) -> Iterator[bytes]:
+    """Takes every whole chunk out of `sink`, keeping the remainder in it."""
+    if sink.tell() < chunk_bytes:
+        return
+    data = sink.getbuffer()
+    whole = len(data) - len(data) % chunk_bytes
+    for start in range(0, whole, chunk_bytes):
+        yield bytes(data[start : start + chunk_bytes])
+    rest = bytes(data[whole:])
+    data.release()
+    sink.seek(0)
+    sink.truncate()
+    sink.write(rest)
+
+
+def _csv_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(field.name, pa.string()) if pa.types.is_timestamp(field.type) else field
+            for field in schema
+        ]
+    )
+
+
+def _csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    columns = [
+        _iso_timestamps(column) if pa.types.is_timestamp(column.type) else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _iso_timestamps(column: pa.Array) -> pa.Array:
+    """`2024-01-02T03:04:05.000000`, with a `Z` when the column is in UTC."""
+    if column.type.tz is None:
+        return pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
+    in_utc = column.cast(pa.timestamp(column.type.unit, tz="UTC"))
+    return pc.strftime(in_utc, format="%Y-%m-%dT%H:%M:%SZ")

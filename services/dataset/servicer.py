@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO, TypeVar
 
 import grpc
@@ -45,7 +45,7 @@ from services.dataset.memory import release_free_memory
 from services.dataset.messages import limited, stored_details, to_message
 from services.dataset.models import DatasetRecord
 from services.dataset.pipe import PipeAbortedError
-from services.dataset.reading import ArrowStream, read_chunks
+from services.dataset.reading import ArrowStream, csv_chunks, read_chunks
 from services.dataset.repository import (
     FAILED,
     IN_PROGRESS,
@@ -63,6 +63,7 @@ from services.dataset.validation import (
     validate_dataset_id,
     validate_delimiter,
     validate_display_name,
+    validate_download_format,
     validate_projection,
     validate_reference,
     validate_request_id,
@@ -74,6 +75,7 @@ logger = logging.getLogger("modelyard.dataset")
 T = TypeVar("T")
 State = dataset_pb2.Dataset.State
 Header = dataset_service_pb2.UploadDatasetHeader
+DownloadFormat = dataset_service_pb2.DownloadDatasetRequest.Format
 
 DEFAULT_BATCH_ROWS = 65_536
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
@@ -501,16 +503,43 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         request: dataset_service_pb2.DownloadDatasetRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        download_format = validate_download_format(request.format)
         record = await self._ready_record(request.dataset_id)
-        content_type = _content_type(to_message(record).source_format)
-        chunks = read_chunks(
-            self._store,
-            original_key(record.dataset_id, record.original_codec),
-            DOWNLOAD_CHUNK_BYTES,
-            decompress=bool(record.original_codec),
-        )
+        content_type, chunks = self._download_chunks(record, download_format)
+        started = time.perf_counter()
+        sent = 0
         async for chunk in self._blob_stream(iterate_in_thread(chunks, "download")):
+            sent += len(chunk)
             yield httpbody_pb2.HttpBody(content_type=content_type, data=chunk)
+        logger.info(
+            "dataset downloaded",
+            extra={
+                "dataset_id": record.dataset_id,
+                "format": DownloadFormat.Name(download_format),
+                "bytes": sent,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    def _download_chunks(
+        self, record: DatasetRecord, download_format: DownloadFormat
+    ) -> tuple[str, Iterator[bytes]]:
+        """The media type and the chunks of the file a download streams."""
+        if download_format == DownloadFormat.ORIGINAL:
+            chunks = read_chunks(
+                self._store,
+                original_key(record.dataset_id, record.original_codec),
+                DOWNLOAD_CHUNK_BYTES,
+                decompress=bool(record.original_codec),
+            )
+            return _content_type(to_message(record).source_format), chunks
+        if download_format == DownloadFormat.PARQUET:
+            chunks = read_chunks(self._store, parquet_key(record.dataset_id), DOWNLOAD_CHUNK_BYTES)
+            return PARQUET_MEDIA_TYPE, chunks
+        # Opened on the download's own thread, as the stream starts.
+        return CSV_MEDIA_TYPE, csv_chunks(
+            lambda: self._open_parquet(record.dataset_id), DOWNLOAD_CHUNK_BYTES
+        )
 
     async def ReadDataset(  # type: ignore[override]  # yields pre-serialized responses
         self,
@@ -601,8 +630,10 @@ def _not_found(reference: str) -> ServiceError:
     )
 
 
+CSV_MEDIA_TYPE = "text/csv"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 _CONTENT_TYPES = {
-    dataset_pb2.SourceFormat.Format.FORMAT_PARQUET: "application/vnd.apache.parquet",
+    dataset_pb2.SourceFormat.Format.FORMAT_PARQUET: PARQUET_MEDIA_TYPE,
     dataset_pb2.SourceFormat.Format.FORMAT_XLSX: (
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     ),
@@ -618,4 +649,4 @@ def _content_type(source: dataset_pb2.SourceFormat) -> str:
     """The media type of the original file, as uploaded."""
     if source.format in _CONTENT_TYPES:
         return _CONTENT_TYPES[source.format]
-    return _COMPRESSED_TYPES.get(source.compression, "text/csv")
+    return _COMPRESSED_TYPES.get(source.compression, CSV_MEDIA_TYPE)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import unicodedata
+from typing import cast
 
+from modelyard.dataset.v1 import dataset_service_pb2
 from runtime.errors import invalid_argument
 from runtime.limits import check_request_id
 from services.dataset import reasons
+
+DownloadFormat = dataset_service_pb2.DownloadDatasetRequest.Format
 
 MAX_DISPLAY_NAME_CHARS = 200
 MAX_SHEET_CHARS = 200
@@ -86,6 +90,20 @@ def validate_batch_rows(batch_rows: int) -> int:
             reasons.BATCH_ROWS_INVALID, f"batch_rows must be between 0 and {MAX_BATCH_ROWS}"
         )
     return batch_rows
+
+
+def validate_download_format(value: int) -> DownloadFormat:
+    """The format to stream, FORMAT_UNSPECIFIED read as ORIGINAL."""
+    if value == DownloadFormat.FORMAT_UNSPECIFIED:
+        return DownloadFormat.ORIGINAL
+    if value not in DownloadFormat.values():
+        names = ", ".join(DownloadFormat.Name(known) for known in DownloadFormat.values() if known)
+        raise invalid_argument(
+            reasons.DOWNLOAD_FORMAT_INVALID,
+            f"format {value} is not one of {names}",
+            format=str(value),
+        )
+    return cast(DownloadFormat, value)
 
 
 def validate_projection(names: list[str], requested: list[str], dataset_id: str) -> list[str]:

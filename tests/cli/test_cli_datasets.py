@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from tests.cli.cli_support import Cli
@@ -104,6 +106,27 @@ def test_download_writes_the_original_bytes(
         "path": str(out),
         "bytes": out.stat().st_size,
     }
+
+
+def test_download_as_parquet_then_as_csv_names_the_file_by_its_format(
+    cli: Cli, churn_dataset: dict[str, Any], csv_dir: Path
+) -> None:
+    dataset_id = churn_dataset["datasetId"]
+
+    as_parquet = cli("datasets", "download", dataset_id, "--format", "parquet", "-O", "json")
+    as_csv = cli("datasets", "download", dataset_id, "-f", "CSV", "-O", "json")
+
+    assert as_parquet.code == 0, as_parquet
+    parquet_path = cli.cwd / f"{dataset_id}.parquet"
+    assert as_parquet.json()["path"] == f"{dataset_id}.parquet"
+    table = pq.read_table(parquet_path)
+    original = pacsv.read_csv(csv_dir / "churn.csv")
+    assert table.column_names == original.column_names
+    assert table.num_rows == int(churn_dataset["rowCount"]) == 300
+    assert table.column("customer_id").to_pylist() == original.column("customer_id").to_pylist()
+    assert as_csv.code == 0, as_csv
+    csv_path = cli.cwd / f"{dataset_id}.csv"
+    assert pacsv.read_csv(csv_path).equals(pacsv.read_csv(csv_dir / "churn.csv"))
 
 
 def test_delete_then_the_dataset_is_gone(cli: Cli, csv_dir: Path, tmp_path: Path) -> None:

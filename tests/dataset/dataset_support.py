@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import grpc
@@ -84,10 +84,24 @@ class DatasetClient:
         parts = [response.arrow_ipc async for response in self.stub.ReadDataset(request)]
         return pa.ipc.open_stream(b"".join(parts)).read_all(), len(parts)
 
-    async def download(self, dataset_id: str) -> tuple[bytes, set[str]]:
-        request = dataset_service_pb2.DownloadDatasetRequest(dataset_id=dataset_id)
-        bodies = [body async for body in self.stub.DownloadDataset(request)]
-        return b"".join(body.data for body in bodies), {body.content_type for body in bodies}
+    async def download(self, dataset_id: str, format: int = 0) -> tuple[bytes, set[str]]:
+        body, content_types, _ = await self.download_chunks(dataset_id, format)
+        return body, content_types
+
+    async def download_chunks(
+        self, dataset_id: str, format: int = 0
+    ) -> tuple[bytes, set[str], list[int]]:
+        """The downloaded bytes, their content types and the size of each message."""
+        # An int, not the enum: tests also send numbers the enum does not have.
+        request = dataset_service_pb2.DownloadDatasetRequest(
+            dataset_id=dataset_id, format=cast(Any, format)
+        )
+        bodies = [body async for body in self.stub.DownloadDataset(request, timeout=120)]
+        return (
+            b"".join(body.data for body in bodies),
+            {body.content_type for body in bodies},
+            [len(body.data) for body in bodies],
+        )
 
     async def delete(self, dataset_id: str) -> None:
         request = dataset_service_pb2.DeleteDatasetRequest(dataset_id=dataset_id)

@@ -137,6 +137,55 @@ def test_the_gateway_takes_every_format(
     assert download.content == data
 
 
+def download(rest: Rest, dataset_id: str, **params: str) -> requests.Response:
+    return requests.get(
+        f"{rest.url}/v1/datasets/{dataset_id}:download",
+        params=params,
+        headers=rest.headers(),
+        timeout=60,
+    )
+
+
+def test_a_parquet_upload_downloads_as_csv_and_a_csv_one_as_parquet_over_rest(
+    rest: Rest,
+) -> None:
+    from_parquet = post(
+        rest, parquet_body(), "application/vnd.apache.parquet", displayName="rest-download"
+    ).json()
+    from_csv = post(rest, b"a,b\n1,x\n2,\n", "text/csv", displayName="rest-download").json()
+
+    as_csv = download(rest, from_parquet["datasetId"], format="CSV")
+    as_parquet = download(rest, from_csv["datasetId"], format="PARQUET")
+    original = download(rest, from_parquet["datasetId"], format="ORIGINAL")
+
+    assert as_csv.status_code == 200, as_csv.text
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-disposition"] == (
+        f'attachment; filename="{from_parquet["datasetId"]}.csv"'
+    )
+    assert as_csv.content == b'"a","b"\n1,"x"\n2,"y"\n3,"z"\n'
+    assert as_parquet.status_code == 200, as_parquet.text
+    assert as_parquet.headers["content-type"] == "application/vnd.apache.parquet"
+    assert as_parquet.headers["content-disposition"] == (
+        f'attachment; filename="{from_csv["datasetId"]}.parquet"'
+    )
+    table = pq.read_table(io.BytesIO(as_parquet.content))
+    assert table.to_pydict() == {"a": [1, 2], "b": ["x", None]}
+    assert original.content == parquet_body()
+    assert original.headers["content-disposition"].endswith('.parquet"')
+
+
+def test_an_unknown_download_format_is_a_400_with_its_reason(rest: Rest) -> None:
+    dataset = post(rest, b"a\n1\n", "text/csv", displayName="rest-download-bad").json()
+
+    response = download(rest, dataset["datasetId"], format="XLSX")
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["details"][0]["reason"] == "QUERY_PARAMETER_INVALID"
+    assert download(rest, dataset["datasetId"]).content == b"a\n1\n"
+
+
 def test_versions_over_rest(rest: Rest) -> None:
     name = f"rest-versions-{secrets.token_hex(3)}"
     first = post(rest, b",a\n0,1\n1,2\n", "text/csv", displayName=name).json()

@@ -48,6 +48,7 @@ put dataset_s3_secret_key "$(random)"
 put mlflow_s3_access_key modelyard-mlflow
 put mlflow_s3_secret_key "$(random)"
 put mlflow_admin_password "$(random)"
+put mlflow_trainer_password "$(random)"
 put mlflow_flask_secret_key "$(random)"
 put service_token "$(random)"
 put gateway_api_tokens "$(random)"

@@ -13,6 +13,8 @@
 #   MLFLOW_SERVER_ALLOWED_HOSTS     Host headers accepted, e.g. mlflow,mlflow:5000
 #   MLFLOW_AUTH_CACHE_TTL_SECONDS   how long a verified password is cached (default 60): without
 #                                   it every request pays a password hash (0.15-0.3 s here)
+# A user sees only what it was granted or made (default_permission = NO_PERMISSIONS): the Trainer's
+# own user, made by the mlflow-setup step, reads and writes its experiment and models alone.
 # Only the auth configuration file has to be written: it has no environment variable for its
 # database. It goes to a private temporary directory, never to the image.
 set -eu
@@ -31,7 +33,7 @@ umask 077
 config_dir=$(mktemp -d)
 cat > "$config_dir/basic_auth.ini" <<INI
 [mlflow]
-default_permission = READ
+default_permission = NO_PERMISSIONS
 database_uri = $(ini_value "$MLFLOW_BACKEND_STORE_URI")
 admin_username = $(ini_value "${MLFLOW_AUTH_ADMIN_USERNAME:-admin}")
 admin_password = $(ini_value "$MLFLOW_AUTH_ADMIN_PASSWORD")

@@ -23,7 +23,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, port_open, venv_bin
-from runtime import nats_access
+from runtime import mlflow_setup, nats_access
 from runtime.messaging import NatsCredentials, connect
 from runtime.nats_setup import set_up
 
@@ -117,14 +117,27 @@ def _run_coroutine(coroutine: Coroutine[Any, Any, None]) -> None:
 
 @dataclass
 class MlflowServer:
+    """MLflow with basic auth. `username`/`password` are the admin's, for setup and for
+    tests that inspect what the Trainer wrote; the Trainer gets `trainer_env()`."""
+
     process: ManagedProcess
     port: int
     username: str
     password: str
+    trainer_username: str
+    trainer_password: str
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def trainer_env(self) -> dict[str, str]:
+        """The Trainer's MLflow settings: its own user, never the admin."""
+        return {
+            "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": self.url,
+            "MODELYARD_TRAINER_MLFLOW_USERNAME": self.trainer_username,
+            "MODELYARD_TRAINER_MLFLOW_PASSWORD": self.trainer_password,
+        }
 
 
 def _http_ok(url: str) -> bool:
@@ -136,9 +149,15 @@ def _http_ok(url: str) -> bool:
 
 
 def start_mlflow(
-    work_dir: Path, *, password: str | None = None, backend_store_uri: str | None = None
+    work_dir: Path,
+    *,
+    password: str | None = None,
+    trainer_password: str | None = None,
+    backend_store_uri: str | None = None,
 ) -> MlflowServer:
-    """MLflow with basic auth, artifacts stored locally and proxied by the server.
+    """MLflow with basic auth, artifacts stored locally and proxied by the server, and
+    the setup step run (runtime/mlflow_setup.py): the Trainer's own user, granted the
+    `modelyard` experiment; no user sees what it was not granted.
 
     The admin password is only set when the auth database is first created.
     """
@@ -150,7 +169,7 @@ def start_mlflow(
     auth_config.write_text(
         textwrap.dedent(f"""\
             [mlflow]
-            default_permission = READ
+            default_permission = {mlflow_setup.DEFAULT_PERMISSION}
             database_uri = sqlite:///{mlflow_dir / "auth.db"}
             admin_username = admin
             admin_password = {password}
@@ -187,7 +206,26 @@ def start_mlflow(
         log_path=work_dir / "logs" / "mlflow.log",
     ).start()
     process.wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), timeout=120)
-    return MlflowServer(process=process, port=port, username="admin", password=password)
+    trainer_password = trainer_password or "trn-" + secrets.token_urlsafe(18)
+    server = MlflowServer(
+        process=process,
+        port=port,
+        username="admin",
+        password=password,
+        trainer_username=mlflow_setup.TRAINER_USERNAME,
+        trainer_password=trainer_password,
+    )
+    try:
+        mlflow_setup.set_up(
+            server.url,
+            (server.username, server.password),
+            (server.trainer_username, server.trainer_password),
+            ["modelyard"],
+        )
+    except BaseException:
+        process.stop()
+        raise
+    return server
 
 
 @dataclass

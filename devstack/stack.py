@@ -111,11 +111,15 @@ class Stack:
         path = self.work_dir / "secrets.json"
         if self.options.persist_secrets and path.exists():
             loaded: dict[str, str] = json.loads(path.read_text())
+            if "mlflow_trainer_password" not in loaded:  # kept from before the Trainer's user
+                loaded["mlflow_trainer_password"] = "trn-" + secrets.token_urlsafe(18)
+                path.write_text(json.dumps(loaded))
             return loaded
         fresh = {
             "service_token": secrets.token_urlsafe(24),
             "api_token": secrets.token_urlsafe(24),
             "mlflow_admin_password": "adm-" + secrets.token_urlsafe(18),
+            "mlflow_trainer_password": "trn-" + secrets.token_urlsafe(18),
         }
         if self.options.persist_secrets:
             self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,11 @@ class Stack:
         # Secrets, credentials and databases live here: the owner's alone.
         private_directory(self.work_dir)
         self.nats = start_nats(self.work_dir)
-        self.mlflow = start_mlflow(self.work_dir, password=self.secrets["mlflow_admin_password"])
+        self.mlflow = start_mlflow(
+            self.work_dir,
+            password=self.secrets["mlflow_admin_password"],
+            trainer_password=self.secrets["mlflow_trainer_password"],
+        )
         if self.options.blob_store == "s3":
             self.s3 = start_s3(self.work_dir)
         if self.options.dask_workers:
@@ -208,9 +216,7 @@ class Stack:
                 **self.nats.env("TRAINER", nats_access.TRAINER),
                 "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": self.addresses["dataset"],
                 "MODELYARD_TRAINER_JOBS_SERVICE_ADDRESS": self.addresses["jobs"],
-                "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": self.mlflow.url,
-                "MODELYARD_TRAINER_MLFLOW_USERNAME": self.mlflow.username,
-                "MODELYARD_TRAINER_MLFLOW_PASSWORD": self.mlflow.password,
+                **self.mlflow.trainer_env(),
                 "MODELYARD_TRAINER_WORK_DIR": str(self.work_dir / "trainer"),
                 "MLFLOW_DISABLE_TELEMETRY": "true",
             }

@@ -64,7 +64,7 @@ def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) 
 
 def test_one_shot_steps_are_awaited_to_completion(compose: dict[str, Any]) -> None:
     one_shot = {name for name, s in services(compose).items() if s.get("restart") == "no"}
-    assert one_shot == {"minio-init", "nats-setup"}
+    assert one_shot == {"minio-init", "nats-setup", "mlflow-setup"}
     awaited = {
         dependency
         for service in services(compose).values()
@@ -88,9 +88,11 @@ def test_services_wait_for_what_they_call_at_start(compose: dict[str, Any]) -> N
     needs = {
         "mlflow": {"postgres", "minio-init"},
         "dataset": {"postgres", "minio-init"},
-        "trainer": {"nats", "nats-setup", "dataset", "mlflow"},
+        "mlflow-setup": {"mlflow"},
+        # Both Trainers log in to MLflow as the user mlflow-setup makes.
+        "trainer": {"nats", "nats-setup", "dataset", "mlflow", "mlflow-setup"},
         # The serving-only Trainer (MODELYARD_TRAINER_ROLE=serving) needs no NATS.
-        "trainer-serving": {"dataset", "mlflow"},
+        "trainer-serving": {"dataset", "mlflow", "mlflow-setup"},
         "jobs": {"postgres", "nats", "nats-setup", "dataset", "trainer-serving"},
         "gateway": {"dataset", "jobs", "trainer-serving"},
     }
@@ -143,6 +145,7 @@ def test_one_image_built_from_the_dockerfile_runs_every_modelyard_process(
     assert users == {
         "mlflow",
         "nats-setup",
+        "mlflow-setup",
         "dataset",
         "trainer",
         "trainer-serving",

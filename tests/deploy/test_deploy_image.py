@@ -326,6 +326,8 @@ def test_mlflow_server_gets_its_database_and_admin_from_secrets(
     assert config.database_uri == (secrets / "MLFLOW_BACKEND_STORE_URI").read_text()
     assert config.admin_password == (secrets / "MLFLOW_AUTH_ADMIN_PASSWORD").read_text()
     assert config.admin_username == "admin"
+    # A user sees only what it was granted or made: the Trainer's user nothing else.
+    assert config.default_permission == "NO_PERMISSIONS"
     assert (out / "mode").read_text().strip() == "600"
     arguments = (out / "args").read_text().splitlines()
     assert arguments[:3] == ["server", "--app-name", "basic-auth"]

@@ -408,3 +408,27 @@ def test_the_trainer_reaches_the_dask_scheduler_service() -> None:
     assert selected["metadata"]["name"] == "dask-scheduler"
     worker_args = containers(dask_deployments()["dask-worker"])[0]["args"]
     assert worker_args[2] == f"tcp://{address.host}:{address.port}"
+
+
+def test_the_trainers_log_in_to_mlflow_as_the_user_the_setup_job_makes(
+    k8s_procs: list[Process],
+) -> None:
+    (setup,) = containers(k8s_objects_of("Job")["mlflow-setup"])
+    assert setup["args"] == ["python", "-m", "runtime.mlflow_setup"]
+    env = {variable["name"]: variable for variable in setup["env"]}
+    trainer_user = env["MODELYARD_MLFLOW_SETUP_TRAINER_USERNAME"]["value"]
+    admin_secret = env["MODELYARD_MLFLOW_SETUP_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    trainer_secret = env["MODELYARD_MLFLOW_SETUP_TRAINER_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    generated = secret_generator_files()
+    assert generated[(admin_secret["name"], admin_secret["key"])].name == "mlflow_admin_password"
+    trainer_file = generated[(trainer_secret["name"], trainer_secret["key"])].name
+    assert trainer_file == "mlflow_trainer_password"
+    for name in ("trainer-worker", "trainer-api"):
+        process = process_of(k8s_procs, name)
+        assert process.env["MODELYARD_TRAINER_MLFLOW_USERNAME"] == trainer_user != "admin"
+        assert (
+            process.env["MODELYARD_TRAINER_MLFLOW_TRACKING_URI"]
+            == (env["MODELYARD_MLFLOW_SETUP_TRACKING_URI"]["value"])
+        )
+        secret_name, key = process.secret_env["MODELYARD_TRAINER_MLFLOW_PASSWORD"].split("/")
+        assert generated[(secret_name, key)].name == trainer_file

@@ -213,6 +213,9 @@ def test_addresses_reach_a_process_of_the_right_kind(
     assert wrong == []
 
 
+MLFLOW_SETUP_MODULE = "runtime.mlflow_setup"
+
+
 def test_mlflow_credentials_only_reach_the_trainer(
     platform_procs: list[Process], secrets_dir: Path
 ) -> None:
@@ -220,24 +223,38 @@ def test_mlflow_credentials_only_reach_the_trainer(
     leaks = [
         f"{process}: {name}"
         for process in platform_procs
-        if process.module != "services.training" and not process.is_mlflow_server
+        if process.module not in ("services.training", MLFLOW_SETUP_MODULE)
+        and not process.is_mlflow_server
         for name in sorted(process.all_env_names())
         if "MLFLOW" in name
     ]
     assert leaks == []
-    # By value, whatever the variable is called.
-    password = (secrets_dir / "mlflow_admin_password").read_text()
+    # By value, whatever the variable is called: the Trainer has its own user's password.
+    trainer_password = (secrets_dir / "mlflow_trainer_password").read_text()
     holders = {
         process.module or "mlflow-server"
         for process in platform_procs
-        if password in process.secret_values.values()
+        if trainer_password in process.secret_values.values()
     }
-    assert holders <= {"services.training", "mlflow-server"}
+    assert holders <= {"services.training", MLFLOW_SETUP_MODULE}
     for process in platform_procs:
         if process.module == "services.training":
             # Through its own settings; MLflow's variables are set by the Trainer itself.
             assert not any(name.startswith("MLFLOW_") for name in process.all_env_names())
-            assert process.secret_values["MODELYARD_TRAINER_MLFLOW_PASSWORD"] == password
+            assert process.secret_values["MODELYARD_TRAINER_MLFLOW_PASSWORD"] == trainer_password
+
+
+def test_the_mlflow_admin_password_reaches_the_setup_step_alone(
+    platform_procs: list[Process], secrets_dir: Path
+) -> None:
+    admin_password = (secrets_dir / "mlflow_admin_password").read_text()
+    holders = {
+        process.module or "mlflow-server"
+        for process in platform_procs
+        if admin_password in process.secret_values.values()
+    }
+    assert "services.training" not in holders
+    assert holders <= {"mlflow-server", MLFLOW_SETUP_MODULE}
 
 
 def test_object_store_credentials_only_reach_mlflow_and_the_dataset_service(
@@ -267,18 +284,36 @@ def test_the_dataset_service_and_mlflow_use_different_object_store_users(
     assert dataset.secret_values["AWS_ACCESS_KEY_ID"] != mlflow.secret_values["AWS_ACCESS_KEY_ID"]
 
 
-def test_the_trainer_logs_in_as_the_admin_the_mlflow_server_creates(
+def test_the_trainer_logs_in_as_the_user_the_setup_step_creates(
     compose_procs: list[Process],
 ) -> None:
     by_name = {process.name: process for process in compose_procs}
-    trainer, mlflow = by_name["trainer"], by_name["mlflow"]
+    trainer, mlflow, setup = by_name["trainer"], by_name["mlflow"], by_name["mlflow-setup"]
+    assert setup.module == MLFLOW_SETUP_MODULE
+    # Setup logs in as the admin the MLflow server creates...
     assert (
-        trainer.secret_values["MODELYARD_TRAINER_MLFLOW_PASSWORD"]
+        setup.secret_values["MODELYARD_MLFLOW_SETUP_ADMIN_PASSWORD"]
         == mlflow.secret_values["MLFLOW_AUTH_ADMIN_PASSWORD"]
     )
     admin = mlflow.env.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")  # deploy/mlflow-server.sh
-    assert trainer.env["MODELYARD_TRAINER_MLFLOW_USERNAME"] == admin
+    assert setup.env.get("MODELYARD_MLFLOW_SETUP_ADMIN_USERNAME", "admin") == admin
+    # ...and makes the user both Trainers log in as, with the password they are given.
+    for name in ("trainer", "trainer-serving"):
+        process = by_name[name]
+        assert (
+            process.env["MODELYARD_TRAINER_MLFLOW_USERNAME"]
+            == (setup.env["MODELYARD_MLFLOW_SETUP_TRAINER_USERNAME"])
+        )
+        assert process.env["MODELYARD_TRAINER_MLFLOW_USERNAME"] != admin
+        assert (
+            process.secret_values["MODELYARD_TRAINER_MLFLOW_PASSWORD"]
+            == setup.secret_values["MODELYARD_MLFLOW_SETUP_TRAINER_PASSWORD"]
+        )
     tracking = parse_address(trainer.env["MODELYARD_TRAINER_MLFLOW_TRACKING_URI"])
+    assert (
+        setup.env["MODELYARD_MLFLOW_SETUP_TRACKING_URI"]
+        == (trainer.env["MODELYARD_TRAINER_MLFLOW_TRACKING_URI"])
+    )
     # MLflow answers only the Host headers it allows: the one the Trainer sends among them.
     allowed = mlflow.env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert f"{tracking.host}:{tracking.port}" in allowed

@@ -114,12 +114,17 @@ def test_mlflow_password_never_logged_nor_in_job_records(
     stack: Stack, finished_job: dict[str, Any]
 ) -> None:
     assert stack.mlflow is not None
-    password = stack.mlflow.password
     assert finished_job["state"] == "SUCCEEDED"
-    assert password not in json.dumps(finished_job)
-    for log in sorted((stack.work_dir / "logs").glob("*.log")):
-        if log.name == "mlflow.log":
-            continue  # the MLflow server itself holds the admin password
-        assert password not in log.read_text(errors="replace"), log.name
+    for password in (stack.mlflow.trainer_password, stack.mlflow.password):
+        assert password not in json.dumps(finished_job)
+        for log in sorted((stack.work_dir / "logs").glob("*.log")):
+            if log.name == "mlflow.log":
+                continue  # the MLflow server itself holds the admin password
+            assert password not in log.read_text(errors="replace"), log.name
+    # The Trainer logs in as its own user; the admin password is setup's alone.
     trainer_environment = process_environment(stack.processes["trainer"].pid)
-    assert trainer_environment["MODELYARD_TRAINER_MLFLOW_PASSWORD"] == password
+    assert trainer_environment["MODELYARD_TRAINER_MLFLOW_USERNAME"] == "modelyard-trainer"
+    assert trainer_environment["MODELYARD_TRAINER_MLFLOW_PASSWORD"] == (
+        stack.mlflow.trainer_password
+    )
+    assert stack.mlflow.password not in "\n".join(trainer_environment.values())

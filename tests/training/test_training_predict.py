@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import mlflow
+import mlflow.tracking._model_registry.utils as registry_utils
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,12 +245,19 @@ def test_a_model_trained_before_flags_existed_predicts_without_flags(
     stack: Stack, api: httpx.Client, models: dict[str, Any], tmp_path: Path
 ) -> None:
     """The same booster and preprocessing without the `ranges` a model now keeps,
-    registered as the earlier Trainer logged it."""
+    registered as the earlier Trainer logged it (as the Trainer's MLflow user: the
+    models another user made are not the Trainer's to serve)."""
     assert stack.mlflow is not None
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
+    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.trainer_username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.trainer_password
+    # Tracking and registry URIs are process-wide, and other tests of the session point
+    # them at their own servers (`models:/` resolves through the registry URI): this
+    # stack's while the model is logged, theirs again after (this stack stops).
+    saved_tracking = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(stack.mlflow.url)
+    saved_registry = registry_utils._registry_uri
+    mlflow.set_registry_uri(stack.mlflow.url)
     try:
         local = Path(
             mlflow.artifacts.download_artifacts("models:/churn-model/1", dst_path=str(tmp_path))
@@ -274,6 +282,8 @@ def test_a_model_trained_before_flags_existed_predicts_without_flags(
                 pip_requirements=["lightgbm", "pandas"],
             )
     finally:
+        mlflow.set_tracking_uri(saved_tracking)
+        registry_utils._registry_uri = saved_registry
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -288,9 +288,7 @@ def trainer_env(
         "MODELYARD_TRAINER_DATASET_SERVICE_ADDRESS": dataset_address,
         # The same stand-in server answers GetTrainingJob (DatasetServer).
         "MODELYARD_TRAINER_JOBS_SERVICE_ADDRESS": dataset_address,
-        "MODELYARD_TRAINER_MLFLOW_TRACKING_URI": mlflow_server.url,
-        "MODELYARD_TRAINER_MLFLOW_USERNAME": mlflow_server.username,
-        "MODELYARD_TRAINER_MLFLOW_PASSWORD": mlflow_server.password,
+        **mlflow_server.trainer_env(),
         "MODELYARD_TRAINER_WORK_DIR": str(work_dir / "scratch"),
         "MODELYARD_TRAINER_ACK_WAIT_SECONDS": "30",
         "MODELYARD_TRAINER_MLFLOW_EXPERIMENT_NAME": "modelyard-tests",

@@ -52,7 +52,9 @@ def mlflow_errors(model_name: str) -> Iterator[None]:
     except ServiceError:
         raise
     except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        # A model another MLflow user made is not one of modelyard's (the Trainer's user
+        # may read only its own): not found, like one that does not exist.
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED"):
             raise not_found(
                 reasons.MODEL_NOT_FOUND,
                 f"no registered model {model_name!r}",
@@ -141,7 +143,11 @@ class ModelCatalog:
             else:
                 found = self._client.get_model_version_by_alias(name, alias or CHAMPION_ALIAS)
         except MlflowException as error:
-            if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if error.error_code not in (
+                "RESOURCE_DOES_NOT_EXIST",
+                "INVALID_PARAMETER_VALUE",
+                "PERMISSION_DENIED",
+            ):
                 raise registry_unavailable() from error
             with mlflow_errors(name):
                 self._client.get_registered_model(name)  # NOT_FOUND MODEL_NOT_FOUND if absent

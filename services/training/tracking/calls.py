@@ -31,6 +31,11 @@ class MlflowUnavailable(Exception):
     """An MLflow call failed; the job can be tried again later."""
 
 
+class MlflowPermissionDenied(Exception):
+    """MLflow refused the Trainer's user: the experiment or registered model is another
+    MLflow user's (the Trainer may use only its own). Trying again cannot help."""
+
+
 class MlflowTimings:
     """Seconds spent and calls made per kind of MLflow step, summed (thread-safe).
 
@@ -92,11 +97,16 @@ class MlflowCalls:
 
     @contextlib.contextmanager
     def step(self, timings: MlflowTimings, step: str) -> Iterator[None]:
-        """Time a step; turn any failure to reach or use MLflow into MlflowUnavailable."""
+        """Time a step; turn any failure to reach or use MLflow into MlflowUnavailable,
+        a refusal of the Trainer's user into MlflowPermissionDenied."""
         with timings.step(step):
             try:
                 yield
-            except MlflowUnavailable:
+            except (MlflowUnavailable, MlflowPermissionDenied):
                 raise
-            except (MlflowException, OSError) as error:
+            except MlflowException as error:
+                if error.error_code == "PERMISSION_DENIED":
+                    raise MlflowPermissionDenied(f"MLflow {step} was refused") from error
+                raise MlflowUnavailable(f"MLflow {step} failed: {error}") from error
+            except OSError as error:
                 raise MlflowUnavailable(f"MLflow {step} failed: {error}") from error

@@ -46,6 +46,11 @@ RULE_NO_CHAMPION = "no_champion"
 # Registered models the Trainer manages carry this tag; ListModels shows only them.
 MANAGED_TAG = "managed_by"
 MANAGED_VALUE = "modelyard"
+# MLflow answers a user without a grant (the Trainer's, on a model not made yet or made by
+# someone else) PERMISSION_DENIED rather than telling whether the model exists. A read
+# takes either as "no such model"; `ensure_model`, which runs for every job, is what
+# refuses another user's model (MLFLOW_PERMISSION_DENIED).
+ABSENT_FOR_THE_TRAINER = ("RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED")
 
 
 def derive_model_name(dataset_name: str, target: str) -> str:
@@ -93,7 +98,7 @@ class Registry:
                 f"name = '{model_name}' and tags.{JOB_TAG} = '{job_id}'"
             )
         except RestException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            if error.error_code in ABSENT_FOR_THE_TRAINER:
                 return None
             raise
         return min(found, key=lambda version: int(version.version)) if found else None
@@ -134,7 +139,7 @@ class Registry:
         try:
             return self._client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
         except MlflowException as error:
-            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if error.error_code in (*ABSENT_FOR_THE_TRAINER, "INVALID_PARAMETER_VALUE"):
                 return None
             raise
 

@@ -66,7 +66,11 @@ from services.training.model.params import as_strings, validate_params
 from services.training.model.targets import Task, TaskDecision, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from services.training.settings import TrainerSettings
-from services.training.tracking.calls import MlflowTimings, MlflowUnavailable
+from services.training.tracking.calls import (
+    MlflowPermissionDenied,
+    MlflowTimings,
+    MlflowUnavailable,
+)
 from services.training.tracking.records import JobInfo, PublishedModel, RunRef
 from services.training.tracking.registry import derive_model_name
 from services.training.tracking.runs import Tracker
@@ -344,6 +348,8 @@ class JobRunner:
             return await self._fail(state, code, failure.reason, failure.message, failure.metadata)
         except TrainingStopped as stop:
             return await self._stopped(state, stop.why)
+        except MlflowPermissionDenied as error:
+            return await self._mlflow_refused(state, error)
         except (MlflowUnavailable, DatasetUnavailable, DaskUnavailable) as error:
             return await self._transient(state, error)
         except EventsUnavailable:
@@ -695,6 +701,21 @@ class JobRunner:
         await self._flush_progress(state)
         await self._events.cancelled(state.job_id, state.attempt, self._mlflow(state))
         return Disposition.ACK
+
+    async def _mlflow_refused(self, state: _Attempt, error: MlflowPermissionDenied) -> Disposition:
+        """The Trainer's MLflow user may use only its experiments and the models it made:
+        a model name someone else registered in MLflow cannot be trained into."""
+        logger.warning("MLflow refused the Trainer's user", extra=error_fields(error))
+        model_name = state.job.model_name if state.job else state.request.registered_model_name
+        return await self._fail(
+            state,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            reasons.MLFLOW_PERMISSION_DENIED,
+            f"MLflow does not let modelyard use registered model {limits.echo(model_name)!r} "
+            "or its experiment: it belongs to another MLflow user; choose another "
+            "registered_model_name",
+            {"registered_model_name": limits.echo(model_name)},
+        )
 
     async def _transient(self, state: _Attempt, error: Exception) -> Disposition:
         if isinstance(error, DaskUnavailable):

@@ -8,7 +8,7 @@ machine too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from devstack.components import (
     start_nats,
     start_s3,
 )
+from tests.suite_support import DatabaseFactory
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +51,6 @@ def s3_server(session_dir: Path) -> Iterator[S3Server]:
     server = start_s3(session_dir / "s3-session")
     yield server
     server.process.stop()
-
-
-DatabaseFactory = Callable[[str], str]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 
 from runtime.db import async_url, create_engine, is_postgresql, migrate
 from services.jobs.app import MIGRATIONS_DIR as JOBS_MIGRATIONS
-from tests.conftest import DatabaseFactory
+from tests.suite_support import DatabaseFactory
 
 
 @pytest.mark.parametrize(

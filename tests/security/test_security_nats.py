@@ -88,6 +88,26 @@ async def login(server: NatsServer, user: str, password: str | None = None) -> P
     return probe
 
 
+async def refused_connect(server: NatsServer, **credentials: str) -> None:
+    """Connect once, expecting an Authorization Violation.
+
+    nats-py leaves the socket of a refused connect open when reconnecting is off;
+    closing the client closes it (else it is garbage collected with a ResourceWarning).
+    """
+    nc = NatsClient()
+    try:
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nc.connect(
+                servers=[server.url],
+                allow_reconnect=False,
+                connect_timeout=3,
+                max_reconnect_attempts=0,
+                **credentials,  # type: ignore[arg-type]
+            )
+    finally:
+        await nc.close()
+
+
 @pytest.fixture
 async def as_jobs(secured_nats: NatsServer) -> AsyncIterator[Probe]:
     probe = await login(secured_nats, nats_access.JOBS)
@@ -117,15 +137,11 @@ async def stream_messages(admin: NatsClient, stream: str) -> int:
 
 
 async def test_a_client_without_credentials_is_refused(secured_nats: NatsServer) -> None:
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await nats.connect(
-            secured_nats.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0
-        )
+    await refused_connect(secured_nats)
 
 
 async def test_a_wrong_password_is_refused(secured_nats: NatsServer) -> None:
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await login(secured_nats, nats_access.TRAINER, password="guessed")
+    await refused_connect(secured_nats, user=nats_access.TRAINER, password="guessed")
 
 
 # -- forged results -------------------------------------------------------------------------
@@ -139,8 +155,7 @@ async def test_only_jobs_and_trainers_publish_job_events(
     event a Trainer sends for an attempt Jobs did not dispatch is the Jobs service's
     to ignore (tests/jobs)."""
     before = await stream_messages(as_admin, JOB_EVENTS_STREAM)
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await nats.connect(secured_nats.url, allow_reconnect=False, max_reconnect_attempts=0)
+    await refused_connect(secured_nats)
     succeeded = dispatch_pb2.JobEvent(
         job_id="job-1",
         attempt=1,
@@ -183,11 +198,19 @@ async def test_only_jobs_writes_cancellations(
     assert (await trainer_view.get("own-job")).value == b"CANCEL_REQUESTED"
 
 
-@pytest.mark.parametrize("stream", [TRAINING_REQUESTS_STREAM, JOB_EVENTS_STREAM])
+@pytest.mark.parametrize(
+    ("stream", "subject"),
+    [
+        (TRAINING_REQUESTS_STREAM, TRAINING_REQUESTS_SUBJECT),
+        (JOB_EVENTS_STREAM, job_events_subject("job-kept")),
+    ],
+)
 async def test_no_service_purges_or_deletes_a_stream(
-    stream: str, as_trainer: Probe, as_jobs: Probe, as_admin: NatsClient
+    stream: str, subject: str, as_trainer: Probe, as_jobs: Probe, as_admin: NatsClient
 ) -> None:
-    await as_jobs.js.publish(TRAINING_REQUESTS_SUBJECT, b"queued")
+    # A message of its own in the stream under test, so that "nothing was purged"
+    # is shown on a non-empty stream whatever ran before.
+    await as_jobs.js.publish(subject, b"kept")
     before = await stream_messages(as_admin, stream)
     for probe in (as_trainer, as_jobs):
         with pytest.raises(nats.errors.TimeoutError):

@@ -180,6 +180,10 @@ async def test_string_labels_train_multiclass_and_champion_moves_only_when_beate
     assert predictions["prediction"].tolist() == ["setosa", "versicolor", "virginica"]
 
 
+# mlflow_client points this process's mlflow at the server, which
+# mlflow.pyfunc.load_model below reads; without it the test passed only after
+# another test had asked for the fixture.
+@pytest.mark.usefixtures("mlflow_client")
 async def test_regression_and_messy_columns(
     trainer: TrainerProcess,
     bus: Bus,

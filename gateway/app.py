@@ -59,6 +59,7 @@ from gateway.streaming import (
     upload,
 )
 from gateway.transcoding import RequestBuilder, response_json
+from runtime.access import Caller, forwarding_metadata
 from runtime.app import App
 from runtime.errors import make_status
 from runtime.interceptors import REQUEST_ID_KEY
@@ -159,6 +160,7 @@ class Gateway(App):
         serve_metrics(self.settings.metrics_address)
         await self.backends.open()
         stack.push_async_callback(self.backends.close)
+        self.auth.use_lookup(self.backends.authenticate_api_token)
         logger.info(
             "gateway ready",
             extra={
@@ -239,10 +241,10 @@ class Gateway(App):
             return await self._open_endpoint(request, path)
         if self.legacy is not None and self.legacy.serves(path):
             return await self._legacy(self.legacy, request, request_id, exchange)
-        self.auth.check(request.headers.get("authorization"))
+        caller = await self.auth.authenticate(request.headers.get("authorization"))
         match = self._match(request)
         exchange.route = match.route
-        return await self._call(request, match, request_id)
+        return await self._call(request, match, _call_metadata(request_id, caller))
 
     async def _legacy(
         self, legacy: LegacyRoutes, request: Request, request_id: str, exchange: Exchange
@@ -251,10 +253,10 @@ class Gateway(App):
         route = legacy.route_of(request.scope["path"])
         exchange.route = route
         try:
-            self.auth.check(request.headers.get("authorization"))
+            caller = await self.auth.authenticate(request.headers.get("authorization"))
             options = CallOptions(
                 timeout=self._timeout(request, route),
-                metadata=((REQUEST_ID_KEY, request_id),),
+                metadata=_call_metadata(request_id, caller),
             )
             return await legacy.respond(request, options)
         except GatewayError as error:
@@ -284,13 +286,12 @@ class Gateway(App):
                 headers={"Allow": ", ".join(error.allowed)},
             ) from None
 
-    async def _call(self, request: Request, match: Match, request_id: str) -> Response:
+    async def _call(
+        self, request: Request, match: Match, metadata: tuple[tuple[str, str], ...]
+    ) -> Response:
         """The backend call of the route, and the response made of its answer."""
         route = match.route
-        options = CallOptions(
-            timeout=self._timeout(request, route),
-            metadata=((REQUEST_ID_KEY, request_id),),
-        )
+        options = CallOptions(timeout=self._timeout(request, route), metadata=metadata)
         stub = self.backends.stub(route)
         if route.kind is RouteKind.UPLOAD:
             reply = await upload(route, stub, request, options, self.settings.upload_chunk_bytes)
@@ -441,6 +442,12 @@ def _body_too_large(limit: int) -> GatewayError:
         http_status=413,
         metadata={"limit_bytes": str(limit)},
     )
+
+
+def _call_metadata(request_id: str, caller: Caller | None) -> tuple[tuple[str, str], ...]:
+    """The request id, and the client's project and role for the services to enforce."""
+    forwarded = forwarding_metadata(caller) if caller is not None else ()
+    return ((REQUEST_ID_KEY, request_id), *forwarded)
 
 
 def create_app(settings: GatewaySettings | None = None) -> Gateway:

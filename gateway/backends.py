@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.descriptors import SERVICES
 from gateway.routes import Route, RouteKind
 from gateway.settings import GatewaySettings
+from modelyard.access.v1 import access_service_pb2, access_service_pb2_grpc
 from runtime.channels import open_channel
 
 
@@ -55,6 +56,16 @@ class Backends:
 
     def stub(self, route: Route) -> Any:
         return self._stubs[route.grpc_path]
+
+    async def authenticate_api_token(self, token: str) -> tuple[str, int, float]:
+        """A project API token's (project, role, expire time as epoch seconds), from the
+        Jobs service; its AioRpcError (UNAUTHENTICATED for a bad token) otherwise."""
+        stub = access_service_pb2_grpc.AccessServiceStub(self._channels["jobs"])
+        reply = await stub.AuthenticateApiToken(
+            access_service_pb2.AuthenticateApiTokenRequest(token=token),
+            timeout=self._settings.default_timeout_seconds,
+        )
+        return reply.project_id, reply.role, reply.expire_time.ToDatetime().timestamp()
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))

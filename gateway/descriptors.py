@@ -24,7 +24,13 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import Message
 
 # Full service name → (generated module, backend name in the settings).
+# AccessService is served by the Jobs service; it comes first, so that a backend's
+# readiness is asked of its main service (the last one named for it).
 SERVICES: dict[str, tuple[str, str]] = {
+    "modelyard.access.v1.AccessService": (
+        "modelyard.access.v1.access_service_pb2",
+        "jobs",
+    ),
     "modelyard.dataset.v1.DatasetService": (
         "modelyard.dataset.v1.dataset_service_pb2",
         "dataset",

@@ -43,6 +43,14 @@ class GatewaySettings(CommonSettings, DatasetClientSettings, TrainerClientSettin
             "<state_dir>/api-token."
         ),
     )
+    api_token_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a project API token, once checked with the Jobs service, is trusted "
+            "without asking again: a revoked token keeps working here for at most this long."
+        ),
+    )
     dev_mode: bool = Field(
         default=False,
         description="Accept requests without a bearer token. For a developer's own machine only.",

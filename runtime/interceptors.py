@@ -1,7 +1,9 @@
 """Server interceptors every service installs.
 
-- `ServiceTokenInterceptor` refuses calls without the shared service token
-  (health and reflection stay open: probes and grpcurl discovery need them).
+- `ServiceTokenInterceptor` refuses calls without the shared service token or a
+  project's API token, and calls whose role is below what the RPC needs
+  (runtime/access.py); health and reflection stay open: probes and grpcurl
+  discovery need them.
 - `RequestContextInterceptor` gives every call a request id, logs it as one
   JSON line with its code and latency, and turns `ServiceError` into the
   status the contracts define; any other exception becomes INTERNAL without
@@ -21,7 +23,8 @@ from google.rpc import status_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from runtime import reasons
+from runtime import access, reasons
+from runtime.access import Caller
 from runtime.errors import STATUS_DETAILS_KEY, ServiceError, code_from_number, make_status
 from runtime.limits import correlation_id
 from runtime.logs import log_context
@@ -35,6 +38,7 @@ REQUEST_ID_KEY = "x-request-id"
 AUTHORIZATION_KEY = "authorization"
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.", "/grpc.reflection.v1.")
 
+ApiTokenResolver = Callable[[str], Awaitable[Caller]]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
@@ -46,37 +50,122 @@ def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
 
 
 class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Sequence[str]) -> None:
+    """Resolves every call's `Caller` (runtime/access.py) from its bearer token, refuses it
+    when the token is unknown or its role is below what the RPC needs, and keeps the
+    caller in a context variable for the handler."""
+
+    def __init__(
+        self, tokens: Sequence[str], resolve_api_token: ApiTokenResolver | None = None
+    ) -> None:
         self._tokens = list(tokens)  # several during a rotation: new and old
+        self._resolve_api_token = resolve_api_token
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        if handler_call_details.method.startswith(OPEN_SERVICES):
+        method = handler_call_details.method
+        if method.startswith(OPEN_SERVICES):
             return await continuation(handler_call_details)
-        presented = _metadata_value(handler_call_details, AUTHORIZATION_KEY) or ""
+        handler = await continuation(handler_call_details)
+        try:
+            caller = await self._caller(handler_call_details)
+        except ServiceError as error:
+            return _rejecting_handler(handler, error.to_status())
+        if not caller.may(access.required_role(method)):
+            return _rejecting_handler(
+                handler,
+                make_status(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    reasons.ROLE_INSUFFICIENT,
+                    f"this call needs the role {access.required_role(method).name.lower()}; "
+                    f"the caller has {caller.role.name.lower()}",
+                ),
+            )
+        return _acting_as(handler, caller)
+
+    async def _caller(self, details: grpc.HandlerCallDetails) -> access.Caller:
+        presented = _metadata_value(details, AUTHORIZATION_KEY) or ""
         scheme, _, token = presented.partition(" ")
+        token = token.strip()
         # Compare with every token, so the time taken tells nothing about which matched.
         matches = [tokens_equal(token, accepted) for accepted in self._tokens]
         if scheme.lower() == "bearer" and any(matches):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        return _rejecting_handler(handler)
+            return _forwarded_caller(details)
+        if (
+            scheme.lower() == "bearer"
+            and self._resolve_api_token is not None
+            and access.parse_api_token(token) is not None
+        ):
+            return await self._resolve_api_token(token)
+        raise ServiceError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            reasons.SERVICE_TOKEN_INVALID,
+            "this call needs a valid token: metadata 'authorization: Bearer <token>' "
+            "(an API token of a project, or the service token)",
+        )
 
 
-def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+def _forwarded_caller(details: grpc.HandlerCallDetails) -> access.Caller:
+    """The service token acts for the project (and role) a modelyard service forwards."""
+    project = _metadata_value(details, access.PROJECT_KEY)
+    role_text = _metadata_value(details, access.ROLE_KEY)
+    if project is not None and not access.PROJECT_ID.fullmatch(project):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            reasons.PROJECT_ID_INVALID,
+            f"metadata {access.PROJECT_KEY} must be a project id",
+        )
+    if role_text is None:
+        return access.Caller(project or access.DEFAULT_PROJECT, access.Role.ADMIN, True)
+    role = access.Role.parse(role_text)
+    if role is None:
+        raise ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            reasons.ROLE_INSUFFICIENT,
+            f"metadata {access.ROLE_KEY} names no role",
+        )
+    return access.Caller(project or access.DEFAULT_PROJECT, role, is_service=False)
+
+
+def _rejecting_handler(
+    handler: grpc.RpcMethodHandler | None, status: status_pb2.Status
+) -> grpc.RpcMethodHandler | None:
     if handler is None:
         return None
-    status = make_status(
-        grpc.StatusCode.UNAUTHENTICATED,
-        reasons.SERVICE_TOKEN_INVALID,
-        "this call needs a valid service token: metadata 'authorization: Bearer <token>'",
-    )
 
     async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await abort_with_status(context, status)
 
     return _replace_behaviour(handler, reject, reject)
+
+
+def _acting_as(
+    handler: grpc.RpcMethodHandler | None, caller: access.Caller
+) -> grpc.RpcMethodHandler | None:
+    """The handler, run with `caller` as runtime.access.current_caller()."""
+    if handler is None:
+        return None
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        behaviour = handler.unary_unary or handler.stream_unary
+        token = access.set_caller(caller)
+        try:
+            return await behaviour(request, context)
+        finally:
+            access.reset_caller(token)
+
+    async def streaming(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        behaviour = handler.unary_stream or handler.stream_stream
+        token = access.set_caller(caller)
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        finally:
+            access.reset_caller(token)
+
+    return _replace_behaviour(handler, unary, streaming)
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):

@@ -9,3 +9,11 @@ INTERNAL = "INTERNAL"
 # List RPCs (runtime/pagination.py): INVALID_ARGUMENT.
 PAGE_SIZE_INVALID = "PAGE_SIZE_INVALID"
 PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
+# Projects and API tokens (runtime/access.py, runtime/interceptors.py, the Jobs service's
+# AccessService): an API token that is unknown, revoked or malformed, or past its expiry
+# (UNAUTHENTICATED); a caller whose role is below what the RPC needs (PERMISSION_DENIED);
+# a project id that is not one (INVALID_ARGUMENT).
+API_TOKEN_INVALID = "API_TOKEN_INVALID"
+API_TOKEN_EXPIRED = "API_TOKEN_EXPIRED"
+ROLE_INSUFFICIENT = "ROLE_INSUFFICIENT"
+PROJECT_ID_INVALID = "PROJECT_ID_INVALID"

@@ -18,7 +18,11 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from runtime.interceptors import RequestContextInterceptor, ServiceTokenInterceptor
+from runtime.interceptors import (
+    ApiTokenResolver,
+    RequestContextInterceptor,
+    ServiceTokenInterceptor,
+)
 from runtime.metrics import serve_metrics
 from runtime.reflection import enable_reflection
 from runtime.settings import CommonSettings
@@ -42,6 +46,7 @@ class GrpcServer:
         listen_address: str,
         metrics_address: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        resolve_api_token: ApiTokenResolver | None = None,
     ) -> None:
         self._settings = settings
         self._listen_address = listen_address
@@ -50,7 +55,7 @@ class GrpcServer:
         self._stopping = False
         self.server = grpc.aio.server(
             interceptors=[
-                ServiceTokenInterceptor(settings.resolved_service_tokens()),
+                ServiceTokenInterceptor(settings.resolved_service_tokens(), resolve_api_token),
                 RequestContextInterceptor(),
             ],
             options=[*CHANNEL_OPTIONS, *options],

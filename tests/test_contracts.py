@@ -118,7 +118,7 @@ def http_rule(method: MethodDescriptor) -> object:
 
 @pytest.mark.parametrize("file", FILES, ids=lambda f: f.name)
 def test_package_matches_folder_and_version(file: FileDescriptor) -> None:
-    assert re.fullmatch(r"modelyard\.(dataset|jobs|training|dispatch)\.v1", file.package)
+    assert re.fullmatch(r"modelyard\.(access|dataset|jobs|training|dispatch)\.v1", file.package)
     assert file.name.startswith(file.package.replace(".", "/") + "/")
 
 

@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from modelyard.access.v1 import access_service_pb2, access_service_pb2_grpc
 from modelyard.dataset.v1.dataset_service_pb2_grpc import DatasetServiceStub
 from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
@@ -34,6 +35,7 @@ from runtime.messaging import (
 )
 from runtime.server import GrpcServer
 from services.jobs import metrics
+from services.jobs.access import AccessServicer, AccessStore
 from services.jobs.consumer import EventsConsumer
 from services.jobs.dependencies import DatasetChecker, ParamsChecker
 from services.jobs.relay import OutboxRelay, Publisher
@@ -116,11 +118,24 @@ class JobsApp(App):
             metrics.sample_forever(store, js, settings.metrics_sample_seconds), "metrics"
         )
 
-        server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
+        # API tokens presented here are checked against this service's own rows.
+        access_store = AccessStore(engine)
+        server = GrpcServer(
+            settings,
+            settings.listen_address,
+            settings.metrics_address,
+            resolve_api_token=access_store.caller_of,
+        )
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(
             self._servicer(stack, store, relay, watcher, flags), server.server
         )
-        server.enable(jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"])
+        access_service_pb2_grpc.add_AccessServiceServicer_to_server(
+            AccessServicer(settings, access_store), server.server
+        )
+        server.enable(
+            jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"],
+            access_service_pb2.DESCRIPTOR.services_by_name["AccessService"],
+        )
         await server.start()
         stack.push_async_callback(server.stop)
 

@@ -175,3 +175,33 @@ class ReportRow(Base):
     # The serialized modelyard.jobs.v1.EvaluationReport (its charts included).
     report: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ProjectRow(Base):
+    """A project: the scope of datasets, jobs, models and API tokens. `default` is made
+    by the migration that made this table, so a stack works with no setup."""
+
+    __tablename__ = "projects"
+
+    project_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    display_name: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH), unique=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ApiTokenRow(Base):
+    """An API token of a project. Only the SHA-256 of its secret is kept: a token is looked
+    up by its id (the part of `myk_<id>_<secret>` before the secret) and the secret's
+    hash compared in constant time. Revoked tokens keep their row (revoke_time set)."""
+
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    role: Mapped[int] = mapped_column(SmallInteger, doc="modelyard.access.v1.Role")
+    display_name: Mapped[str] = mapped_column(Text)
+    secret_sha256: Mapped[str] = mapped_column(String(64), doc="hex SHA-256 of the secret")
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH), unique=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime)

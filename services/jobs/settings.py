@@ -140,6 +140,16 @@ class JobsSettings(
             "NATS message (core NATS is at-most-once) cannot stall it."
         ),
     )
+    api_token_default_lifetime_seconds: float = Field(
+        default=90 * 86400.0,
+        gt=0,
+        description="How long an API token works when CreateApiToken gives no `expires_in`.",
+    )
+    api_token_max_lifetime_seconds: float = Field(
+        default=366 * 86400.0,
+        gt=0,
+        description="The longest `expires_in` CreateApiToken accepts (API_TOKEN_LIFETIME_INVALID).",
+    )
     fault_crash_after_commit: bool = Field(
         default=False,
         description=(

@@ -7,7 +7,16 @@ carries; `tests/test_reasons.py` keeps the two in step.
 file without the rest of the Trainer (the test checks they are the ones here).
 """
 
-from runtime.reasons import INTERNAL, PAGE_SIZE_INVALID, PAGE_TOKEN_INVALID, SERVICE_TOKEN_INVALID
+from runtime.reasons import (
+    API_TOKEN_EXPIRED,
+    API_TOKEN_INVALID,
+    INTERNAL,
+    PAGE_SIZE_INVALID,
+    PAGE_TOKEN_INVALID,
+    PROJECT_ID_INVALID,
+    ROLE_INSUFFICIENT,
+    SERVICE_TOKEN_INVALID,
+)
 
 # Parameters (INVALID_ARGUMENT): ValidateTrainingParams, and a job's failure
 PARAM_NOT_ALLOWED = "PARAM_NOT_ALLOWED"
@@ -63,8 +72,12 @@ PREDICT_VALUE_NOT_FINITE = "PREDICT_VALUE_NOT_FINITE"  # INVALID_ARGUMENT
 TRAINER_NOT_SERVING = "TRAINER_NOT_SERVING"  # FAILED_PRECONDITION: a `training` Trainer
 
 __all__ = [
+    "API_TOKEN_EXPIRED",
+    "API_TOKEN_INVALID",
     "INTERNAL",
     "PAGE_SIZE_INVALID",
     "PAGE_TOKEN_INVALID",
+    "PROJECT_ID_INVALID",
+    "ROLE_INSUFFICIENT",
     "SERVICE_TOKEN_INVALID",
 ]

@@ -25,6 +25,8 @@ from google.protobuf import empty_pb2
 from pydantic import SecretStr
 
 from devstack.processes import ManagedProcess, free_port
+from modelyard.access.v1 import access_service_pb2 as access_pb
+from modelyard.access.v1 import access_service_pb2_grpc
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from modelyard.jobs.v1 import (
     jobs_service_pb2,
@@ -46,6 +48,11 @@ ARROW_PIECES = (b"ARROW-SCHEMA", b"BATCH-1", b"BATCH-2")
 ERROR_PREFIX = "error-"
 # The id of a dataset or job the fakes answer NOT_FOUND with the services' own reason.
 MISSING = "missing"
+# Project API tokens the access double knows: a viewer and a trainer of `team-b`.
+VIEWER_TOKEN = "myk_0123456789abcdef_viewer-secret"
+TRAINER_TOKEN = "myk_fedcba9876543210_trainer-secret"
+EXPIRED_TOKEN = "myk_00000000000000ee_expired-secret"
+PROJECT_TOKENS = {VIEWER_TOKEN: access_pb.ROLE_VIEWER, TRAINER_TOKEN: access_pb.ROLE_TRAINER}
 
 
 @dataclass
@@ -541,6 +548,81 @@ class FakeTrainer(trainer_service_pb2_grpc.TrainerServiceServicer):
         return response
 
 
+class FakeAccess(access_service_pb2_grpc.AccessServiceServicer):
+    """Answers the admin RPCs with sample projects and tokens; knows PROJECT_TOKENS."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    @staticmethod
+    def _project(project_id: str) -> access_pb.Project:
+        return access_pb.Project(project_id=project_id or "default", display_name="P")
+
+    @staticmethod
+    def _token(project_id: str, token_id: str = "0123456789abcdef") -> access_pb.ApiToken:
+        token = access_pb.ApiToken(
+            token_id=token_id, project_id=project_id, role=access_pb.ROLE_VIEWER
+        )
+        token.create_time.FromSeconds(1_800_000_000)
+        token.expire_time.FromSeconds(1_900_000_000)
+        return token
+
+    async def CreateProject(
+        self, request: access_pb.CreateProjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> access_pb.CreateProjectResponse:
+        self.recorder.record("CreateProject", request, context)
+        return access_pb.CreateProjectResponse(project=self._project(request.project_id))
+
+    async def GetProject(
+        self, request: access_pb.GetProjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> access_pb.GetProjectResponse:
+        self.recorder.record("GetProject", request, context)
+        return access_pb.GetProjectResponse(project=self._project(request.project_id))
+
+    async def ListProjects(
+        self, request: access_pb.ListProjectsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> access_pb.ListProjectsResponse:
+        self.recorder.record("ListProjects", request, context)
+        return access_pb.ListProjectsResponse(projects=[self._project("default")])
+
+    async def CreateApiToken(
+        self, request: access_pb.CreateApiTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> access_pb.CreateApiTokenResponse:
+        self.recorder.record("CreateApiToken", request, context)
+        return access_pb.CreateApiTokenResponse(
+            api_token=self._token(request.project_id), secret=VIEWER_TOKEN
+        )
+
+    async def ListApiTokens(
+        self, request: access_pb.ListApiTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> access_pb.ListApiTokensResponse:
+        self.recorder.record("ListApiTokens", request, context)
+        return access_pb.ListApiTokensResponse(api_tokens=[self._token(request.project_id)])
+
+    async def DeleteApiToken(
+        self, request: access_pb.DeleteApiTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> access_pb.DeleteApiTokenResponse:
+        self.recorder.record("DeleteApiToken", request, context)
+        token = self._token(request.project_id, request.token_id)
+        token.revoke_time.FromSeconds(1_850_000_000)
+        return access_pb.DeleteApiTokenResponse(api_token=token)
+
+    async def AuthenticateApiToken(
+        self,
+        request: access_pb.AuthenticateApiTokenRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> access_pb.AuthenticateApiTokenResponse:
+        self.recorder.record("AuthenticateApiToken", request, context)
+        reason = "API_TOKEN_EXPIRED" if request.token == EXPIRED_TOKEN else "API_TOKEN_INVALID"
+        if request.token not in PROJECT_TOKENS:
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, reason, "not a token")
+        reply = access_pb.AuthenticateApiTokenResponse(
+            project_id="team-b", role=PROJECT_TOKENS[request.token], token_id=request.token[4:20]
+        )
+        reply.expire_time.FromSeconds(int(time.time()) + 3600)
+        return reply
+
+
 @dataclass
 class Fakes:
     recorder: Recorder
@@ -579,6 +661,11 @@ async def start_fakes(state_dir: Path) -> Fakes:
         server = GrpcServer(settings, addresses[name])
         add(servicer, server.server)  # type: ignore[arg-type]
         server.enable(descriptor)
+        if name == "jobs":  # the Jobs service serves AccessService too
+            access_service_pb2_grpc.add_AccessServiceServicer_to_server(
+                FakeAccess(recorder), server.server
+            )
+            server.enable(access_pb.DESCRIPTOR.services_by_name["AccessService"])
         await server.start()
         servers.append(server)
     return Fakes(recorder, addresses, servers)

@@ -11,7 +11,10 @@ import pytest
 from tests.gateway.gateway_doubles import (
     API_TOKENS,
     CORS_ORIGIN,
+    EXPIRED_TOKEN,
     SERVICE_TOKEN,
+    TRAINER_TOKEN,
+    VIEWER_TOKEN,
     GatewayProcess,
     Recorder,
 )
@@ -174,3 +177,55 @@ async def test_cors_is_off_unless_configured(dev_gateway: GatewayProcess) -> Non
     async with dev_gateway.client(token=None) as client:
         response = await client.get("/v1/trainingJobs/job-1", headers={"origin": CORS_ORIGIN})
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_configured_token_acts_as_admin_of_default(
+    gateway: GatewayProcess, recorder: Recorder
+) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/v1/trainingJobs/job-1")
+    assert response.status_code == 200
+    metadata = recorder.metadata["GetTrainingJob"]
+    assert metadata["x-modelyard-project"] == "default"
+    assert metadata["x-modelyard-role"] == "admin"
+
+
+async def test_project_token_is_forwarded_with_its_project_and_role(
+    gateway: GatewayProcess, recorder: Recorder
+) -> None:
+    async with gateway.client(token=VIEWER_TOKEN) as client:
+        response = await client.get("/v1/trainingJobs/job-1")
+    assert response.status_code == 200, response.text
+    metadata = recorder.metadata["GetTrainingJob"]
+    assert metadata["x-modelyard-project"] == "team-b"
+    assert metadata["x-modelyard-role"] == "viewer"
+    assert metadata["authorization"] == f"Bearer {SERVICE_TOKEN}"
+    assert VIEWER_TOKEN not in str(recorder.metadata)
+
+
+async def test_viewer_gets_403_where_it_needs_trainer_and_the_trainer_passes(
+    gateway: GatewayProcess, recorder: Recorder
+) -> None:
+    body = {"datasetId": "d-1", "targetColumn": "label"}
+    async with gateway.client(token=VIEWER_TOKEN) as client:
+        refused = await client.post("/v1/trainingJobs", json=body)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["details"][0]["reason"] == "ROLE_INSUFFICIENT"
+    assert "CreateTrainingJob" not in recorder.requests
+    async with gateway.client(token=TRAINER_TOKEN) as client:
+        accepted = await client.post("/v1/trainingJobs", json=body)
+    assert accepted.status_code == 200, accepted.text
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [(EXPIRED_TOKEN, "API_TOKEN_EXPIRED"), ("myk_0123456789abcdef_wrong", "API_TOKEN_INVALID")],
+)
+async def test_bad_project_token_is_401_with_its_reason(
+    gateway: GatewayProcess, token: str, reason: str
+) -> None:
+    async with gateway.client(token=token) as client:
+        response = await client.get("/v1/trainingJobs/job-1")
+    assert response.status_code == 401
+    assert response.json()["error"]["details"][0]["reason"] == reason
+    assert "invalid_token" in response.headers["www-authenticate"]

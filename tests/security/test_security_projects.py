@@ -1,0 +1,230 @@
+"""Projects and scoped API tokens on the whole stack as real processes (nats-server,
+MLflow, PostgreSQL when it answers, the three services and the gateway): tokens made
+through the admin API act with their role only, stop working when revoked or
+expired, are stored as hashes, and reach the services over gRPC directly too.
+
+The gateway runs with MODELYARD_GATEWAY_API_TOKEN_CACHE_SECONDS=0, so that a revoke
+shows at once (the cache's own delay is the setting's documented behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from sqlalchemy import text
+
+from devstack.components import postgres_available
+from devstack.stack import Stack, StackOptions
+from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc
+from runtime.db import create_engine
+from runtime.errors import error_reason
+
+pytestmark = pytest.mark.slow
+
+IRIS = Path(__file__).resolve().parents[2] / "devstack" / "samples" / "iris.csv"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    options = StackOptions(
+        work_dir=tmp_path_factory.mktemp("projects-stack"),
+        database="postgresql" if postgres_available() else "sqlite",
+        extra_env={"gateway": {"MODELYARD_GATEWAY_API_TOKEN_CACHE_SECONDS": "0"}},
+    )
+    with Stack(options) as running:
+        yield running
+
+
+def client(stack: Stack, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+
+
+@pytest.fixture
+def operator(stack: Stack) -> Iterator[httpx.Client]:
+    """The configured token: an admin of `default`, as every existing client has."""
+    with client(stack, stack.api_token) as http:
+        yield http
+
+
+def make_token(
+    admin: httpx.Client, role: str, project: str = "default", **extra: Any
+) -> dict[str, Any]:
+    response = admin.post(
+        f"/v1/projects/{project}/apiTokens",
+        json={"role": role, "displayName": f"{role} of the test", **extra},
+    )
+    assert response.status_code == 200, response.text
+    made: dict[str, Any] = response.json()
+    assert made["secret"].startswith(f"myk_{made['apiToken']['tokenId']}_")
+    return made
+
+
+def reason_of(response: httpx.Response) -> str:
+    details = response.json()["error"]["details"]
+    return str(next(d["reason"] for d in details if "reason" in d))
+
+
+def upload_iris(http: httpx.Client) -> dict[str, Any]:
+    response = http.post(
+        "/v1/datasets",
+        params={"displayName": "iris"},
+        content=IRIS.read_bytes(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    dataset: dict[str, Any] = response.json()
+    return dataset
+
+
+def test_a_trainer_token_uploads_and_trains_to_success(
+    stack: Stack, operator: httpx.Client
+) -> None:
+    trainer = make_token(operator, "ROLE_TRAINER")
+    assert trainer["apiToken"]["role"] == "ROLE_TRAINER"
+    with client(stack, trainer["secret"]) as http:
+        dataset = upload_iris(http)
+        created = http.post(
+            "/v1/trainingJobs",
+            json={"datasetId": dataset["datasetId"], "targetColumn": "species"},
+        )
+        assert created.status_code == 200, created.text
+        job_id = created.json()["jobId"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            job = http.get(f"/v1/trainingJobs/{job_id}").json()
+            if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                break
+            time.sleep(0.5)
+        assert job["state"] == "SUCCEEDED", job
+        # A trainer manages no tokens.
+        refused = http.post("/v1/projects/default/apiTokens", json={"role": "ROLE_VIEWER"})
+        assert refused.status_code == 403
+        assert reason_of(refused) == "ROLE_INSUFFICIENT"
+
+
+def test_a_viewer_token_reads_but_gets_403_on_create(stack: Stack, operator: httpx.Client) -> None:
+    dataset = upload_iris(operator)
+    viewer = make_token(operator, "ROLE_VIEWER")
+    with client(stack, viewer["secret"]) as http:
+        assert http.get(f"/v1/datasets/{dataset['datasetId']}").status_code == 200
+        assert http.get("/v1/trainingJobs").status_code == 200
+        created = http.post(
+            "/v1/trainingJobs",
+            json={"datasetId": dataset["datasetId"], "targetColumn": "species"},
+        )
+        assert created.status_code == 403, created.text
+        assert reason_of(created) == "ROLE_INSUFFICIENT"
+        uploaded = http.post(
+            "/v1/datasets", content=IRIS.read_bytes(), headers={"Content-Type": "text/csv"}
+        )
+        assert uploaded.status_code == 403
+        deleted = http.delete(f"/v1/datasets/{dataset['datasetId']}")
+        assert deleted.status_code == 403
+    # Nothing was changed by the refused calls.
+    assert operator.get(f"/v1/datasets/{dataset['datasetId']}").status_code == 200
+
+
+def test_a_revoked_token_gets_401(stack: Stack, operator: httpx.Client) -> None:
+    viewer = make_token(operator, "ROLE_VIEWER")
+    token_id = viewer["apiToken"]["tokenId"]
+    with client(stack, viewer["secret"]) as http:
+        assert http.get("/v1/datasets").status_code == 200
+        revoked = operator.delete(f"/v1/projects/default/apiTokens/{token_id}")
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["apiToken"]["revokeTime"]
+        refused = http.get("/v1/datasets")
+        assert refused.status_code == 401
+        assert reason_of(refused) == "API_TOKEN_INVALID"
+    listed = operator.get("/v1/projects/default/apiTokens").json()["apiTokens"]
+    assert [t["revokeTime"] for t in listed if t["tokenId"] == token_id] != [None]
+
+
+def test_an_expired_token_gets_401(stack: Stack, operator: httpx.Client) -> None:
+    short = make_token(operator, "ROLE_VIEWER", expiresIn="1s")
+    with client(stack, short["secret"]) as http:
+        assert http.get("/v1/datasets").status_code == 200
+        time.sleep(1.5)
+        refused = http.get("/v1/datasets")
+    assert refused.status_code == 401
+    assert reason_of(refused) == "API_TOKEN_EXPIRED"
+
+
+def test_a_made_up_token_of_the_right_shape_gets_401(stack: Stack) -> None:
+    with client(stack, "myk_0123456789abcdef_not-a-secret") as http:
+        refused = http.get("/v1/datasets")
+    assert refused.status_code == 401
+    assert reason_of(refused) == "API_TOKEN_INVALID"
+
+
+def test_secrets_are_stored_hashed_and_never_listed(stack: Stack, operator: httpx.Client) -> None:
+    made = make_token(operator, "ROLE_ADMIN")
+    token_id = made["apiToken"]["tokenId"]
+    secret = made["secret"].split("_", 2)[2]
+    rows = asyncio.run(token_rows(stack.database_urls["jobs"]))
+    row = rows[token_id]
+    assert row["secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert not any(secret in str(value) for value in row.values())
+    listed = operator.get("/v1/projects/default/apiTokens")
+    assert listed.status_code == 200
+    assert secret not in listed.text
+    assert token_id in listed.text
+
+
+async def token_rows(database_url: str) -> dict[str, dict[str, Any]]:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(text("SELECT * FROM api_tokens"))
+            return {row["token_id"]: dict(row) for row in result.mappings()}
+    finally:
+        await engine.dispose()
+
+
+def test_another_projects_admin_sees_default_as_unknown(
+    stack: Stack, operator: httpx.Client
+) -> None:
+    created = operator.post("/v1/projects", json={"projectId": "team-b", "displayName": "B"})
+    assert created.status_code == 200, created.text
+    admin_b = make_token(operator, "ROLE_ADMIN", project="team-b")
+    with client(stack, admin_b["secret"]) as http:
+        other = http.get("/v1/projects/default/apiTokens")
+        assert other.status_code == 404
+        assert reason_of(other) == "PROJECT_NOT_FOUND"
+        assert [p["projectId"] for p in http.get("/v1/projects").json()["projects"]] == ["team-b"]
+        refused = http.post("/v1/projects", json={"projectId": "team-c"})
+        assert refused.status_code == 403
+        own = make_token(http, "ROLE_VIEWER", project="team-b")
+        assert own["apiToken"]["projectId"] == "team-b"
+        # The internal token check is for modelyard's services only.
+        probe = http.post("/v1/apiTokens:authenticate", json={"token": own["secret"]})
+        assert probe.status_code == 403
+
+
+def test_an_api_token_works_over_grpc_directly_on_the_jobs_service(
+    stack: Stack, operator: httpx.Client
+) -> None:
+    viewer = make_token(operator, "ROLE_VIEWER")["secret"]
+    asyncio.run(grpc_calls(stack.addresses["jobs"], viewer))
+
+
+async def grpc_calls(address: str, token: str) -> None:
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = jobs_service_pb2_grpc.JobsServiceStub(channel)
+        await stub.ListTrainingJobs(jobs_service_pb2.ListTrainingJobsRequest(), metadata=metadata)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CancelTrainingJob(
+                jobs_service_pb2.CancelTrainingJobRequest(job_id="x"), metadata=metadata
+            )
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert error_reason(refused.value) == "ROLE_INSUFFICIENT"

@@ -66,7 +66,7 @@ def up() -> int:
     print(
         f"modelyard is up.\n"
         f"  gateway:  {stack.gateway_url}   (docs: {stack.gateway_url}/docs)\n"
-        f"  token:    {stack.api_token}\n"
+        f"  token:    {stack.api_token}   (admin of the project `default`)\n"
         f"  grpc:     dataset {stack.addresses['dataset']}, jobs {stack.addresses['jobs']}, "
         f"trainer {stack.addresses['trainer']} (service token in {STATE_FILE})\n"
         f"  MLflow:   {stack.mlflow.url} (admin password in {UP_DIR / 'secrets.json'})\n"
@@ -75,6 +75,7 @@ def up() -> int:
         f"Try:\n"
         f"  export MODELYARD_URL={stack.gateway_url} MODELYARD_TOKEN={stack.api_token}\n"
         f'  curl -H "Authorization: Bearer $MODELYARD_TOKEN" $MODELYARD_URL/v1/datasets\n'
+        f"  modelyard tokens create --role trainer   # a project token for a teammate or a job\n"
         f"Stop it with: make down"
     )
     return 0

@@ -86,6 +86,7 @@ def run_demo() -> int:
         assert stack.mlflow is not None
         say(f"   gateway {stack.gateway_url}  ·  MLflow {stack.mlflow.url}")
         say(f"   up in {time.monotonic() - started:.1f}s; logs in {work_dir / 'logs'}")
+        say(f"   admin token of the project `default`: {stack.api_token}")
         headers = {"Authorization": f"Bearer {stack.api_token}"}
         with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
             say(f"1. upload {SAMPLE_CSV.relative_to(REPO_ROOT)}")

@@ -565,6 +565,36 @@ class Client:
         """A registered model with all its versions and their metrics."""
         return self._json("GET", f"/v1/models/{_segment(model_name)}")
 
+    # -- projects and API tokens (admin) -----------------------------------------
+
+    def create_project(self, project_id: str, display_name: str = "") -> Json:
+        body = {"projectId": project_id, "displayName": display_name}
+        return self._json("POST", "/v1/projects", json=body)
+
+    def list_projects(self, page_size: int = 100) -> Iterator[Json]:
+        return self._pages("/v1/projects", "projects", {"pageSize": page_size})
+
+    def create_api_token(
+        self,
+        project_id: str,
+        role: str,
+        display_name: str = "",
+        expires_in_seconds: float | None = None,
+    ) -> Json:
+        """A new token of the project; its `secret` is in this answer only."""
+        body: dict[str, Any] = {"role": f"ROLE_{role.upper()}", "displayName": display_name}
+        if expires_in_seconds is not None:
+            body["expiresIn"] = _duration(expires_in_seconds)
+        return self._json("POST", f"/v1/projects/{_segment(project_id)}/apiTokens", json=body)
+
+    def list_api_tokens(self, project_id: str, page_size: int = 100) -> Iterator[Json]:
+        path = f"/v1/projects/{_segment(project_id)}/apiTokens"
+        return self._pages(path, "apiTokens", {"pageSize": page_size})
+
+    def revoke_api_token(self, project_id: str, token_id: str) -> Json:
+        path = f"/v1/projects/{_segment(project_id)}/apiTokens/{_segment(token_id)}"
+        return self._json("DELETE", path)
+
     def predict(
         self,
         model_name: str,

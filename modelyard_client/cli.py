@@ -148,7 +148,16 @@ jobs_app = typer.Typer(help="Follow and control training jobs.", no_args_is_help
 models_app = typer.Typer(help="Registered models and their versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
+projects_app = typer.Typer(
+    help="Projects (admin of the default project only).", no_args_is_help=True
+)
+tokens_app = typer.Typer(
+    help="API tokens of a project: create (the secret is shown once), list, revoke.",
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
+app.add_typer(projects_app, name="projects")
+app.add_typer(tokens_app, name="tokens")
 
 
 def print_version(value: bool) -> None:
@@ -788,6 +797,103 @@ def models_show(name: str, output: OutputOption = None) -> None:
     stdout.print(render.model_card(model))
     stdout.print()
     stdout.print(render.versions_table(model))
+
+
+# -- projects and API tokens -------------------------------------------------------------
+
+
+class TokenRole(StrEnum):
+    viewer = "viewer"
+    trainer = "trainer"
+    admin = "admin"
+
+
+ProjectOption = Annotated[
+    str, typer.Option("--project", "-p", help="The project the tokens belong to.")
+]
+
+
+@projects_app.command("create")
+def projects_create(
+    project_id: Annotated[str, typer.Argument(metavar="PROJECT", help="lower-case, digits, '-'.")],
+    display_name: Annotated[str, typer.Option(help="A name for people.")] = "",
+    output: OutputOption = None,
+) -> None:
+    """Create a project."""
+    with use(output) as api:
+        project = call(api.create_project, project_id, display_name)["project"]
+    if as_json():
+        return emit_json(project)
+    stdout.print(f"created project {escape(project['projectId'])}")
+
+
+@projects_app.command("list")
+def projects_list(
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    output: OutputOption = None,
+) -> None:
+    """The projects this token may see (all of them for an admin of default)."""
+    with use(output) as api:
+        projects = take(api.list_projects(), limit)
+    if as_json():
+        return emit_json(projects)
+    stdout.print(render.projects_table(projects))
+
+
+@tokens_app.command("create")
+def tokens_create(
+    project: ProjectOption = "default",
+    role: Annotated[
+        TokenRole,
+        typer.Option(help="viewer reads; trainer also trains; admin also manages tokens."),
+    ] = TokenRole.viewer,
+    display_name: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    expires_in: Annotated[
+        float | None,
+        typer.Option(min=1, help="Seconds it works (the service's default when not given)."),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Create an API token; its secret is printed this once only."""
+    with use(output) as api:
+        made = call(api.create_api_token, project, role.value, display_name, expires_in)
+    if as_json():
+        return emit_json(made)
+    token = made["apiToken"]
+    stdout.print(
+        f"token {token['tokenId']} of project {escape(token['projectId'])}, "
+        f"{role.value}, expires {token.get('expireTime', '')}"
+    )
+    stdout.print("secret (shown once; export MODELYARD_TOKEN=…):")
+    print(made["secret"])
+
+
+@tokens_app.command("list")
+def tokens_list(
+    project: ProjectOption = "default",
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    output: OutputOption = None,
+) -> None:
+    """A project's tokens, newest first (never their secrets)."""
+    with use(output) as api:
+        tokens = take(api.list_api_tokens(project), limit)
+    if as_json():
+        return emit_json(tokens)
+    stdout.print(render.tokens_table(tokens))
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID")],
+    project: ProjectOption = "default",
+    output: OutputOption = None,
+) -> None:
+    """Revoke a token: it stops working (within the gateway's token cache time)."""
+    with use(output) as api:
+        token = call(api.revoke_api_token, project, token_id)["apiToken"]
+    if as_json():
+        return emit_json(token)
+    stdout.print(f"revoked token {token['tokenId']} at {token.get('revokeTime', '')}")
 
 
 @app.command("score")

@@ -593,3 +593,27 @@ def estimate_card(quote: Json) -> Table:
     lines.add_row("trials", str(quote.get("trials", 1)))
     lines.add_row("basis", escape(quote.get("basis", "")))
     return lines
+
+
+def projects_table(projects: list[Json]) -> Table:
+    table = listing("project", "name", "created (UTC)", whole=(0, 2))
+    for project in projects:
+        table.add_row(
+            escape(project["projectId"]),
+            escape(project.get("displayName", "")),
+            when(project.get("createTime"), seconds=False),
+        )
+    return table
+
+
+def tokens_table(tokens: list[Json]) -> Table:
+    table = listing("token", "role", "name", "expires (UTC)", "revoked (UTC)", whole=(0, 4))
+    for token in tokens:
+        table.add_row(
+            token["tokenId"],
+            str(token.get("role", "")).removeprefix("ROLE_").lower(),
+            escape(token.get("displayName", "")),
+            when(token.get("expireTime"), seconds=False),
+            when(token.get("revokeTime"), seconds=False) if token.get("revokeTime") else "",
+        )
+    return table

@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import pandas as pd
 from google.protobuf import struct_pb2
 
 from modelyard.dataset.v1 import dataset_pb2
@@ -24,6 +23,7 @@ from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailab
 from services.training.fit.estimate import CostBook, TableShape, estimate
 from services.training.model import pyfunc_model, scoring
 from services.training.model.params import as_strings, validate_params
+from services.training.model.row_scoring import RowScores
 from services.training.model.targets import MAX_NUMERIC_CLASSES, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from services.training.serving.catalog import ModelCatalog
@@ -165,17 +165,13 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
                 self._versions.resolve, request.model_name, version, alias
             )
         model = await asyncio.to_thread(self._models.load, request.model_name, number)
-        frame = rows_frame(request.rows)
         try:
-            scored = await asyncio.to_thread(
-                scoring.score_frame, model.booster, model.spec, frame, request.explain
-            )
+            return await asyncio.to_thread(predict_rows, model, request)
         except pyfunc_model.InvalidModelInput as error:
             where = {"column": error.column}
             if error.rows:  # a missing column is missing from every row: no rows to name
                 where["rows"] = ",".join(str(row) for row in error.rows)
             raise invalid_argument(error.reason, str(error), **where) from error
-        return predict_response(model, scored)
 
     def _check_serving(self) -> None:
         """A `training` Trainer keeps its CPU for jobs: model reads go to the serving ones."""
@@ -197,20 +193,30 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
             )
 
 
-def rows_frame(rows: Any) -> pd.DataFrame:
-    """Rows as JSON objects → a DataFrame with one column per key (object dtype).
+def predict_rows(
+    model: LoadedModel, request: trainer_service_pb2.PredictRequest
+) -> trainer_service_pb2.PredictResponse:
+    """The whole of a Predict once its model is loaded (blocking: run in a thread)."""
+    columns, rows = rows_columns(request.rows)
+    return predict_response(model, model.scorer.score(columns, rows, request.explain))
+
+
+def rows_columns(rows: Any) -> tuple[dict[str, list[Any]], int]:
+    """Rows as JSON objects → each key's values, one per row (None where a row lacks it).
 
     A number must be finite: proto3 JSON has no NaN or infinity, yet a double in
     a Struct can hold one (JSON `NaN`, `Infinity` or `1e999` through the gateway,
     or any gRPC client), and it is refused here, naming the row and the column.
     """
-    records: list[dict[str, Any]] = []
+    count = len(rows)
+    columns: dict[str, list[Any]] = {}
     for index, row in enumerate(rows):
-        record: dict[str, Any] = {}
         for column, value in row.fields.items():
-            record[column] = _cell(value, column, index)
-        records.append(record)
-    return pd.DataFrame.from_records(records).astype("object")
+            cells = columns.get(column)
+            if cells is None:
+                cells = columns[column] = [None] * count
+            cells[index] = _cell(value, column, index)
+    return columns, count
 
 
 def _cell(value: struct_pb2.Value, column: str, index: int) -> Any:
@@ -249,23 +255,17 @@ _FLAG_KINDS = {
 }
 
 
-def predict_response(
-    model: LoadedModel, scored: scoring.Scored
-) -> trainer_service_pb2.PredictResponse:
-    spec, output = model.spec, scored.output
-    class_labels = spec.get("class_labels") or []
+def predict_response(model: LoadedModel, scored: RowScores) -> trainer_service_pb2.PredictResponse:
+    class_labels = model.spec.get("class_labels") or []
     class_names = [pyfunc_model.label_text(label) for label in class_labels]
-    probability_columns = [f"{pyfunc_model.PROBABILITY_PREFIX}{name}" for name in class_names]
-    probabilities = (
-        output[probability_columns].to_numpy(dtype="float64") if class_names else np.empty((0, 0))
-    )
+    probabilities = scored.probabilities.tolist() if scored.probabilities is not None else None
     flagged = scored.flags.flagged()
     explained = scored.explanations
     predictions = []
-    for index, value in enumerate(output[pyfunc_model.PREDICTION_COLUMN].tolist()):
+    for index, value in enumerate(scored.values):
         prediction = trainer_service_pb2.Prediction(value=_value(value))
-        if class_names:
-            prediction.probabilities.extend(float(p) for p in probabilities[index])
+        if probabilities is not None:
+            prediction.probabilities.extend(probabilities[index])
         if flagged[index]:
             prediction.flags.extend(
                 trainer_service_pb2.PredictionFlag(kind=_FLAG_KINDS[kind], column=column)

@@ -21,8 +21,9 @@ from gateway.routes import (
     parse_template,
     routes_of,
 )
-from gateway.transcoding import merge_query, to_json
+from gateway.transcoding import RequestBuilder, merge_query, to_json
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
+from modelyard.training.v1 import trainer_service_pb2
 from tests.gateway.gateway_doubles import sample_job
 
 
@@ -188,3 +189,52 @@ def test_json_out_is_proto3_json_with_every_scalar_field() -> None:
     assert document["metrics"]["roc_auc"] == "NaN"
     assert document["registeredModelName"] == ""
     assert "taskDetection" not in document
+
+
+def _predict_builder() -> RequestBuilder:
+    routes = routes_of(load_services())
+    return RequestBuilder(next(route for route in routes if route.method.name == "Predict"))
+
+
+def test_predict_rows_parse_as_the_generic_parser_parses_them() -> None:
+    """Rows go into their Structs by the gateway's direct fill: the message must be the one
+    ParseDict makes from the same JSON, whatever the values (NaN and 1e999 included:
+    the Trainer refuses them naming row and column)."""
+    rows = [
+        {"n": 1.5, "i": 3, "t": "text", "b": True, "z": None, "e": ""},
+        {"nested": {"a": [1, None, "x", {"b": False}]}, "list": [], "big": 10**20},
+        {},
+        {"nan": float("nan"), "inf": float("inf"), "neg": -0.0},
+    ]
+    body = (
+        '{"rows": [{"n": 1.5, "i": 3, "t": "text", "b": true, "z": null, "e": ""}, '
+        '{"nested": {"a": [1, null, "x", {"b": false}]}, "list": [], '
+        '"big": 100000000000000000000}, '
+        '{}, {"nan": NaN, "inf": 1e999, "neg": -0.0}], "version": "2", "explain": true}'
+    )
+    built = _predict_builder().build(["churn"], [], body.encode())
+    expected = trainer_service_pb2.PredictRequest(model_name="churn")
+    json_format.ParseDict({"rows": rows, "version": "2", "explain": True}, expected)
+    assert built.SerializeToString(deterministic=True) == expected.SerializeToString(
+        deterministic=True
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"rows": [{"a": 1}, 5]}',  # a row that is not an object
+        '{"rows": {"a": 1}}',  # rows not a list
+        '{"rows": [{"a": 1}], "nope": 1}',  # an unknown field beside good rows
+        '{"rows": [{"a": 1}], "version": "x"}',  # a bad value beside good rows
+    ],
+)
+def test_bad_predict_bodies_are_refused_as_before(body: str) -> None:
+    with pytest.raises(GatewayError) as refused:
+        _predict_builder().build(["churn"], [], body.encode())
+    expected = trainer_service_pb2.PredictRequest()
+    with pytest.raises(json_format.ParseError) as generic:
+        json_format.ParseDict(json.loads(body), expected)
+    assert refused.value.http_status == 400
+    assert b"REQUEST_BODY_INVALID" in refused.value.status.details[0].value
+    assert str(generic.value).split("\n")[0].strip() == refused.value.status.message

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +130,34 @@ def datetime_parts(timestamp: bool) -> list[str]:
 
 def coerce_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """The model's feature matrix from raw rows; InvalidModelInput names what is wrong."""
-    missing = [name for name in input_names(spec) if name not in frame.columns]
+    require_columns(frame.columns, spec)
+    columns: dict[str, pd.Series[Any]] = {}
+    for feature in spec["features"]:
+        columns.update(coerce_column(frame[feature["name"]].reset_index(drop=True), feature))
+    return pd.DataFrame(columns, copy=False)
+
+
+def require_columns(given: Container[str], spec: FeatureSpec) -> None:
+    """COLUMNS_MISSING naming every input column the rows lack."""
+    missing = [name for name in input_names(spec) if name not in given]
     if missing:
         raise InvalidModelInput(
             COLUMNS_MISSING,
             f"missing column(s): {', '.join(missing)}",
             column=",".join(missing),
         )
-    columns: dict[str, pd.Series[Any]] = {}
-    for feature in spec["features"]:
-        name = feature["name"]
-        values = frame[name].reset_index(drop=True)
-        if feature["kind"] == NUMERIC:
-            columns[name] = _numeric(values, name)
-        elif feature["kind"] == BOOLEAN:
-            columns[name] = _boolean(values, name)
-        elif feature["kind"] == DATETIME:
-            columns.update(_datetime_columns(values, feature))
-        else:
-            columns[name] = _categorical(values, feature["categories"])
-    return pd.DataFrame(columns, copy=False)
+
+
+def coerce_column(values: pd.Series[Any], feature: dict[str, Any]) -> dict[str, pd.Series[Any]]:
+    """One input column as the model column(s) it becomes (a date is several)."""
+    name = feature["name"]
+    if feature["kind"] == NUMERIC:
+        return {name: _numeric(values, name)}
+    if feature["kind"] == BOOLEAN:
+        return {name: _boolean(values, name)}
+    if feature["kind"] == DATETIME:
+        return _datetime_columns(values, feature)
+    return {name: _categorical(values, feature["categories"])}
 
 
 def predict_frame(booster: lgb.Booster, spec: FeatureSpec, features: pd.DataFrame) -> pd.DataFrame:

@@ -146,7 +146,7 @@ def trust_flags(frame: pd.DataFrame, features: pd.DataFrame, spec: FeatureSpec) 
     all_missing = np.ones(rows, dtype=bool)
     for feature in spec["features"]:
         name = feature["name"]
-        given = _given(frame[name])
+        given = given_values(frame[name])
         all_missing &= ~given
         if feature["kind"] == pyfunc_model.CATEGORICAL:
             mask = given & features[name].isna().to_numpy()
@@ -162,7 +162,7 @@ def trust_flags(frame: pd.DataFrame, features: pd.DataFrame, spec: FeatureSpec) 
     return TrustFlags(rows, unseen, outside, all_missing)
 
 
-def _given(values: pd.Series[Any]) -> BoolArray:
+def given_values(values: pd.Series[Any]) -> BoolArray:
     """Rows where the caller gave a value: not null, not NaN, not blank text."""
     present = np.array(values.notna().to_numpy(), dtype=bool)  # a copy: pandas' may be read-only
     if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) not in (
@@ -189,11 +189,20 @@ def training_ranges(features: pd.DataFrame, spec: FeatureSpec) -> dict[str, list
     return ranges
 
 
-def explain_rows(booster: lgb.Booster, spec: FeatureSpec, features: pd.DataFrame) -> Explanations:
+def explain_rows(
+    booster: lgb.Booster,
+    spec: FeatureSpec,
+    features: pd.DataFrame | np.ndarray[Any, Any],
+    **predict_options: Any,
+) -> Explanations:
+    """Contributions of a feature matrix (`coerce_features`' DataFrame, or the fast
+    path's float64 matrix in the model's column order)."""
     names = pyfunc_model.feature_names(spec)
     width = len(names) + 1  # the features, then the base value
-    contrib = np.asarray(booster.predict(features, pred_contrib=True), dtype="float64")
-    raw = np.asarray(booster.predict(features, raw_score=True), dtype="float64")
+    contrib = np.asarray(
+        booster.predict(features, pred_contrib=True, **predict_options), dtype="float64"
+    )
+    raw = np.asarray(booster.predict(features, raw_score=True, **predict_options), dtype="float64")
     rows = len(features)
     classes = contrib.shape[1] // width
     by_class = contrib.reshape(rows, classes, width)

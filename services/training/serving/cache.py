@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from runtime.errors import failed_precondition
 from services.training import reasons
 from services.training.model.pyfunc_model import FeatureSpec
+from services.training.model.row_scoring import RowScorer
 from services.training.serving.catalog import mlflow_errors
 
 logger = logging.getLogger("modelyard.trainer.catalog")
@@ -30,6 +31,7 @@ class LoadedModel:
     version: int
     booster: lgb.Booster
     spec: FeatureSpec
+    scorer: RowScorer  # Predict's fast path, its per-column decisions made once
 
 
 class ModelCache:
@@ -77,4 +79,10 @@ class ModelCache:
                 version=str(version),
             ) from error
         logger.info("model loaded for predictions", extra={"model": name, "version": version})
-        return LoadedModel(name=name, version=version, booster=booster, spec=spec)
+        return LoadedModel(
+            name=name,
+            version=version,
+            booster=booster,
+            spec=spec,
+            scorer=RowScorer(booster, spec),
+        )

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -214,22 +214,37 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     async def ListTrainingJobs(
         self, request: ListTrainingJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ListTrainingJobsResponse:
+        filters = {"state": request.state, "dataset_id": request.dataset_id}
+        jobs, next_token = await self._list_jobs(request, filters, TrainingJob)
+        return ListTrainingJobsResponse(training_jobs=jobs, next_page_token=next_token)
+
+    async def _list_jobs(
+        self,
+        request: ListTrainingJobsRequest | ListScoringJobsRequest,
+        filters: Mapping[str, object],
+        kind: type[JobT],
+    ) -> tuple[list[JobT], str]:
+        """One page of one kind of job, newest first, and the next page's token.
+
+        `filters` is what a page token is bound to (a token is refused with other
+        filters); each kind passes its own so that tokens issued before stay valid."""
         if request.state and request.state not in STATES:
             raise invalid_argument(
                 reasons.STATE_INVALID, f"state {request.state} is not a job state"
             )
-        filters = {"state": request.state, "dataset_id": request.dataset_id}
         page = parse_page(request.page_size, request.page_token, filters)
         listed = await self._store.list_page(
-            page, request.state or None, request.dataset_id or None, TRAINING
+            page,
+            request.state or None,
+            request.dataset_id or None,
+            SCORING if kind is ScoringJob else TRAINING,
         )
-        jobs, next_token = page_tail(
-            [job for job in listed if isinstance(job, TrainingJob)],
+        return page_tail(
+            [job for job in listed if isinstance(job, kind)],
             page,
             key=lambda job: (job.create_time.ToDatetime(tzinfo=UTC), job.job_id),
             filters=filters,
         )
-        return ListTrainingJobsResponse(training_jobs=jobs, next_page_token=next_token)
 
     async def ListTrials(
         self, request: ListTrialsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -515,21 +530,10 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     async def ListScoringJobs(
         self, request: ListScoringJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ListScoringJobsResponse:
-        if request.state and request.state not in STATES:
-            raise invalid_argument(
-                reasons.STATE_INVALID, f"state {request.state} is not a job state"
-            )
+        # "kind" keeps a training list's token from paging a scoring list (and the
+        # other way round) although both lists take the same filters.
         filters = {"state": request.state, "dataset_id": request.dataset_id, "kind": SCORING}
-        page = parse_page(request.page_size, request.page_token, filters)
-        listed = await self._store.list_page(
-            page, request.state or None, request.dataset_id or None, SCORING
-        )
-        jobs, next_token = page_tail(
-            [job for job in listed if isinstance(job, ScoringJob)],
-            page,
-            key=lambda job: (job.create_time.ToDatetime(tzinfo=UTC), job.job_id),
-            filters=filters,
-        )
+        jobs, next_token = await self._list_jobs(request, filters, ScoringJob)
         return ListScoringJobsResponse(scoring_jobs=jobs, next_page_token=next_token)
 
     async def CancelScoringJob(

@@ -43,7 +43,7 @@ from modelyard.dispatch.v1.dispatch_pb2 import JobEvent, TrainingRequest
 from modelyard.jobs.v1 import jobs_service_pb2_grpc
 from modelyard.jobs.v1.jobs_service_pb2 import GetTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
-from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
 from runtime import nats_access
 from runtime.channels import open_channel
 from runtime.errors import invalid_argument, not_found
@@ -135,6 +135,17 @@ class FakeTrainerService(trainer_service_pb2_grpc.TrainerServiceServicer):
         )
         response.wall_time.FromSeconds(12)
         return response
+
+    async def GetModel(
+        self,
+        request: trainer_service_pb2.GetModelRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> model_pb2.Model:
+        """Every model name is registered, with version 1 as its champion."""
+        champion = model_pb2.ModelVersion(version=1, aliases=["champion"])
+        return model_pb2.Model(
+            name=request.model_name, versions=[champion], champion_version=1, latest_version=1
+        )
 
     async def ValidateTrainingParams(
         self,

@@ -1,4 +1,5 @@
-"""ListTrainingJobs: newest first, filtered by state and dataset, paginated."""
+"""ListTrainingJobs and ListScoringJobs: newest first, filtered by state and dataset,
+paginated; a page token pages only the list that issued it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 
 from modelyard.jobs.v1.jobs_service_pb2 import (
     CancelTrainingJobRequest,
+    CreateScoringJobRequest,
     CreateTrainingJobRequest,
+    ListScoringJobsRequest,
+    ListScoringJobsResponse,
     ListTrainingJobsRequest,
     ListTrainingJobsResponse,
 )
@@ -156,4 +160,75 @@ async def test_a_token_is_refused_with_other_filters(jobs: RunningJobs, seeded: 
     assert token
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await list_jobs(jobs, page_token=token, state=TrainingJob.QUEUED)
+    assert error_reason(caught.value) == "PAGE_TOKEN_INVALID"
+
+
+# -- ListScoringJobs: the same list for the other kind ----------------------------------
+
+
+async def list_scoring(jobs: RunningJobs, **fields: Any) -> ListScoringJobsResponse:
+    response: ListScoringJobsResponse = await jobs.stub.ListScoringJobs(
+        ListScoringJobsRequest(**fields), timeout=5
+    )
+    return response
+
+
+async def scoring_pages(jobs: RunningJobs, **fields: Any) -> list[list[str]]:
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        response = await list_scoring(jobs, page_token=token, **fields)
+        pages.append([job.job_id for job in response.scoring_jobs])
+        token = response.next_page_token
+        if not token:
+            return pages
+
+
+async def create_both_kinds(
+    jobs: RunningJobs, dataset_id: str, count: int
+) -> tuple[list[str], ...]:
+    training: list[str] = []
+    scoring: list[str] = []
+    for _ in range(count):
+        created = await jobs.stub.CreateTrainingJob(
+            CreateTrainingJobRequest(dataset_id=dataset_id, target_column="y"), timeout=5
+        )
+        training.append(created.job_id)
+        scored = await jobs.stub.CreateScoringJob(
+            CreateScoringJobRequest(dataset_id=dataset_id, model_name="listed"), timeout=5
+        )
+        scoring.append(scored.job_id)
+    return training, scoring
+
+
+async def test_scoring_jobs_list_newest_first_in_pages_without_training_jobs(
+    jobs: RunningJobs,
+) -> None:
+    dataset_id = jobs.doubles.datasets.add()
+    training, scoring = await create_both_kinds(jobs, dataset_id, 3)
+    newest_first = scoring[::-1]
+    assert await scoring_pages(jobs, dataset_id=dataset_id, page_size=2) == [
+        newest_first[:2],
+        newest_first[2:],
+    ]
+    assert await all_pages(jobs, dataset_id=dataset_id) == [training[::-1]]
+    queued = await scoring_pages(jobs, dataset_id=dataset_id, state=TrainingJob.QUEUED)
+    assert queued == [newest_first]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await list_scoring(jobs, state=42)
+    assert error_reason(caught.value) == "STATE_INVALID"
+
+
+async def test_a_page_token_pages_only_the_kind_of_list_that_issued_it(jobs: RunningJobs) -> None:
+    dataset_id = jobs.doubles.datasets.add()
+    await create_both_kinds(jobs, dataset_id, 3)
+    training_token = (await list_jobs(jobs, dataset_id=dataset_id, page_size=2)).next_page_token
+    scoring_token = (await list_scoring(jobs, dataset_id=dataset_id, page_size=2)).next_page_token
+    assert training_token
+    assert scoring_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await list_scoring(jobs, dataset_id=dataset_id, page_size=2, page_token=training_token)
+    assert error_reason(caught.value) == "PAGE_TOKEN_INVALID"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await list_jobs(jobs, dataset_id=dataset_id, page_size=2, page_token=scoring_token)
     assert error_reason(caught.value) == "PAGE_TOKEN_INVALID"

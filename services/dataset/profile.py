@@ -70,11 +70,24 @@ _SHORT_STRING_BYTES = 64
 
 def _mix64(values: U64) -> U64:
     """splitmix64's finalizer: spreads every input bit over the 64 output bits."""
-    values = values ^ (values >> np.uint64(30))
-    values = values * _MIX_1
-    values = values ^ (values >> np.uint64(27))
-    values = values * _MIX_2
-    return values ^ (values >> np.uint64(31))
+    return _mix64_in_place(values.copy())
+
+
+def _mix64_in_place(values: U64, scratch: U64 | None = None) -> U64:
+    """`_mix64`, overwriting `values` (an array of the caller's own).
+
+    With one scratch array instead of a new array per operation: every array
+    of a row group's size is a fresh mapping under the service's fixed mmap
+    threshold (memory.py), and its page faults cost more than the arithmetic.
+    """
+    if scratch is None:
+        scratch = np.empty_like(values)
+    for shift, factor in ((30, _MIX_1), (27, _MIX_2), (31, None)):
+        np.right_shift(values, np.uint64(shift), out=scratch)
+        np.bitwise_xor(values, scratch, out=values)
+        if factor is not None:
+            np.multiply(values, factor, out=values)
+    return values
 
 
 class _Powers:
@@ -143,10 +156,11 @@ def _hash_short_strings(array: pa.Array, lengths: npt.NDArray[np.int64]) -> U64:
     ).reshape(len(array), width // 8)
     word_counts = (lengths + 7) // 8
     hashes = lengths.astype(np.uint64) * _GOLDEN
+    mixed, scratch = np.empty_like(hashes), np.empty_like(hashes)
     for column in range(width // 8):
-        mixed = _mix64(hashes ^ words[:, column])
-        hashes = np.where(column < word_counts, mixed, hashes)
-    return _mix64(hashes)
+        np.bitwise_xor(hashes, words[:, column], out=mixed)
+        np.copyto(hashes, _mix64_in_place(mixed, scratch), where=column < word_counts)
+    return _mix64_in_place(hashes, scratch)
 
 
 def _hash_strings(array: pa.Array) -> U64:
@@ -166,15 +180,16 @@ def hash_values(array: pa.Array) -> U64:
     array = pc.drop_null(array)
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         return _hash_strings(array)
+    # Each branch makes one array of its own (the addition, astype) and mixes it in place.
     if pa.types.is_floating(array.type):
-        floats = array.to_numpy(zero_copy_only=False).astype(np.float64) + 0.0  # -0.0 == 0.0
-        return _mix64(floats.view(np.uint64))
+        floats = array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        return _mix64_in_place((floats + 0.0).view(np.uint64))  # -0.0 == 0.0
     if pa.types.is_boolean(array.type):
-        return _mix64(array.to_numpy(zero_copy_only=False).astype(np.uint64))
+        return _mix64_in_place(array.to_numpy(zero_copy_only=False).astype(np.uint64))
     if pa.types.is_timestamp(array.type) or pa.types.is_date(array.type):
         array = array.view(pa.int64() if array.type.bit_width == 64 else pa.int32())
     integers = array.to_numpy(zero_copy_only=False).astype(np.int64)
-    return _mix64(integers.view(np.uint64))
+    return _mix64_in_place(integers.view(np.uint64))
 
 
 class HyperLogLog:
@@ -185,11 +200,15 @@ class HyperLogLog:
 
     def add(self, hashes: U64) -> None:
         rest_bits = 64 - self.PRECISION
-        index = (hashes >> np.uint64(rest_bits)).astype(np.intp)
-        rest = hashes & np.uint64((1 << rest_bits) - 1)
+        # Few arrays of the hashes' size (see _mix64_in_place): the register index
+        # (below 2**PRECISION, so its bits read as intp), the remaining bits as floats
+        # (exact: fewer than 53 bits), and the rank.
+        index = np.right_shift(hashes, np.uint64(rest_bits)).view(np.intp)
+        rest = np.empty(len(hashes), dtype=np.float64)
+        np.bitwise_and(hashes, np.uint64((1 << rest_bits) - 1), out=rest, casting="unsafe")
         # Rank: position of the leftmost 1 in the remaining bits (rest_bits + 1 when none).
-        bit_length = np.frexp(rest.astype(np.float64))[1]
-        rank = (rest_bits + 1 - bit_length).astype(np.uint8)
+        _, bit_length = np.frexp(rest, out=(rest, np.empty(len(hashes), dtype=np.intc)))
+        rank = np.subtract(np.int32(rest_bits + 1), bit_length, out=bit_length).astype(np.uint8)
         np.maximum.at(self.registers, index, rank)
 
     def estimate(self) -> int:
@@ -292,19 +311,21 @@ class ValueCounts:
         self._values, self._counts = values, counts
 
     def _merged(self, values: pa.Array, counts: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """The counts so far plus a group's (`values` distinct): the values known so far
+        in their order, then the group's new ones in theirs (the order a group-by of the
+        two, one after the other, gives). A lookup in the known values, not a group-by of
+        both: near the exact-distinct limit the known values outnumber a group's."""
         if self._values is None or self._counts is None:
             return values, counts
-        table = (
-            pa.table(
-                {
-                    "v": pa.concat_arrays([self._values, values]),
-                    "c": pa.concat_arrays([self._counts, counts]),
-                }
-            )
-            .group_by("v")
-            .aggregate([("c", "sum")])
+        positions = pc.index_in(values, value_set=self._values)
+        known = positions.is_valid()
+        totals = self._counts.to_numpy(zero_copy_only=False).copy()
+        totals[positions.filter(known).to_numpy()] += counts.filter(known).to_numpy()
+        unknown = pc.invert(known)
+        return (
+            pa.concat_arrays([self._values, values.filter(unknown)]),
+            pa.concat_arrays([pa.array(totals), counts.filter(unknown)]),
         )
-        return table.column("v").combine_chunks(), table.column("c_sum").combine_chunks()
 
     def distinct_count(self) -> int:
         if self._distinct is not None:

@@ -62,6 +62,23 @@ def test_value_counts_rank_top_values_exactly_under_the_limit() -> None:
     assert not counts.estimated
 
 
+def test_value_counts_merged_over_many_groups_equal_the_whole_column() -> None:
+    """Groups that repeat earlier values and bring new ones, up to the exact limit."""
+    rng = np.random.default_rng(5)
+    groups = [[f"city-{value}" for value in rng.integers(0, 3000, 2000)] for _ in range(8)]
+    counts = ValueCounts(limit=3000, keep=10)
+    for group in groups:
+        counts.update(pa.chunked_array([pa.array(group)]))
+    whole = pa.array([value for group in groups for value in group]).value_counts()
+    expected = sorted(
+        zip(whole.field("values").to_pylist(), whole.field("counts").to_pylist(), strict=True),
+        key=lambda item: (-item[1], item[0]),
+    )
+    assert not counts.estimated
+    assert counts.distinct_count() == len(whole)
+    assert [(item.value, item.count) for item in counts.top_values(25)] == expected[:25]
+
+
 def test_value_counts_keep_heavy_hitters_beyond_the_limit() -> None:
     counts = ValueCounts(limit=1000, keep=100)
     rng = np.random.default_rng(3)

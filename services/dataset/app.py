@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from modelyard.dataset.v1 import dataset_service_pb2, dataset_service_pb2_grpc
+from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
 from runtime.app import App
 from runtime.db import create_engine, database_reachable, migrate, session_factory
 from runtime.server import GrpcServer
@@ -22,6 +22,7 @@ from services.dataset.reasons import INGEST_INTERRUPTED
 from services.dataset.repository import DatasetRepository
 from services.dataset.servicer import DatasetServicer
 from services.dataset.settings import DatasetSettings
+from services.dataset.upload_stream import deserialize_upload_request
 
 logger = logging.getLogger("modelyard.dataset")
 
@@ -98,15 +99,21 @@ class DatasetApp(App):
     @staticmethod
     def _add_servicer(server: GrpcServer, servicer: DatasetServicer) -> None:
         dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server.server)
-        # ReadDataset yields responses already serialized (one copy less per batch).
+        # ReadDataset yields responses already serialized (one copy less per batch);
+        # UploadDataset's chunks are taken out of gRPC's bytes without protobuf's copies.
         server.server.add_registered_method_handlers(
             SERVICE_NAME,
             {
+                "UploadDataset": grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=deserialize_upload_request,
+                    response_serializer=dataset_pb2.Dataset.SerializeToString,
+                ),
                 "ReadDataset": grpc.unary_stream_rpc_method_handler(
                     servicer.ReadDataset,
                     request_deserializer=dataset_service_pb2.ReadDatasetRequest.FromString,
                     response_serializer=serialize_read_response,
-                )
+                ),
             },
         )
         server.enable(dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"])

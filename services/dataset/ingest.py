@@ -232,7 +232,8 @@ class Ingest:
             while data is not None:
                 self._feed.put(data)  # first, so that the conversion never waits for S3
                 self._digest.update(data)
-                writer.write(codec.compress(data, asbytes=True) if codec else data)
+                # An Arrow buffer, written from as it is (no copy into a bytes object).
+                writer.write(codec.compress(data) if codec else data)
                 data = self._chunks.get()
             # The first pass may end now, and finish its Parquet file while the
             # original's upload completes.

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from modelyard.dataset.v1 import dataset_service_pb2
 from runtime.errors import ServiceError
 from services.dataset import reasons
 
@@ -31,6 +32,48 @@ from services.dataset import reasons
 # server has already answered (grpc/grpc#36066).
 DRAIN_MAX_BYTES = 256 * 1024 * 1024
 DRAIN_MAX_SECONDS = 15.0
+
+
+# The first bytes of an UploadDatasetRequest holding a chunk: field 2, length-delimited.
+_CHUNK_TAG = b"\x12"
+_VARINT_MAX_BYTES = 10
+
+
+@dataclass(frozen=True)
+class ChunkMessage:
+    """An `UploadDatasetRequest` that holds only a chunk, as `deserialize_upload_request`
+    reads it: the same `chunk` and `WhichOneof("payload")` as the protobuf message."""
+
+    chunk: bytes
+
+    def WhichOneof(self, oneof_group: str) -> str:  # protobuf's name, hence the case
+        return "chunk"
+
+
+def deserialize_upload_request(
+    raw: bytes,
+) -> ChunkMessage | dataset_service_pb2.UploadDatasetRequest:
+    """UploadDataset's request deserializer: a chunk taken out of gRPC's bytes with one copy.
+
+    A message holding only a chunk is its tag, a varint length and the chunk's
+    bytes. Parsed as a protobuf message, each MiB of the upload would be copied
+    into the message and copied again when the field is read; here it is one
+    slice of the bytes gRPC hands over. Anything else (the header, a message with
+    other fields) is parsed by protobuf as usual.
+    """
+    if raw[:1] == _CHUNK_TAG:
+        length, offset = 0, 1
+        for shift in range(0, 7 * _VARINT_MAX_BYTES, 7):
+            if offset >= len(raw):
+                break
+            byte = raw[offset]
+            offset += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if offset + length == len(raw):
+                    return ChunkMessage(raw[offset:])
+                break
+    return dataset_service_pb2.UploadDatasetRequest.FromString(raw)
 
 
 @dataclass(frozen=True)

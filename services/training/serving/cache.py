@@ -45,6 +45,16 @@ class ModelCache:
         with self._cache_lock:
             return (name, version) in self._cache
 
+    def loaded(self, name: str, version: int) -> LoadedModel | None:
+        """The model if it is loaded already (never blocks on a load: Predict calls it
+        on the event loop, saving a thread hop per call)."""
+        key = (name, version)
+        with self._cache_lock:
+            model = self._cache.get(key)
+            if model is not None:
+                self._cache.move_to_end(key)
+            return model
+
     def load(self, name: str, version: int) -> LoadedModel:
         """The model behind a version, loaded once (LRU cache)."""
         key = (name, version)

@@ -54,6 +54,9 @@ class Caller:
     role: Role
     # True for a service's own call (the service token with no role forwarded).
     is_service: bool = False
+    # True for a service's own call that names no project: it sees every project's
+    # resources (the Trainer reading the dataset of a job, background loops).
+    all_projects: bool = False
 
     def may(self, needed: Role) -> bool:
         if needed is Role.SERVICE:
@@ -62,7 +65,7 @@ class Caller:
 
 
 # A call outside any gRPC handler (a background loop) acts as the service itself.
-SERVICE_CALLER = Caller(DEFAULT_PROJECT, Role.ADMIN, is_service=True)
+SERVICE_CALLER = Caller(DEFAULT_PROJECT, Role.ADMIN, is_service=True, all_projects=True)
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar(
     "modelyard_caller", default=SERVICE_CALLER
 )
@@ -80,9 +83,37 @@ def reset_caller(token: contextvars.Token[Caller]) -> None:
     _caller.reset(token)
 
 
+def service_caller_for(project: str) -> Caller:
+    """A service's own work for one project (a Trainer running a job of that project)."""
+    return Caller(project or DEFAULT_PROJECT, Role.ADMIN, is_service=True)
+
+
 def forwarding_metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
     """Metadata that makes a service-token call act for `caller` (the gateway's)."""
     return ((PROJECT_KEY, caller.project), (ROLE_KEY, caller.role.name.lower()))
+
+
+def visible_project() -> str | None:
+    """The one project the current caller's reads and lists are scoped to; None when it
+    sees them all (a service's own call). Another project's resource is then answered
+    exactly like one that does not exist."""
+    caller = current_caller()
+    return None if caller.all_projects else caller.project
+
+
+def may_see(project: str | None) -> bool:
+    """Whether the current caller sees a resource of `project` (None or "": `default`,
+    the project of everything made before projects)."""
+    scope = visible_project()
+    return scope is None or scope == (project or DEFAULT_PROJECT)
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata of a call a service makes while serving a client: the client's project,
+    so that the next service scopes its answer the same way (nothing for a service's
+    own unscoped work)."""
+    scope = visible_project()
+    return () if scope is None else ((PROJECT_KEY, scope),)
 
 
 _V, _T, _A, _S = Role.VIEWER, Role.TRAINER, Role.ADMIN, Role.SERVICE

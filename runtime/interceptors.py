@@ -115,8 +115,13 @@ def _forwarded_caller(details: grpc.HandlerCallDetails) -> access.Caller:
             reasons.PROJECT_ID_INVALID,
             f"metadata {access.PROJECT_KEY} must be a project id",
         )
-    if role_text is None:
-        return access.Caller(project or access.DEFAULT_PROJECT, access.Role.ADMIN, True)
+    if role_text is None:  # a service's own call: for one project when it names one
+        return access.Caller(
+            project or access.DEFAULT_PROJECT,
+            access.Role.ADMIN,
+            is_service=True,
+            all_projects=project is None,
+        )
     role = access.Role.parse(role_text)
     if role is None:
         raise ServiceError(

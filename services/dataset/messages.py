@@ -7,6 +7,7 @@ from typing import cast
 import grpc
 
 from modelyard.dataset.v1 import dataset_pb2
+from runtime.access import DEFAULT_PROJECT
 from runtime.errors import code_from_number, make_status
 from services.dataset.models import DatasetRecord
 from services.dataset.repository import as_utc
@@ -47,6 +48,7 @@ def to_message(record: DatasetRecord) -> dataset_pb2.Dataset:
         sha256=record.sha256,
         request_id=record.request_id or "",
         version=record.version or 0,
+        project_id=record.project or DEFAULT_PROJECT,
     )
     if record.columns:
         stored = dataset_pb2.Dataset.FromString(record.columns)

@@ -44,11 +44,14 @@ class DatasetRecord(Base):
     # While UPLOADING or PROCESSING: renewed by the process doing the work; once it
     # passes, that process is gone and the janitor fails the dataset.
     lease_expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The project the dataset belongs to (`default` for those uploaded before projects).
+    project: Mapped[str] = mapped_column(String(64), server_default="default")
 
     __table_args__ = (
         Index("ix_datasets_create_time_dataset_id", "create_time", "dataset_id"),
         Index("ix_datasets_state_lease_expire_time", "state", "lease_expire_time"),
         Index("ix_datasets_display_name_version", "display_name", "version"),
+        Index("ix_datasets_project_create_time", "project", "create_time", "dataset_id"),
     )
 
 

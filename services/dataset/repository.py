@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.dataset.v1 import dataset_pb2
+from runtime import access
 from runtime.pagination import Page
 from services.dataset.models import DatasetNameRecord, DatasetRecord
 
@@ -59,16 +60,25 @@ class ListFilters:
         return {"display_name_contains": self.display_name_contains, "state": self.state}
 
 
+def _visible(query: Any) -> Any:
+    """`query` limited to the current caller's project (all of them for a service)."""
+    project = access.visible_project()
+    return query if project is None else query.where(DatasetRecord.project == project)
+
+
 class DatasetRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], lease: timedelta) -> None:
         self._sessions = sessions
         self._lease = lease
 
     async def get(self, dataset_id: str) -> DatasetRecord | None:
-        """The dataset, unless it is gone (or being deleted)."""
+        """The dataset, unless it is gone (or being deleted) or of a project the current
+        caller does not see (runtime.access): both answer alike."""
         async with self._sessions() as session:
             record = await session.get(DatasetRecord, dataset_id)
-            return None if record is None or record.deleting else record
+            if record is None or record.deleting or not access.may_see(record.project):
+                return None
+            return record
 
     async def latest_version(self, display_name: str) -> DatasetRecord | None:
         """The READY dataset of the highest version under `display_name`."""
@@ -97,22 +107,25 @@ class DatasetRepository:
 
     @staticmethod
     def _versions(display_name: str) -> Any:
-        return select(DatasetRecord).where(
-            DatasetRecord.display_name == display_name,
-            DatasetRecord.state == READY,
-            DatasetRecord.deleting.is_(False),
+        return _visible(
+            select(DatasetRecord).where(
+                DatasetRecord.display_name == display_name,
+                DatasetRecord.state == READY,
+                DatasetRecord.deleting.is_(False),
+            )
         )
 
     async def get_by_request_id(self, request_id: str) -> DatasetRecord | None:
         async with self._sessions() as session:
             result = await session.execute(
-                select(DatasetRecord).where(DatasetRecord.request_id == request_id)
+                _visible(select(DatasetRecord).where(DatasetRecord.request_id == request_id))
             )
             return result.scalar_one_or_none()
 
     async def create_uploading(self, record: DatasetRecord) -> None:
         """Insert a new UPLOADING dataset; a FAILED one with the same request_id gives way."""
         now = utc_now()
+        record.project = access.current_caller().project
         record.state = UPLOADING
         record.create_time = record.update_time = now
         record.lease_expire_time = now + self._lease
@@ -230,7 +243,7 @@ class DatasetRepository:
 
     async def list_page(self, page: Page, filters: ListFilters) -> list[DatasetRecord]:
         """One page, newest first; one row more than the page size tells there is a next page."""
-        query = select(DatasetRecord).where(DatasetRecord.deleting.is_(False))
+        query = _visible(select(DatasetRecord).where(DatasetRecord.deleting.is_(False)))
         if filters.display_name_contains:
             query = query.where(
                 func.lower(DatasetRecord.display_name).contains(

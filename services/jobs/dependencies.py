@@ -29,6 +29,7 @@ from modelyard.training.v1.trainer_service_pb2 import (
     ValidateTrainingParamsRequest,
 )
 from modelyard.training.v1.trainer_service_pb2_grpc import TrainerServiceStub
+from runtime import access
 from runtime.errors import (
     ServiceError,
     code_from_number,
@@ -87,8 +88,9 @@ class DatasetChecker:
         self._stub = stub
         self._timeout = timeout
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, ReadyDataset]] = {}
-        self._in_flight: dict[str, asyncio.Task[ReadyDataset]] = {}
+        # Keyed by (the caller's project, the dataset reference).
+        self._cache: dict[tuple[str | None, str], tuple[float, ReadyDataset]] = {}
+        self._in_flight: dict[tuple[str | None, str], asyncio.Task[ReadyDataset]] = {}
 
     async def check(self, dataset_id: str, target_column: str) -> ReadyDataset:
         dataset = await self._ready_dataset(dataset_id)
@@ -112,14 +114,16 @@ class DatasetChecker:
         return dataset
 
     async def _ready_dataset(self, dataset_id: str) -> ReadyDataset:
-        cached = self._cache.get(dataset_id)
+        # Per project: the same id (or name) is another project's dataset, or none.
+        key = (access.visible_project(), dataset_id)
+        cached = self._cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
             return cached[1]
-        task = self._in_flight.get(dataset_id)
+        task = self._in_flight.get(key)
         if task is None:
             task = asyncio.create_task(self._fetch(dataset_id))
-            self._in_flight[dataset_id] = task
-            task.add_done_callback(lambda _: self._in_flight.pop(dataset_id, None))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
         # shield: one caller going away must not cancel the call the others wait for
         return await asyncio.shield(task)
 
@@ -144,7 +148,7 @@ class DatasetChecker:
             display_name=dataset.display_name,
         )
         if self._cache_seconds > 0 and dataset.dataset_id == dataset_id:
-            self._cache[dataset_id] = (time.monotonic(), ready)
+            self._cache[(access.visible_project(), dataset_id)] = (time.monotonic(), ready)
             self._evict_expired()
         return ready
 
@@ -153,14 +157,18 @@ class DatasetChecker:
         if len(reference) <= MAX_DATASET_ID_CHARS:
             try:
                 dataset: Dataset = await self._stub.GetDataset(
-                    GetDatasetRequest(dataset_id=reference), timeout=self._timeout
+                    GetDatasetRequest(dataset_id=reference),
+                    timeout=self._timeout,
+                    metadata=access.outgoing_metadata(),
                 )
                 return dataset
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
         response = await self._stub.LookupDataset(
-            LookupDatasetRequest(reference=reference), timeout=self._timeout
+            LookupDatasetRequest(reference=reference),
+            timeout=self._timeout,
+            metadata=access.outgoing_metadata(),
         )
         found: Dataset = response.dataset
         return found
@@ -269,7 +277,9 @@ class ParamsChecker:
         alias moves while it waits."""
         try:
             model: Model = await self._stub.GetModel(
-                GetModelRequest(model_name=name), timeout=self._timeout
+                GetModelRequest(model_name=name),
+                timeout=self._timeout,
+                metadata=access.outgoing_metadata(),
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:

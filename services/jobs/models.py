@@ -108,6 +108,8 @@ class TrainingJobRow(Base):
     # `training` or `scoring`; a scoring job's whole ScoringJob, serialized.
     kind: Mapped[str] = mapped_column(String(16), server_default="training")
     scoring: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The project the job belongs to (`default` for jobs made before projects).
+    project: Mapped[str] = mapped_column(String(ID_LENGTH), server_default="default")
 
     __table_args__ = (
         Index("uq_training_jobs_request_id", "request_id", unique=True),
@@ -117,6 +119,7 @@ class TrainingJobRow(Base):
         Index("ix_training_jobs_dataset_create_time", "dataset_id", "create_time", "job_id"),
         Index("ix_training_jobs_run_deadline", "run_deadline"),
         Index("ix_training_jobs_kind_create_time", "kind", "create_time", "job_id"),
+        Index("ix_training_jobs_project_create_time", "project", "create_time", "job_id"),
     )
 
 

@@ -52,6 +52,7 @@ from modelyard.training.v1.trainer_service_pb2 import (
     EstimateTrainingRequest,
     EstimateTrainingResponse,
 )
+from runtime.access import current_caller
 from runtime.errors import (
     ServiceError,
     failed_precondition,
@@ -571,6 +572,7 @@ def _scoring_request(job: ScoringJob) -> TrainingRequest:
     request = TrainingRequest(
         job_id=job.job_id,
         dataset_id=job.dataset_id,
+        project_id=job.project_id or current_caller().project,
         scoring=ScoringRequest(
             model_name=job.model_name,
             model_version=job.model_version,
@@ -640,6 +642,7 @@ def _training_request(
         task=job.task,
         params=job.params,
         registered_model_name=job.registered_model_name,
+        project_id=job.project_id or current_caller().project,
     )
     request.max_run_duration.CopyFrom(job.max_run_duration)
     request.create_time.CopyFrom(job.create_time)

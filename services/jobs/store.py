@@ -37,8 +37,11 @@ from modelyard.jobs.v1.training_job_pb2 import (
     TrainingSummary,
     Trial,
 )
+from runtime import access
 from runtime.db import is_postgresql
+from runtime.errors import failed_precondition
 from runtime.pagination import Page
+from services.jobs import reasons
 from services.jobs.models import OutboxRow, ReportRow, TrainingJobRow, TrialRow
 from services.jobs.outbox import OutboxEntry
 from services.jobs.pg_hot_path import PostgresHotPath
@@ -141,6 +144,7 @@ def insert_values(job: Job) -> dict[str, Any]:
             "search": None,
             "kind": kind_of(job),
             "version": 1,
+            "project": job.project_id or access.DEFAULT_PROJECT,
             **mutable_values(job),
         }
     return {
@@ -156,6 +160,7 @@ def insert_values(job: Job) -> dict[str, Any]:
         "search": _message_bytes(job, "search"),
         "kind": kind_of(job),
         "version": 1,
+        "project": job.project_id or access.DEFAULT_PROJECT,
         **mutable_values(job),
     }
 
@@ -163,7 +168,9 @@ def insert_values(job: Job) -> dict[str, Any]:
 def row_to_job(row: RowLike) -> Job:
     """A `training_jobs` row (SQLAlchemy's or asyncpg's) as its message."""
     if row["kind"] != TRAINING:
-        return ScoringJob.FromString(row["scoring"])
+        scoring = ScoringJob.FromString(row["scoring"])
+        scoring.project_id = row["project"]
+        return scoring
     job = TrainingJob(
         job_id=row["job_id"],
         dataset_id=row["dataset_id"],
@@ -173,6 +180,7 @@ def row_to_job(row: RowLike) -> Job:
         request_id=row["request_id"] or "",
         state=row["state"],
         attempt=row["attempt"],
+        project_id=row["project"],
     )
     if row["params"] != "{}":
         job.params.update(json.loads(row["params"]))
@@ -229,12 +237,17 @@ class JobStore:
             await self._hot_path.close()
 
     async def get(self, job_id: str) -> VersionedJob | None:
+        """The job; None when there is none, or when it belongs to a project the current
+        caller does not see (runtime.access: a client sees only its own project's jobs,
+        the service's own loops see all), so that both answer alike."""
         row: RowLike | None
         if self._hot_path is not None:
             row = await self._hot_path.job_by_id(job_id)
         else:
             row = await self._first(_BY_ID, {"job_id": job_id})
-        return None if row is None else VersionedJob(row_to_job(row), row["version"])
+        if row is None or not access.may_see(row["project"]):
+            return None
+        return VersionedJob(row_to_job(row), row["version"])
 
     async def find_by_request_id(self, request_id: str) -> Job | None:
         row: RowLike | None
@@ -242,6 +255,11 @@ class JobStore:
             row = await self._hot_path.job_by_request_id(request_id)
         else:
             row = await self._first(_BY_REQUEST_ID, {"request_id": request_id})
+        if row is not None and not access.may_see(row["project"]):
+            # Request ids are unique across projects; say no more of the other's job.
+            raise failed_precondition(
+                reasons.REQUEST_ID_IN_USE, "this request_id is in use by another project"
+            )
         return None if row is None else row_to_job(row)
 
     async def _first(self, statement: Select[Any], parameters: dict[str, str]) -> RowLike | None:
@@ -250,9 +268,12 @@ class JobStore:
         return None if row is None else row._mapping
 
     async def insert(self, job: Job, outbox: Sequence[OutboxEntry]) -> None:
-        """Store a new job and its outbox rows in one transaction.
+        """Store a new job and its outbox rows in one transaction, in the current
+        caller's project (set on `job` too).
 
         Raises DuplicateRequestId when another job holds the job's request_id."""
+        if not job.project_id:
+            job.project_id = access.current_caller().project
         if self._hot_path is not None:
             if not await self._hot_path.insert(insert_values(job), outbox, datetime.now(UTC)):
                 raise DuplicateRequestId(job.request_id)
@@ -301,6 +322,8 @@ class JobStore:
         """One page of one kind of job, newest first; one row more than the page when
         there is a next page."""
         statement = select(JOBS).where(JOBS.c.kind == kind)
+        if (project := access.visible_project()) is not None:
+            statement = statement.where(JOBS.c.project == project)
         if state is not None:
             statement = statement.where(JOBS.c.state == state)
         if dataset_id is not None:

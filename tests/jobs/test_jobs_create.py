@@ -71,7 +71,9 @@ async def test_a_job_is_stored_and_its_request_published(jobs: RunningJobs) -> N
         registered_model_name="churn.model-v1",
         max_run_duration=job.max_run_duration,
         create_time=job.create_time,
+        project_id="default",  # the service token without a project: `default`
     )
+    assert job.project_id == "default"
     await message.ack()
 
 

@@ -228,3 +228,55 @@ async def grpc_calls(address: str, token: str) -> None:
             )
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert error_reason(refused.value) == "ROLE_INSUFFICIENT"
+
+
+def project_with_trainer(operator: httpx.Client, project: str) -> str:
+    created = operator.post("/v1/projects", json={"projectId": project})
+    assert created.status_code == 200, created.text
+    return str(make_token(operator, "ROLE_TRAINER", project=project)["secret"])
+
+
+def test_a_project_sees_404_for_another_projects_datasets_and_jobs(
+    stack: Stack, operator: httpx.Client
+) -> None:
+    token_a = project_with_trainer(operator, "scope-a")
+    token_b = project_with_trainer(operator, "scope-b")
+    with client(stack, token_a) as a, client(stack, token_b) as b:
+        dataset = upload_iris(a)
+        assert dataset["projectId"] == "scope-a"
+        dataset_id = dataset["datasetId"]
+        job = a.post("/v1/trainingJobs", json={"datasetId": dataset_id, "targetColumn": "species"})
+        assert job.status_code == 200, job.text
+        job_id = job.json()["jobId"]
+        assert job.json()["projectId"] == "scope-a"
+
+        for path in (f"/v1/datasets/{dataset_id}", f"/v1/datasets/{dataset_id}:download"):
+            hidden = b.get(path)
+            assert hidden.status_code == 404, path
+            assert reason_of(hidden) == "DATASET_NOT_FOUND"
+        assert b.delete(f"/v1/datasets/{dataset_id}").status_code == 404
+        by_name = b.post("/v1/trainingJobs", json={"datasetId": "iris", "targetColumn": "species"})
+        assert by_name.status_code == 404, by_name.text
+        by_id = b.post(
+            "/v1/trainingJobs", json={"datasetId": dataset_id, "targetColumn": "species"}
+        )
+        assert by_id.status_code == 404
+        assert reason_of(by_id) == "DATASET_NOT_FOUND"
+
+        for path in (f"/v1/trainingJobs/{job_id}", f"/v1/trainingJobs/{job_id}/trials"):
+            hidden = b.get(path)
+            assert hidden.status_code == 404, path
+            assert reason_of(hidden) == "JOB_NOT_FOUND"
+        cancel = b.post(f"/v1/trainingJobs/{job_id}:cancel", json={})
+        assert cancel.status_code == 404
+        # What B lists is B's only; A lists its own.
+        b_upload = upload_iris(b)
+        assert [d["datasetId"] for d in b.get("/v1/datasets").json()["datasets"]] == [
+            b_upload["datasetId"]
+        ]
+        assert b.get("/v1/trainingJobs").json().get("trainingJobs", []) == []
+        assert [j["jobId"] for j in a.get("/v1/trainingJobs").json()["trainingJobs"]] == [job_id]
+        assert dataset_id not in operator.get("/v1/datasets").text
+        # Nothing B tried changed A's dataset or job.
+        assert a.get(f"/v1/datasets/{dataset_id}").json()["state"] == "READY"
+        assert a.get(f"/v1/trainingJobs/{job_id}").json()["state"] != "CANCELLING"

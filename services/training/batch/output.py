@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+from runtime import access
 from runtime.errors import error_reason
 from services.training import reasons
 from services.training.fit.dataset_reader import DatasetUnavailable
@@ -45,7 +46,9 @@ class DatasetWriter:
         )
         try:
             dataset: dataset_pb2.Dataset = await self._stub.UploadDataset(
-                _messages(header, path), timeout=deadline_seconds
+                _messages(header, path),
+                timeout=deadline_seconds,
+                metadata=access.outgoing_metadata(),  # into the job's project
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in _TRANSIENT_CODES:

@@ -31,7 +31,7 @@ from google.protobuf import json_format
 from modelyard.dataset.v1 import dataset_pb2
 from modelyard.dispatch.v1 import dispatch_pb2
 from modelyard.jobs.v1 import scoring_job_pb2, training_job_pb2
-from runtime import limits
+from runtime import access, limits
 from runtime.errors import ServiceError, make_status
 from runtime.logs import error_fields
 from runtime.tracing import tracer
@@ -316,6 +316,9 @@ class JobRunner:
     ) -> Disposition:
         state = _Attempt(request=request, attempt=attempt, control=control)
         started = time.perf_counter()
+        # The attempt works for the job's project: what it stores (a scoring job's output
+        # dataset) goes there (runtime.access.outgoing_metadata).
+        acting = access.set_caller(access.service_caller_for(request.project_id))
         try:
             await self._events.started(request.job_id, attempt)
             disposition = await self._outcome(state)
@@ -324,6 +327,8 @@ class JobRunner:
             # registered a model reports it then, without training again).
             logger.warning("events cannot be published; retrying later", extra=error_fields(error))
             disposition = Disposition.RETRY_LATER
+        finally:
+            access.reset_caller(acting)
         metrics.ATTEMPTS.labels(disposition.value).inc()
         metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
         logger.info(

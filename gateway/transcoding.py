@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from gateway import reasons
 from gateway.descriptors import descriptor_of, find_field, is_map, is_repeated
 from gateway.errors import invalid_argument
+from gateway.json_out import JsonOut
 from gateway.routes import Route
 
 # Messages whose proto3 JSON form is a single string or number, usable as one query value.
@@ -53,6 +54,7 @@ WELL_KNOWN_JSON = SCALAR_MESSAGES | {
 NULL_VALUE = "google.protobuf.NullValue"
 
 JSON_SEPARATORS = (",", ":")
+JSON_OUT = JsonOut()  # MessageToDict's output, planned once per message type
 
 
 class RequestBuilder:
@@ -325,14 +327,14 @@ def to_json(message: Message) -> bytes:
     Fields without presence are written even when they hold their default, so a
     client always finds every scalar, list and map field; unset messages are omitted.
     """
-    document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    document = JSON_OUT.to_dict(message)
     return json.dumps(document, ensure_ascii=False, separators=JSON_SEPARATORS).encode()
 
 
 def response_json(route: Route, message: Message) -> bytes:
     if not route.response_body:
         return to_json(message)
-    document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    document = JSON_OUT.to_dict(message)
     field = descriptor_of(message).fields_by_name[route.response_body]
     return json.dumps(
         document.get(field.json_name), ensure_ascii=False, separators=JSON_SEPARATORS

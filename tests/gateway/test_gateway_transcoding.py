@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from google.api import annotations_pb2
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
+from gateway import json_out
 from gateway.descriptors import SERVICES, grpc_path, load_services
 from gateway.errors import GatewayError
 from gateway.routes import (
@@ -238,3 +239,72 @@ def test_bad_predict_bodies_are_refused_as_before(body: str) -> None:
     assert refused.value.http_status == 400
     assert b"REQUEST_BODY_INVALID" in refused.value.status.details[0].value
     assert str(generic.value).split("\n")[0].strip() == refused.value.status.message
+
+
+def _rich_prediction_answer() -> trainer_service_pb2.PredictResponse:
+    answer = trainer_service_pb2.PredictResponse(
+        model_name="churn", model_version=12, class_names=["no", "yes"], feature_names=["a", "b"]
+    )
+    answer.flag_counts.flagged_rows = 1
+    for index, value in enumerate(["yes", 2.5, True, None, {"nested": [1, "x", None]}]):
+        prediction = answer.predictions.add(probabilities=[0.25, 0.75, -0.0, 1e-300])
+        if value is None:
+            prediction.value.null_value = struct_pb2.NULL_VALUE
+        elif isinstance(value, dict):
+            prediction.value.struct_value.update(value)
+        elif isinstance(value, bool):
+            prediction.value.bool_value = value
+        elif isinstance(value, float):
+            prediction.value.number_value = value
+        else:
+            prediction.value.string_value = value
+        if index == 1:
+            prediction.flags.add(
+                kind=trainer_service_pb2.PredictionFlag.KIND_UNSEEN_CATEGORY, column="a"
+            )
+            prediction.explanations.add(
+                class_name="yes", base_value=0.1, contributions=[0.5, float("nan")], raw_score=1
+            )
+    answer.predictions.add()  # a prediction with nothing set
+    return answer
+
+
+def test_json_out_writes_what_message_to_dict_writes_for_every_route() -> None:
+    """The planned printer's document, key order included, is MessageToDict's: for a
+    rich Predict answer, a job, and every route's answer type empty."""
+    messages: list[Any] = [_rich_prediction_answer(), sample_job("job-1")]
+    messages += [route.response_class() for route in routes_of(load_services())]
+    for message in messages:
+        expected = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+        assert json.loads(to_json(message)) == expected
+        assert (
+            to_json(message)
+            == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+        )
+
+
+def test_json_out_writes_a_predict_answer_without_message_to_dict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The point of the planned printer: a Predict answer never takes the slow walk."""
+    answer = _rich_prediction_answer()
+    expected = json_format.MessageToDict(answer, always_print_fields_with_no_presence=True)
+
+    def refuse(message: Any) -> None:
+        raise AssertionError(f"{message.DESCRIPTOR.full_name} written by MessageToDict")
+
+    monkeypatch.setattr(json_out, "generic", refuse)
+    assert json_out.JsonOut().to_dict(answer) == expected
+
+
+def test_json_out_fails_or_falls_back_where_message_to_dict_would() -> None:
+    answer = trainer_service_pb2.PredictResponse()
+    answer.predictions.add().flags.add(kind=7, column="an enum number this gateway lacks")
+    expected = json_format.MessageToDict(answer, always_print_fields_with_no_presence=True)
+    assert json.loads(to_json(answer)) == expected
+    assert expected["predictions"][0]["flags"][0]["kind"] == 7
+    answer.predictions.add().value.number_value = float("inf")
+    with pytest.raises(json_format.SerializeToJsonError):
+        json_format.MessageToDict(answer, always_print_fields_with_no_presence=True)
+    with pytest.raises(json_format.SerializeToJsonError):
+        to_json(answer)

@@ -190,6 +190,7 @@ class Stack:
         if service == "dataset":
             env = {
                 "MODELYARD_DATASET_LISTEN_ADDRESS": address,
+                "MODELYARD_DATASET_JOBS_SERVICE_ADDRESS": self.addresses["jobs"],
                 "MODELYARD_DATASET_DATABASE_URL": self.database_urls["dataset"],
                 "MODELYARD_DATASET_BLOB_STORE": self.options.blob_store,
                 "MODELYARD_DATASET_BLOB_DIR": str(self.work_dir / "blobs"),

@@ -143,6 +143,22 @@ class TrainerClientSettings(BaseSettings):
     )
 
 
+class ApiTokenClientSettings(BaseSettings):
+    """A service that accepts project API tokens and checks them with Jobs (Dataset,
+    Trainer): runtime/access_client.py."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    api_token_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long an API token, once checked with the Jobs service, is trusted without "
+            "asking again: a revoked token keeps working here for at most this long."
+        ),
+    )
+
+
 class RunDurationSettings(BaseSettings):
     """How long a training job may run. Jobs refuses a job asking for more than the
     limit and the Trainer stops one at it, so both read the same two global

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+from runtime.access_client import ApiTokenChecker
 from runtime.app import App
 from runtime.db import create_engine, database_reachable, migrate, session_factory
 from runtime.server import GrpcServer
@@ -80,11 +81,17 @@ class DatasetApp(App):
         servicer = self.servicer = DatasetServicer(settings, repository, store, cache)
         stack.push_async_callback(servicer.drain)
         self._background(self._sweep_forever(repository, store), "janitor")
+        # Project API tokens presented here are checked with the Jobs service.
+        tokens = ApiTokenChecker(
+            settings.jobs_service_address, settings, settings.api_token_cache_seconds
+        )
+        stack.push_async_callback(tokens.close)
         server = GrpcServer(
             settings,
             settings.listen_address,
             settings.metrics_address,
             options=receive_window_options(settings.upload_window_bytes),
+            resolve_api_token=tokens.caller_of,
         )
         self._add_servicer(server, servicer)
         await server.start()

@@ -7,6 +7,7 @@ The README lists each with its gRPC code and the ErrorInfo metadata keys it carr
 # Raised by the runtime for this service: INTERNAL, SERVICE_TOKEN_INVALID (UNAUTHENTICATED),
 # PAGE_TOKEN_INVALID and PAGE_SIZE_INVALID (INVALID_ARGUMENT, runtime.pagination).
 from runtime.reasons import (
+    API_TOKEN_CHECK_UNAVAILABLE,
     API_TOKEN_EXPIRED,
     API_TOKEN_INVALID,
     INTERNAL,
@@ -65,6 +66,7 @@ BLOB_STORE_UNAVAILABLE = "BLOB_STORE_UNAVAILABLE"  # UNAVAILABLE
 INGEST_INTERRUPTED = "INGEST_INTERRUPTED"  # recorded on a dataset whose process died
 
 __all__ = [
+    "API_TOKEN_CHECK_UNAVAILABLE",
     "API_TOKEN_EXPIRED",
     "API_TOKEN_INVALID",
     "INTERNAL",

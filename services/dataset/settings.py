@@ -8,15 +8,24 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import CommonSettings, ListenAddress, MetricsAddress
+from runtime.settings import (
+    ApiTokenClientSettings,
+    CommonSettings,
+    ListenAddress,
+    MetricsAddress,
+)
 
 MiB = 1024 * 1024
 
 
-class DatasetSettings(CommonSettings):
+class DatasetSettings(CommonSettings, ApiTokenClientSettings):
     model_config = SettingsConfigDict(env_prefix="MODELYARD_DATASET_")
 
     listen_address: ListenAddress = "127.0.0.1:50051"
+    jobs_service_address: str = Field(
+        default="127.0.0.1:50052",
+        description="host:port of JobsService, which checks API tokens presented here.",
+    )
     metrics_address: MetricsAddress = "127.0.0.1:9451"
     database_url: str | None = Field(
         default=None,

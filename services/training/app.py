@@ -22,6 +22,7 @@ import mlflow
 from nats.aio.client import Client as NatsClient
 
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from runtime.access_client import ApiTokenChecker
 from runtime.app import App
 from runtime.channels import open_channel
 from runtime.messaging import (
@@ -79,7 +80,17 @@ class TrainerApp(App):
         with contextlib.suppress(MlflowUnavailable):  # looked up again by the first job
             await asyncio.to_thread(tracker.experiment_id, MlflowTimings())
 
-        server = GrpcServer(settings, settings.listen_address, settings.metrics_address)
+        # Project API tokens presented here are checked with the Jobs service.
+        tokens = ApiTokenChecker(
+            settings.jobs_service_address, settings, settings.api_token_cache_seconds
+        )
+        stack.push_async_callback(tokens.close)
+        server = GrpcServer(
+            settings,
+            settings.listen_address,
+            settings.metrics_address,
+            resolve_api_token=tokens.caller_of,
+        )
         # Quotes read dataset profiles; jobs read rows (the channel connects when used).
         dataset_channel = open_channel(settings.dataset_service_address, settings)
         stack.push_async_callback(dataset_channel.close)

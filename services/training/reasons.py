@@ -8,6 +8,7 @@ file without the rest of the Trainer (the test checks they are the ones here).
 """
 
 from runtime.reasons import (
+    API_TOKEN_CHECK_UNAVAILABLE,
     API_TOKEN_EXPIRED,
     API_TOKEN_INVALID,
     INTERNAL,
@@ -72,6 +73,7 @@ PREDICT_VALUE_NOT_FINITE = "PREDICT_VALUE_NOT_FINITE"  # INVALID_ARGUMENT
 TRAINER_NOT_SERVING = "TRAINER_NOT_SERVING"  # FAILED_PRECONDITION: a `training` Trainer
 
 __all__ = [
+    "API_TOKEN_CHECK_UNAVAILABLE",
     "API_TOKEN_EXPIRED",
     "API_TOKEN_INVALID",
     "INTERNAL",

@@ -18,6 +18,7 @@ from pydantic_settings import SettingsConfigDict
 
 from runtime import limits
 from runtime.settings import (
+    ApiTokenClientSettings,
     CommonSettings,
     DatasetClientSettings,
     ListenAddress,
@@ -27,7 +28,13 @@ from runtime.settings import (
 )
 
 
-class TrainerSettings(CommonSettings, NatsSettings, DatasetClientSettings, RunDurationSettings):
+class TrainerSettings(
+    CommonSettings,
+    NatsSettings,
+    DatasetClientSettings,
+    RunDurationSettings,
+    ApiTokenClientSettings,
+):
     model_config = SettingsConfigDict(env_prefix="MODELYARD_TRAINER_")
 
     listen_address: ListenAddress = "127.0.0.1:50053"

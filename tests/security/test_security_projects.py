@@ -23,7 +23,9 @@ from sqlalchemy import text
 
 from devstack.components import postgres_available
 from devstack.stack import Stack, StackOptions
+from modelyard.dataset.v1 import dataset_service_pb2, dataset_service_pb2_grpc
 from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc
+from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.db import create_engine
 from runtime.errors import error_reason
 
@@ -280,3 +282,49 @@ def test_a_project_sees_404_for_another_projects_datasets_and_jobs(
         # Nothing B tried changed A's dataset or job.
         assert a.get(f"/v1/datasets/{dataset_id}").json()["state"] == "READY"
         assert a.get(f"/v1/trainingJobs/{job_id}").json()["state"] != "CANCELLING"
+
+
+def test_project_tokens_work_over_grpc_on_dataset_and_trainer_within_role_and_project(
+    stack: Stack, operator: httpx.Client
+) -> None:
+    trainer = project_with_trainer(operator, "direct")
+    viewer = make_token(operator, "ROLE_VIEWER", project="direct")["secret"]
+    with client(stack, trainer) as http:
+        own = upload_iris(http)["datasetId"]
+    others = upload_iris(operator)["datasetId"]
+    asyncio.run(direct_calls(stack, viewer, own, others))
+
+
+async def direct_calls(stack: Stack, token: str, own: str, others: str) -> None:
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(stack.addresses["dataset"]) as channel:
+        datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
+        listed = await datasets.ListDatasets(
+            dataset_service_pb2.ListDatasetsRequest(), metadata=metadata
+        )
+        assert [d.dataset_id for d in listed.datasets] == [own]
+        found = await datasets.GetDataset(
+            dataset_service_pb2.GetDatasetRequest(dataset_id=own), metadata=metadata
+        )
+        assert found.project_id == "direct"
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await datasets.GetDataset(
+                dataset_service_pb2.GetDatasetRequest(dataset_id=others), metadata=metadata
+            )
+        assert hidden.value.code() is grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await datasets.DeleteDataset(
+                dataset_service_pb2.DeleteDatasetRequest(dataset_id=own), metadata=metadata
+            )
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert error_reason(refused.value) == "ROLE_INSUFFICIENT"
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await datasets.ListDatasets(
+                dataset_service_pb2.ListDatasetsRequest(),
+                metadata=(("authorization", "Bearer myk_0123456789abcdef_made-up"),),
+            )
+        assert bad.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert error_reason(bad.value) == "API_TOKEN_INVALID"
+    async with grpc.aio.insecure_channel(stack.addresses["trainer"]) as channel:
+        trainer = trainer_service_pb2_grpc.TrainerServiceStub(channel)
+        await trainer.ListModels(trainer_service_pb2.ListModelsRequest(), metadata=metadata)

@@ -1,8 +1,8 @@
 """One upload, from the first byte to a typed Parquet copy, in bounded memory.
 
     event loop ──chunks──▶ writer thread ──▶ original blob (S3 multipart as it fills)
-                               │  sha256, size
-                               └──feed──▶ conversion thread ──▶ Parquet blob + profile
+         │                     sha256, size
+         └──────feed──────▶ conversion thread ──▶ Parquet blob + profile
 
 What the file is comes from its first bytes (`content.sniff`):
 
@@ -17,7 +17,10 @@ What the file is comes from its first bytes (`content.sniff`):
   the last byte is there.
 
 Both hand-offs are bounded pipes: a slow stage slows the client down instead
-of buffering. Nothing is left behind on failure or cancellation: `discard()`
+of buffering. The event loop hands every chunk to both, so the original is
+stored as fast as it arrives whatever the conversion's backlog: once the last
+byte is in, completing the original's upload overlaps the conversion's end
+instead of waiting for it. Nothing is left behind on failure or cancellation: `discard()`
 stops the threads and removes everything under the dataset's blob prefix (a
 multipart upload in flight is aborted) and the local spool.
 """
@@ -127,7 +130,7 @@ class Ingest:
         self._options = options
         self._fmt = options.fmt
         self._chunks = Pipe(PIPE_CHUNKS)  # event loop → writer thread
-        self._feed = Pipe(PIPE_CHUNKS)  # writer thread → first conversion pass
+        self._feed = Pipe(PIPE_CHUNKS)  # event loop → first conversion pass
         self._cancelled = threading.Event()
         self._digest = hashlib.sha256()
         self._failure: BaseException | None = None
@@ -172,6 +175,7 @@ class Ingest:
             self._identify(bytes(pending))
         if pending:
             await self._hand_off(bytes(pending))
+        self._feed.finish()
         self._chunks.finish()
 
     def _identify(self, head: bytes) -> None:
@@ -200,9 +204,11 @@ class Ingest:
             )
 
     async def _hand_off(self, data: bytes) -> None:
+        """`data` to the conversion and to the writer (the same bytes, not copied)."""
         try:
-            if not self._chunks.try_put(data):
-                await asyncio.to_thread(self._chunks.put, data)
+            for pipe in (self._feed, self._chunks):
+                if not pipe.try_put(data):
+                    await asyncio.to_thread(pipe.put, data)
         except PipeAbortedError:
             self.raise_if_failed()
             raise
@@ -230,14 +236,10 @@ class Ingest:
             codec = pa.Codec(ORIGINAL_CODEC, compression_level=1) if self._original_codec else None
             data = first
             while data is not None:
-                self._feed.put(data)  # first, so that the conversion never waits for S3
                 self._digest.update(data)
                 # An Arrow buffer, written from as it is (no copy into a bytes object).
                 writer.write(codec.compress(data) if codec else data)
                 data = self._chunks.get()
-            # The first pass may end now, and finish its Parquet file while the
-            # original's upload completes.
-            self._feed.finish()
             writer.commit()
         except BaseException as error:
             if writer is not None:

@@ -659,7 +659,7 @@ def report_not_found(job: TrainingJob) -> ServiceError:
     if job.state != TrainingJob.State.SUCCEEDED:
         why = f"the job is {state}: a report comes with a SUCCEEDED job"
     elif job.HasField("search"):
-        why = "a search refits its final model on every row: no validation rows to report on"
+        why = "the search was trained before searches had reports"
     else:
         why = "the job was trained before reports were kept, or recovered after its Trainer stopped"
     return not_found(

@@ -263,3 +263,25 @@ def test_a_short_budget_on_a_larger_table_scores_on_a_holdout() -> None:
     assert plan_search(table, {}, CONFIG).validation == "cv"  # max_trials only
     # A replay scores as its original did, whatever the budget rule says.
     assert plan_search(table, {}, CONFIG, validation="holdout").validation == "holdout"
+
+
+def test_a_search_reports_the_best_configurations_held_out_predictions(
+    count_search: tuple[TrainingResult, Recorder],
+) -> None:
+    """The refit model has no held-out rows; the report is drawn from the predictions the
+    job's metrics come from: every row, each by the fold model that did not train on it."""
+    classified = run_search(imbalanced_frame(), "label", SearchSpec(None, 3))
+    report = classified.evaluation
+    assert report is not None
+    assert report.validation_rows == classified.rows_used == 500
+    assert list(report.class_names) == ["fraud", "ok"]
+    counts = np.array([list(row.counts) for row in report.confusion_matrix])
+    assert counts.sum() == 500
+    assert counts.sum(axis=1).tolist() == [50, 450]  # every row once, in its true class
+    pooled_accuracy = np.trace(counts) / counts.sum()
+    assert pooled_accuracy == pytest.approx(classified.metrics["accuracy"], abs=0.02)
+    assert report.roc_curve.area == pytest.approx(classified.metrics["roc_auc"], abs=0.03)
+    regression = count_search[0].evaluation
+    assert regression is not None
+    assert regression.validation_rows == count_search[0].rows_used
+    assert len(regression.residuals.x) > 0

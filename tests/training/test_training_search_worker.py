@@ -105,6 +105,16 @@ async def test_a_search_job_reports_its_trials_and_logs_them_to_mlflow(
     assert len(board["trials"]) == 5
     artifacts = {item.path for item in await in_thread(mlflow_client.list_artifacts, run_id)}
     assert "leaderboard.png" in artifacts
+    # The evaluation report, as a single job's: drawn from the best configuration's
+    # held-out predictions (5-fold: every row once), in the event and in the run.
+    report = final.succeeded.evaluation_report
+    assert report.job_id == job_id
+    assert report.validation_rows == summary.rows_used
+    assert len(report.residuals.x) > 0
+    assert len(report.predicted_vs_actual.x) > 0
+    assert {chart.name for chart in report.charts} >= {"residuals", "predicted_vs_actual"}
+    files = await in_thread(mlflow_client.list_artifacts, run_id, "evaluation")
+    assert {Path(item.path).name for item in files} >= {"report.json", "residuals.png"}
 
     # The registered model's file is the one whose hash the job reported, and loads.
     model_uri = final.succeeded.mlflow.model_uri

@@ -57,6 +57,7 @@ from services.training.fit.pipeline import (
     prepare_table,
     split_rows,
 )
+from services.training.fit.report import evaluation_report
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo
 from services.training.model.params import ParamValue, as_strings
@@ -137,6 +138,10 @@ class SearchOutcome:
     # Rounds trained over every fold of every trial, and rows in each fold's training.
     boosting_rounds: int = 0
     train_rows: int = 0
+    # The best trial's held-out predictions: the rows (indices into the table) and what
+    # the fold model that did not train on each predicted for it, for the report.
+    held_out_rows: np.ndarray[Any, Any] | None = None
+    held_out_raw: np.ndarray[Any, Any] | None = None
 
 
 class SearchHooks(TrainingHooks, Protocol):
@@ -347,6 +352,7 @@ def search_model(
     result.metrics = _mean_metrics(best.fold_metrics)
     result.curve = best.curve
     result.validation_rows = table.rows_used if plan.validation == "cv" else len(plan.folds[0][1])
+    result.evaluation = held_out_report(table, outcome)
     result.search = outcome
     result.timings.update(
         prepare_seconds=prepared_seconds,
@@ -380,6 +386,10 @@ class _Searcher:
         )
         self._slowest_fold = 0.0
         self._rounds_trained = 0
+        # (held-out rows, their predictions) per fold: the trial being scored, the best.
+        HeldOut = list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
+        self._held_out: HeldOut = []
+        self._best_held_out: HeldOut = []
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -435,6 +445,8 @@ class _Searcher:
             refit_params=self._refit_params(best),
             boosting_rounds=self._rounds_trained,
             train_rows=len(self._plan.folds[0][0]),
+            held_out_rows=np.concatenate([rows for rows, _ in self._best_held_out]),
+            held_out_raw=np.concatenate([raw for _, raw in self._best_held_out]),
         )
 
     def _budget_spent(self) -> bool:
@@ -505,6 +517,7 @@ class _Searcher:
         record.seconds = time.perf_counter() - started
         if record.state == COMPLETE and self._is_better(record):
             self._best = number
+            self._best_held_out = self._held_out
             record.best_so_far = True
         self._finish(record)
         return record
@@ -616,6 +629,7 @@ class _Searcher:
             30, min(100, int(3 / float(params.get("learning_rate", 0.1))))
         )
         rounds: list[int] = []
+        self._held_out = []
         for fold, (train_index, valid_index) in enumerate(self._plan.folds):
             fold_started = time.perf_counter()
             train_set, valid_set = self._fold_data(fold, int(params.get("max_bin", 255)))
@@ -642,6 +656,7 @@ class _Searcher:
             features = self._table.features.iloc[valid_index].set_axis(self._names, axis=1)
             raw = np.asarray(booster.predict(features, num_iteration=best))
             metrics = evaluate(self._plan.task, self._table.labels[valid_index], raw)
+            self._held_out.append((np.asarray(valid_index), raw))
             record.fold_metrics.append(metrics)
             record.fold_metric_values.append(metrics[self._plan.metric_name])
             record.curve = {
@@ -860,7 +875,23 @@ def replay_refit(
     result.metrics = _mean_metrics(best.fold_metrics)
     result.curve = best.curve
     result.validation_rows = table.rows_used if plan.validation == "cv" else len(plan.folds[0][1])
+    result.evaluation = held_out_report(table, outcome)
     return result
+
+
+def held_out_report(table: PreparedTable, outcome: SearchOutcome) -> Any:
+    """The evaluation report of the best configuration's held-out predictions.
+
+    The registered model is refit on every row, so no row is left to judge it by;
+    what the job's metrics judge is the configuration, by the fold models that
+    each left some rows out. The report is drawn from the same predictions: every
+    row (cross-validation) or every holdout row, predicted by the fold model that
+    did not train on it, so its figures agree with the job's metrics."""
+    if outcome.held_out_rows is None or outcome.held_out_raw is None:
+        return None
+    class_names = [pyfunc_model.label_text(label) for label in table.decision.class_labels]
+    labels = table.labels[outcome.held_out_rows]
+    return evaluation_report(table.decision.task, labels, outcome.held_out_raw, class_names)
 
 
 class _Quiet(NoSearchHooks):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelyard.jobs.v1 import training_job_pb2
 from tests.training.training_support import Bus, DatasetServer, TrainerProcess, final_event
 
 pytestmark = pytest.mark.slow
@@ -91,3 +92,32 @@ async def test_a_champion_whose_features_do_not_fit_is_compared_by_stored_metric
     assert "x1" in decision
     version = await asyncio.to_thread(mlflow_client.get_model_version, "unfit", "2")
     assert version.tags["champion_rule"] == "stored_metrics"
+
+
+async def test_a_search_is_compared_with_the_champion_on_its_held_out_rows(
+    trainer: TrainerProcess,
+    bus: Bus,
+    dataset_server: DatasetServer,
+    data_dir: Path,
+    mlflow_client: Any,
+) -> None:
+    """A search's model is refit on every row; the champion is scored on the rows the
+    search held out (5-fold: all 600) and compared with the search's held-out predictions
+    there, as a single job's validation rows are."""
+    easy = dataset_server.service.add_csv(table(data_dir / "easy3.csv", "x1"), "easy3")
+    hard = dataset_server.service.add_csv(table(data_dir / "hard3.csv", "x2", seed=6), "hard3")
+    first = final_event(await bus.wait_final(await bus.submit(easy, "y", model_name="searched")))
+    assert first.succeeded.mlflow.promoted_to_champion
+    search = training_job_pb2.TrainingSearch(max_trials=3)
+    second = final_event(
+        await bus.wait_final(await bus.submit(hard, "y", model_name="searched", search=search))
+    )
+    decided = second.succeeded
+    assert decided.metrics["roc_auc"] < first.succeeded.metrics["roc_auc"]  # stored: worse
+    assert decided.mlflow.promoted_to_champion
+    assert decided.mlflow.champion_decision.startswith(
+        "on this job's 600 validation rows, against version 1: roc_auc "
+    )
+    version = await asyncio.to_thread(mlflow_client.get_model_version, "searched", "2")
+    assert version.tags["champion_rule"] == "same_validation_rows"
+    assert decided.evaluation_report.validation_rows == 600

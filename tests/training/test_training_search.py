@@ -281,6 +281,12 @@ def test_a_search_reports_the_best_configurations_held_out_predictions(
     pooled_accuracy = np.trace(counts) / counts.sum()
     assert pooled_accuracy == pytest.approx(classified.metrics["accuracy"], abs=0.02)
     assert report.roc_curve.area == pytest.approx(classified.metrics["roc_auc"], abs=0.03)
+    # The same rows, as read, are what the champion will be scored on (tracking/same_rows).
+    assert classified.valid_inputs is not None
+    assert len(classified.valid_inputs) == 500
+    assert "label" not in classified.valid_inputs.columns
+    assert classified.held_out_metrics is not None
+    assert classified.held_out_metrics["accuracy"] == pytest.approx(pooled_accuracy)
     regression = count_search[0].evaluation
     assert regression is not None
     assert regression.validation_rows == count_search[0].rows_used

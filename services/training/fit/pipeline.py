@@ -216,10 +216,14 @@ class TrainingResult:
     input_example: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
     # The validation rows as read and their encoded labels: the champion is scored on
-    # them before it is replaced (tracking/champion.py). None after a search or on Dask.
+    # them before it is replaced (tracking/champion.py). None on Dask. After a search,
+    # the best configuration's held-out rows (fit/search.py).
     valid_inputs: pd.DataFrame | None = None
     valid_labels: np.ndarray[Any, Any] | None = None
-    # The evaluation report (fit/report.py) on the validation rows; None after a search.
+    # The new version's metrics on `valid_inputs` when they are not `metrics` (a
+    # search: its held-out predictions pooled, where `metrics` are the folds' means).
+    held_out_metrics: dict[str, float] | None = None
+    # The evaluation report (fit/report.py) on the validation rows.
     evaluation: Any = None
     # What a search tried and chose (fit/search.py); None for the default job.
     search: Any = None

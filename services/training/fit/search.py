@@ -352,7 +352,7 @@ def search_model(
     result.metrics = _mean_metrics(best.fold_metrics)
     result.curve = best.curve
     result.validation_rows = table.rows_used if plan.validation == "cv" else len(plan.folds[0][1])
-    result.evaluation = held_out_report(table, outcome)
+    keep_held_out(result, table, outcome, target)
     result.search = outcome
     result.timings.update(
         prepare_seconds=prepared_seconds,
@@ -875,23 +875,34 @@ def replay_refit(
     result.metrics = _mean_metrics(best.fold_metrics)
     result.curve = best.curve
     result.validation_rows = table.rows_used if plan.validation == "cv" else len(plan.folds[0][1])
-    result.evaluation = held_out_report(table, outcome)
+    keep_held_out(result, table, outcome, target)
     return result
 
 
-def held_out_report(table: PreparedTable, outcome: SearchOutcome) -> Any:
-    """The evaluation report of the best configuration's held-out predictions.
+def keep_held_out(
+    result: TrainingResult, table: PreparedTable, outcome: SearchOutcome, target: str
+) -> None:
+    """The evaluation report, and the rows the champion is compared on, from the best
+    configuration's held-out predictions.
 
     The registered model is refit on every row, so no row is left to judge it by;
     what the job's metrics judge is the configuration, by the fold models that
     each left some rows out. The report is drawn from the same predictions: every
     row (cross-validation) or every holdout row, predicted by the fold model that
-    did not train on it, so its figures agree with the job's metrics."""
-    if outcome.held_out_rows is None or outcome.held_out_raw is None:
-        return None
+    did not train on it, so its figures agree with the job's metrics. The same rows
+    as read are kept for the champion (`tracking/same_rows.py`): it is scored on
+    them and compared with these predictions' pooled metrics (`held_out_metrics`)."""
+    rows, raw = outcome.held_out_rows, outcome.held_out_raw
+    if rows is None or raw is None:
+        return
+    task = table.decision.task
+    labels = np.asarray(table.labels[rows])
     class_names = [pyfunc_model.label_text(label) for label in table.decision.class_labels]
-    labels = table.labels[outcome.held_out_rows]
-    return evaluation_report(table.decision.task, labels, outcome.held_out_raw, class_names)
+    result.evaluation = evaluation_report(task, labels, raw, class_names)
+    if table.rows is not None:
+        result.valid_inputs = table.rows.iloc[rows].drop(columns=[target])
+        result.valid_labels = labels
+        result.held_out_metrics = evaluate(task, labels, raw)
 
 
 class _Quiet(NoSearchHooks):

@@ -189,7 +189,8 @@ class Registry:
         if champion.version == version.version:
             return True, "already the champion", ""
         if same_rows is not None and same_rows.metrics is not None:
-            promoted, note = beats_champion(metrics, same_rows.metrics, primary)
+            ours = same_rows.candidate_metrics or metrics
+            promoted, note = beats_champion(ours, same_rows.metrics, primary)
             where = (
                 f"on this job's {same_rows.rows} validation rows, "
                 f"against version {champion.version}"

@@ -32,6 +32,9 @@ class ChampionOnSameRows:
     rows: int
     metrics: dict[str, float] | None
     why_not: str = ""
+    # The new version's metrics on the same rows, when they are not its stored ones
+    # (a search: its held-out predictions on every row, pooled).
+    candidate_metrics: dict[str, float] | None = None
 
 
 def score_champion(
@@ -62,4 +65,5 @@ def score_champion(
     except pyfunc_model.InvalidModelInput as error:
         return not_scored(f"version {version}'s features do not fit this job's rows ({error})")
     raw = np.asarray(booster.predict(features))
-    return ChampionOnSameRows(version, rows, evaluate(result.decision.task, labels, raw))
+    metrics = evaluate(result.decision.task, labels, raw)
+    return ChampionOnSameRows(version, rows, metrics, candidate_metrics=result.held_out_metrics)

@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 
 from modelyard.dataset.v1 import dataset_pb2
 from modelyard.training.v1 import model_pb2, trainer_service_pb2, trainer_service_pb2_grpc
+from runtime import access
 from runtime.errors import ServiceError, failed_precondition, invalid_argument, unavailable
 from services.training import reasons
 from services.training.fit.dataset_reader import DatasetReader, DatasetUnavailable
@@ -26,9 +27,10 @@ from services.training.model.params import as_strings, validate_params
 from services.training.model.row_scoring import RowScores
 from services.training.model.targets import MAX_NUMERIC_CLASSES, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
-from services.training.serving.catalog import ModelCatalog
+from services.training.serving.catalog import ModelCatalog, validate_model_name
 from services.training.serving.versions import VersionResolver
 from services.training.settings import TrainerSettings
+from services.training.tracking import projects
 from services.training.tracking.champion import CHAMPION_ALIAS
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no types)
@@ -143,7 +145,10 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_service_pb2.ListModelsResponse:
         self._check_serving()
         models, token = await asyncio.to_thread(
-            self._catalog.list_models, request.page_size, request.page_token
+            self._catalog.list_models,
+            request.page_size,
+            request.page_token,
+            access.visible_project(),
         )
         return trainer_service_pb2.ListModelsResponse(models=models, next_page_token=token)
 
@@ -151,7 +156,9 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         self, request: trainer_service_pb2.GetModelRequest, context: Context
     ) -> model_pb2.Model:
         self._check_serving()
-        return await asyncio.to_thread(self._catalog.get_model, request.model_name)
+        return await asyncio.to_thread(
+            self._catalog.get_model, request.model_name, access.visible_project()
+        )
 
     async def Predict(
         self, request: trainer_service_pb2.PredictRequest, context: Context
@@ -163,18 +170,23 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         alias = request.alias if selector == "alias" else None
         if version is None and not alias:
             alias = CHAMPION_ALIAS
-        number = self._versions.known(request.model_name, version, alias)
+        # The caller's project's model (tracking/projects.py); a name is checked first,
+        # so that no name reaches another project's model.
+        validate_model_name(request.model_name)
+        name = projects.registry_name(access.visible_project(), request.model_name)
+        number = self._versions.known(name, version, alias)
         if number is None:  # first call for this alias or an unloaded version
-            number = await asyncio.to_thread(
-                self._versions.resolve, request.model_name, version, alias
-            )
-        model = self._models.loaded(request.model_name, number)
+            number = await asyncio.to_thread(self._versions.resolve, name, version, alias)
+        model = self._models.loaded(name, number)
         if model is None:
-            model = await asyncio.to_thread(self._models.load, request.model_name, number)
+            model = await asyncio.to_thread(self._models.load, name, number)
         try:
             if len(request.rows) <= INLINE_PREDICT_ROWS:
-                return predict_rows(model, request)
-            return await asyncio.to_thread(predict_rows, model, request)
+                response = predict_rows(model, request)
+            else:
+                response = await asyncio.to_thread(predict_rows, model, request)
+            response.model_name = request.model_name
+            return response
         except pyfunc_model.InvalidModelInput as error:
             where = {"column": error.column}
             if error.rows:  # a missing column is missing from every row: no rows to name

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from mlflow.tracking import MlflowClient
 from sqlalchemy import text
 
 from devstack.components import postgres_available
@@ -107,7 +108,7 @@ def test_a_trainer_token_uploads_and_trains_to_success(
             if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
                 break
             time.sleep(0.5)
-        assert job["state"] == "SUCCEEDED", job
+        assert job["state"] == "SUCCEEDED", job.get("error")
         # A trainer manages no tokens.
         refused = http.post("/v1/projects/default/apiTokens", json={"role": "ROLE_VIEWER"})
         assert refused.status_code == 403
@@ -328,3 +329,64 @@ async def direct_calls(stack: Stack, token: str, own: str, others: str) -> None:
     async with grpc.aio.insecure_channel(stack.addresses["trainer"]) as channel:
         trainer = trainer_service_pb2_grpc.TrainerServiceStub(channel)
         await trainer.ListModels(trainer_service_pb2.ListModelsRequest(), metadata=metadata)
+
+
+def train_to_success(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    created = http.post("/v1/trainingJobs", json=body)
+    assert created.status_code == 200, created.text
+    job_id = created.json()["jobId"]
+    deadline = time.monotonic() + 180
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/trainingJobs/{job_id}").json()
+        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(0.5)
+    assert job["state"] == "SUCCEEDED", job.get("error")
+    return job
+
+
+def test_models_are_per_project_in_mlflow_and_predict_sees_only_its_own(
+    stack: Stack, operator: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_b = project_with_trainer(operator, "models-b")
+    token_c = project_with_trainer(operator, "models-c")
+    row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    with client(stack, token_b) as b, client(stack, token_c) as c:
+        dataset = upload_iris(b)
+        job = train_to_success(
+            b,
+            {
+                "datasetId": dataset["datasetId"],
+                "targetColumn": "species",
+                "registeredModelName": "shared-name",
+            },
+        )
+        # The project's own name in modelyard; a name of its own in MLflow.
+        assert job["mlflow"]["registeredModelName"] == "shared-name"
+        assert job["mlflow"]["modelUri"].startswith("models:/models-b=shared-name/")
+
+        model = b.get("/v1/models/shared-name")
+        assert model.status_code == 200, model.text
+        assert model.json()["name"] == "shared-name"
+        assert [m["name"] for m in b.get("/v1/models").json()["models"]] == ["shared-name"]
+        predicted = b.post("/v1/models/shared-name:predict", json={"rows": [row]})
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["modelName"] == "shared-name"
+
+        # Another project, and default, do not see it by either name.
+        for http, name in ((c, "shared-name"), (operator, "models-b=shared-name")):
+            hidden = http.get(f"/v1/models/{name}")
+            assert hidden.status_code in (400, 404), hidden.text
+            refused = http.post(f"/v1/models/{name}:predict", json={"rows": [row]})
+            assert refused.status_code in (400, 404), refused.text
+        assert c.get("/v1/models").json().get("models", []) == []
+        assert "models-b" not in operator.get("/v1/models").text
+
+    assert stack.mlflow is not None
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.mlflow.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.mlflow.password)
+    experiment = MlflowClient(tracking_uri=stack.mlflow.url).get_experiment(
+        job["mlflow"]["experimentId"]
+    )
+    assert experiment.name == "modelyard/models-b"

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from modelyard.jobs.v1 import training_job_pb2
 from modelyard.training.v1 import model_pb2
 from runtime import limits
+from runtime.access import DEFAULT_PROJECT
 from runtime.errors import (
     ServiceError,
     invalid_argument,
@@ -31,6 +32,7 @@ from runtime.errors import (
 from runtime.limits import echo
 from runtime.pagination import checked_page_size
 from services.training import reasons
+from services.training.tracking import projects
 from services.training.tracking.champion import CHAMPION_ALIAS, version_metrics
 from services.training.tracking.registry import JOB_TAG, MANAGED_TAG, MANAGED_VALUE
 
@@ -78,15 +80,23 @@ class ModelCatalog:
 
     # -- listing -----------------------------------------------------------------------
 
-    def list_models(self, page_size: int, page_token: str) -> tuple[list[model_pb2.Model], str]:
-        """One page of models; the registry keeps the list, so its tokens are MLflow's."""
+    def list_models(
+        self, page_size: int, page_token: str, project: str | None = None
+    ) -> tuple[list[model_pb2.Model], str]:
+        """One page of `project`'s models (every project's when None), named as that
+        project's callers name them; the registry keeps the list, so its tokens are
+        MLflow's. The `default` project's pages leave out other projects' models after
+        the search, so one of its pages may hold fewer than `page_size`."""
         size = checked_page_size(page_size)
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             # MLflow's tokens are base64; anything else would make its server fail (500).
             raise invalid_argument(reasons.PAGE_TOKEN_INVALID, "page_token is not valid")
         try:
+            managed = f"tags.{MANAGED_TAG} = '{MANAGED_VALUE}'"
+            if project is not None and project != DEFAULT_PROJECT:
+                managed += f" and name LIKE '{projects.registry_name(project, '')}%'"
             page = self._client.search_registered_models(
-                filter_string=f"tags.{MANAGED_TAG} = '{MANAGED_VALUE}'",
+                filter_string=managed,
                 max_results=size,
                 order_by=["name ASC"],
                 page_token=page_token or None,
@@ -97,7 +107,7 @@ class ModelCatalog:
                     reasons.PAGE_TOKEN_INVALID, "page_token is not valid"
                 ) from error
             raise registry_unavailable() from error
-        models = list(page)
+        models = [model for model in page if projects.in_project(model.name, project)]
         versions = self._versions_of([model.name for model in models])
         listed = []
         for model in models:
@@ -106,21 +116,25 @@ class ModelCatalog:
             shown = [v for v in own[:1]] + [
                 v for v in own[1:] if champion and int(v.version) == champion
             ]
-            listed.append(model_proto(model, shown))
+            listed.append(model_proto(model, shown, project is not None))
         return listed, page.token or ""
 
-    def get_model(self, name: str) -> model_pb2.Model:
+    def get_model(self, name: str, project: str | None = None) -> model_pb2.Model:
+        """`name` of `project` (None: `name` is the registry's own name)."""
         validate_model_name(name)
+        registered = projects.registry_name(project, name)
         with mlflow_errors(name):
-            model = self._client.get_registered_model(name)
-            versions = self._versions_of([name]).get(name, [])
-        return model_proto(model, versions)
+            model = self._client.get_registered_model(registered)
+            versions = self._versions_of([registered]).get(registered, [])
+        return model_proto(model, versions, project is not None)
 
     def _versions_of(self, names: list[str]) -> dict[str, list[ModelVersion]]:
         """Versions per model, newest first, in one search."""
         if not names:
             return {}
-        quoted = ", ".join(f"'{name}'" for name in names if limits.is_model_name(name))
+        quoted = ", ".join(
+            f"'{name}'" for name in names if limits.is_model_name(projects.public_name(name))
+        )
         with mlflow_errors(names[0]):
             found = self._client.search_model_versions(
                 f"name IN ({quoted})", max_results=MAX_VERSIONS
@@ -135,8 +149,9 @@ class ModelCatalog:
     # -- predicting ----------------------------------------------------------------------
 
     def resolve_version(self, name: str, version: int | None, alias: str | None) -> int:
-        """The version number a Predict call means; NOT_FOUND names what is missing."""
-        validate_model_name(name)
+        """The version number a Predict call means; NOT_FOUND names what is missing.
+        `name` is the registry's (tracking/projects.py)."""
+        validate_model_name(projects.public_name(name))
         try:
             if version is not None:
                 found = self._client.get_model_version(name, str(version))
@@ -193,10 +208,13 @@ def _aliases_by_version(model: RegisteredModel) -> dict[int, list[str]]:
     return by_version
 
 
-def model_proto(model: RegisteredModel, versions: list[ModelVersion]) -> model_pb2.Model:
+def model_proto(
+    model: RegisteredModel, versions: list[ModelVersion], public: bool = False
+) -> model_pb2.Model:
+    """The model; named as its project's callers name it when `public`."""
     aliases = _aliases_by_version(model)
     return model_pb2.Model(
-        name=model.name,
+        name=projects.public_name(model.name) if public else model.name,
         description=model.description or "",
         versions=[
             version_proto(version, aliases.get(int(version.version), [])) for version in versions

@@ -20,9 +20,12 @@ class JobInfo:
     dataset_rows: int
     target_column: str
     requested_task: str
+    # The MLflow registered model name (tracking/projects.py: per project).
     model_name: str
     # The version of the named dataset (its display name) trained on; 0 when unknown.
     dataset_version: int = 0
+    # The job's project: its runs go to that project's experiment.
+    project: str = "default"
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from runtime.access import DEFAULT_PROJECT
 from runtime.logs import error_fields
 from services.training.fit.pipeline import TrainingResult
 from services.training.fit.search import SearchOutcome, TrialRecord
 from services.training.model import pyfunc_model
 from services.training.model.params import as_strings
+from services.training.tracking import projects
 from services.training.tracking.calls import MlflowCalls, MlflowTimings, MlflowUnavailable
 from services.training.tracking.champion import ChampionLock
 from services.training.tracking.records import JobInfo, PublishedModel, RecoveredJob, RunRef
@@ -106,7 +108,8 @@ class Tracker:
         self._experiment_name = experiment_name
         self._ui_url = ui_url
         self._work_dir = work_dir
-        self._experiment_id: str | None = None
+        # Experiment id per project (tracking/projects.py: one experiment each).
+        self._experiment_ids: dict[str, str] = {}
         self._requirements = [
             f"mlflow=={mlflow.__version__}",
             f"lightgbm=={lgb.__version__}",
@@ -122,26 +125,31 @@ class Tracker:
 
     # -- runs ----------------------------------------------------------------------
 
-    def experiment_id(self, timings: MlflowTimings) -> str:
-        if self._experiment_id is None:
-            with self._mlflow.step(timings, "experiment"):
-                found = self.client.get_experiment_by_name(self._experiment_name)
-                if found is None:
-                    try:
-                        self._experiment_id = self.client.create_experiment(self._experiment_name)
-                    except MlflowException as error:  # another Trainer created it meanwhile
-                        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                            raise
-                        found = self.client.get_experiment_by_name(self._experiment_name)
-                        assert found is not None
-                        self._experiment_id = str(found.experiment_id)
-                else:
-                    self._experiment_id = str(found.experiment_id)
-        return self._experiment_id
+    def experiment_id(self, timings: MlflowTimings, project: str = DEFAULT_PROJECT) -> str:
+        """The id of `project`'s experiment, created when it is the first job there."""
+        known = self._experiment_ids.get(project)
+        if known is not None:
+            return known
+        name = projects.experiment_name(self._experiment_name, project)
+        with self._mlflow.step(timings, "experiment"):
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                try:
+                    experiment_id = str(self.client.create_experiment(name))
+                except MlflowException as error:  # another Trainer created it meanwhile
+                    if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    found = self.client.get_experiment_by_name(name)
+                    assert found is not None
+                    experiment_id = str(found.experiment_id)
+            else:
+                experiment_id = str(found.experiment_id)
+        self._experiment_ids[project] = experiment_id
+        return experiment_id
 
     def open_run(self, job: JobInfo, timings: MlflowTimings) -> RunRef:
         """The job's run, tagged with job and dataset, and the LoggedModel it will log."""
-        experiment_id = self.experiment_id(timings)
+        experiment_id = self.experiment_id(timings, job.project)
         tags = {
             "modelyard.job_id": job.job_id,
             "modelyard.attempt": str(job.attempt),
@@ -470,7 +478,9 @@ class Tracker:
 
     def recover_job(self, job: JobInfo, timings: MlflowTimings) -> RecoveredJob | None:
         """See `recovery.py`."""
-        return self._recovery.recover_job(job, lambda: self.experiment_id(timings), timings)
+        return self._recovery.recover_job(
+            job, lambda: self.experiment_id(timings, job.project), timings
+        )
 
     # -- plumbing -----------------------------------------------------------------------
 

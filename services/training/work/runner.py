@@ -66,6 +66,7 @@ from services.training.model.params import as_strings, validate_params
 from services.training.model.targets import Task, TaskDecision, TrainingFailure
 from services.training.serving.cache import LoadedModel, ModelCache
 from services.training.settings import TrainerSettings
+from services.training.tracking import projects
 from services.training.tracking.calls import (
     MlflowPermissionDenied,
     MlflowTimings,
@@ -406,7 +407,12 @@ class JobRunner:
             raise RuntimeError("this Trainer was built without a DatasetWriter")
         dataset = await self._until_stopped(state, self._reader.get(request.dataset_id))
         model = await self._until_stopped(
-            state, self._in_thread(self._load_model, scoring.model_name, scoring.model_version)
+            state,
+            self._in_thread(
+                self._load_model,
+                projects.registry_name(request.project_id, scoring.model_name),
+                scoring.model_version,
+            ),
         )
         progress = _RowsProgress(
             self._loop,
@@ -797,6 +803,7 @@ def job_info(
     model_name = request.registered_model_name or derive_model_name(
         dataset.display_name or dataset.dataset_id, request.target_column
     )
+    project = request.project_id or access.DEFAULT_PROJECT
     if not limits.is_model_name(model_name):
         raise TrainingFailure(
             reasons.REGISTERED_MODEL_NAME_INVALID,
@@ -813,8 +820,9 @@ def job_info(
         dataset_rows=dataset.row_count,
         target_column=request.target_column,
         requested_task=TASKS.get(request.task, Task.AUTO).value,
-        model_name=model_name,
+        model_name=projects.registry_name(project, model_name),
         dataset_version=dataset.version,
+        project=project,
     )
 
 
@@ -861,7 +869,7 @@ def mlflow_run(run: RunRef, published: PublishedModel | None) -> training_job_pb
     )
     if published is not None:
         message.model_uri = published.model_uri
-        message.registered_model_name = published.model_name
+        message.registered_model_name = projects.public_name(published.model_name)
         message.registered_model_version = published.version
         message.promoted_to_champion = published.promoted_to_champion
         message.champion_decision = published.champion_note

@@ -280,6 +280,15 @@ def test_a_project_sees_404_for_another_projects_datasets_and_jobs(
         assert b.get("/v1/trainingJobs").json().get("trainingJobs", []) == []
         assert [j["jobId"] for j in a.get("/v1/trainingJobs").json()["trainingJobs"]] == [job_id]
         assert dataset_id not in operator.get("/v1/datasets").text
+        # A request id is A's: B's retry with it neither gets A's job nor makes one.
+        body = {"datasetId": dataset_id, "targetColumn": "species", "requestId": "scope-rid"}
+        first = a.post("/v1/trainingJobs", json=body)
+        assert first.status_code == 200, first.text
+        b_body = body | {"datasetId": b_upload["datasetId"]}
+        reused = b.post("/v1/trainingJobs", json=b_body)
+        assert reused.status_code == 400, reused.text
+        assert reason_of(reused) == "REQUEST_ID_IN_USE"
+        assert first.json()["jobId"] not in reused.text
         # Nothing B tried changed A's dataset or job.
         assert a.get(f"/v1/datasets/{dataset_id}").json()["state"] == "READY"
         assert a.get(f"/v1/trainingJobs/{job_id}").json()["state"] != "CANCELLING"
@@ -382,6 +391,34 @@ def test_models_are_per_project_in_mlflow_and_predict_sees_only_its_own(
             assert refused.status_code in (400, 404), refused.text
         assert c.get("/v1/models").json().get("models", []) == []
         assert "models-b" not in operator.get("/v1/models").text
+
+        # A scoring job of the project uses its model and stores its output there.
+        scoring = b.post(
+            "/v1/scoringJobs",
+            json={"datasetId": dataset["datasetId"], "modelName": "shared-name"},
+        )
+        assert scoring.status_code == 200, scoring.text
+        assert (
+            c.post(
+                "/v1/scoringJobs",
+                json={"datasetId": dataset["datasetId"], "modelName": "shared-name"},
+            ).status_code
+            == 404
+        )
+        scoring_id = scoring.json()["jobId"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            scored = b.get(f"/v1/scoringJobs/{scoring_id}").json()
+            if scored["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                break
+            time.sleep(0.5)
+        assert scored["state"] == "SUCCEEDED", scored.get("error")
+        output_id = scored["output"]["datasetId"]
+        output = b.get(f"/v1/datasets/{output_id}")
+        assert output.status_code == 200
+        assert output.json()["projectId"] == "models-b"
+        assert operator.get(f"/v1/datasets/{output_id}").status_code == 404
+        assert c.get(f"/v1/scoringJobs/{scoring_id}").status_code == 404
 
     assert stack.mlflow is not None
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.mlflow.username)

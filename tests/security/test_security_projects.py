@@ -266,7 +266,11 @@ def test_a_project_sees_404_for_another_projects_datasets_and_jobs(
         assert by_id.status_code == 404
         assert reason_of(by_id) == "DATASET_NOT_FOUND"
 
-        for path in (f"/v1/trainingJobs/{job_id}", f"/v1/trainingJobs/{job_id}/trials"):
+        for path in (
+            f"/v1/trainingJobs/{job_id}",
+            f"/v1/trainingJobs/{job_id}/trials",
+            f"/v1/trainingJobs/{job_id}:watch",
+        ):
             hidden = b.get(path)
             assert hidden.status_code == 404, path
             assert reason_of(hidden) == "JOB_NOT_FOUND"

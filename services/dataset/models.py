@@ -30,7 +30,8 @@ class DatasetRecord(Base):
     # modelyard.dataset.v1.Dataset holding `columns`, `header_repairs` and `source_format`,
     # serialized.
     columns: Mapped[bytes | None] = mapped_column(LargeBinary)
-    # The version of the named dataset (display_name), given when it becomes READY; 0 before.
+    # The version of the named dataset (project, display_name), given when it becomes READY;
+    # 0 before.
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     # How the original is kept: "" as uploaded, "zstd" compressed (uncompressed text).
     original_codec: Mapped[str] = mapped_column(String(16), default="")
@@ -50,15 +51,18 @@ class DatasetRecord(Base):
     __table_args__ = (
         Index("ix_datasets_create_time_dataset_id", "create_time", "dataset_id"),
         Index("ix_datasets_state_lease_expire_time", "state", "lease_expire_time"),
-        Index("ix_datasets_display_name_version", "display_name", "version"),
+        Index("ix_datasets_project_display_name_version", "project", "display_name", "version"),
         Index("ix_datasets_project_create_time", "project", "create_time", "dataset_id"),
     )
 
 
 class DatasetNameRecord(Base):
-    """A named dataset: the last version number given under its display name (never reused)."""
+    """A named dataset of a project: the last version number given under its display name
+    in that project (never reused). Each project counts its own, so a number tells nothing
+    about another project's datasets."""
 
     __tablename__ = "dataset_names"
 
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
     display_name: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_version: Mapped[int] = mapped_column(BigInteger)

@@ -107,12 +107,14 @@ class DatasetRepository:
 
     @staticmethod
     def _versions(display_name: str) -> Any:
-        return _visible(
-            select(DatasetRecord).where(
-                DatasetRecord.display_name == display_name,
-                DatasetRecord.state == READY,
-                DatasetRecord.deleting.is_(False),
-            )
+        """A name's READY versions in the caller's own project: names and their numbers
+        are per project, so a service's own call (which sees every project by id) looks
+        names up where it uploads, in its project (`default`)."""
+        return select(DatasetRecord).where(
+            DatasetRecord.project == access.current_caller().project,
+            DatasetRecord.display_name == display_name,
+            DatasetRecord.state == READY,
+            DatasetRecord.deleting.is_(False),
         )
 
     async def get_by_request_id(self, request_id: str) -> DatasetRecord | None:
@@ -147,18 +149,18 @@ class DatasetRepository:
             dataset_id, IN_PROGRESS, state=PROCESSING, size_bytes=size_bytes, sha256=sha256
         )
 
-    async def mark_ready(self, dataset_id: str, display_name: str, fields: ReadyFields) -> bool:
-        """READY, as the next version of its name, unless the dataset stopped being
+    async def mark_ready(self, record: DatasetRecord, fields: ReadyFields) -> bool:
+        """READY, as the next version of its name in its project, unless the dataset stopped being
         PROCESSING meanwhile (the janitor failed it). One transaction: the version
         counter only moves when the dataset does become READY."""
         for _ in range(3):  # a first version of a new name may race another: retry it
             try:
                 async with self._sessions.begin() as session:
-                    version = await self._next_version(session, display_name)
+                    version = await self._next_version(session, record.project, record.display_name)
                     result = await session.execute(
                         update(DatasetRecord)
                         .where(
-                            DatasetRecord.dataset_id == dataset_id,
+                            DatasetRecord.dataset_id == record.dataset_id,
                             DatasetRecord.state == PROCESSING,
                         )
                         .values(
@@ -179,20 +181,23 @@ class DatasetRepository:
                 return False
             except IntegrityError:
                 continue
-        raise RuntimeError(f"could not give {display_name!r} its next version")
+        raise RuntimeError(f"could not give {record.display_name!r} its next version")
 
     @staticmethod
-    async def _next_version(session: AsyncSession, display_name: str) -> int:
+    async def _next_version(session: AsyncSession, project: str, display_name: str) -> int:
         result = await session.execute(
             update(DatasetNameRecord)
-            .where(DatasetNameRecord.display_name == display_name)
+            .where(
+                DatasetNameRecord.project == project,
+                DatasetNameRecord.display_name == display_name,
+            )
             .values(last_version=DatasetNameRecord.last_version + 1)
             .returning(DatasetNameRecord.last_version)
         )
         version = result.scalar_one_or_none()
         if version is not None:
             return int(version)
-        session.add(DatasetNameRecord(display_name=display_name, last_version=1))
+        session.add(DatasetNameRecord(project=project, display_name=display_name, last_version=1))
         await session.flush()
         return 1
 

@@ -348,7 +348,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             delimiter=result.delimiter,
             original_codec=result.original_codec,
         )
-        if not await self._repository.mark_ready(record.dataset_id, record.display_name, fields):
+        if not await self._repository.mark_ready(record, fields):
             raise unavailable(
                 reasons.INGEST_INTERRUPTED,
                 "the upload took too long to renew its lease and was given up; upload again",

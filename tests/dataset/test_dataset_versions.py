@@ -9,7 +9,13 @@ import grpc
 import pytest
 
 from modelyard.dataset.v1 import dataset_pb2, dataset_service_pb2
-from tests.dataset.dataset_support import DatasetClient, RunningService, failure_of
+from tests.dataset.dataset_support import (
+    CHUNK,
+    DatasetClient,
+    RunningService,
+    failure_of,
+    upload_requests,
+)
 
 State = dataset_pb2.Dataset.State
 pytestmark = pytest.mark.slow
@@ -62,6 +68,51 @@ async def test_uploads_under_one_name_are_its_versions(service: RunningService) 
     assert (await lookup(client, name)).version == 2
     fourth = await client.upload(b"a,b\n7,8\n", new_version_of=name, display_name="")
     assert fourth.version == 4  # numbers are never reused
+
+
+async def test_each_project_numbers_its_own_versions(service: RunningService) -> None:
+    """Two projects each upload one name twice, interleaved: each gets versions 1 and 2,
+    and lookups and lists by name see only the caller's project. A service's own call that
+    names no project looks names up in `default`, where it uploads."""
+    stub, name = service.client.stub, f"iris-{uuid.uuid4().hex[:6]}"
+
+    def acting_for(project: str) -> tuple[tuple[str, str], ...]:
+        return (("x-modelyard-project", project),)
+
+    async def upload(project: str) -> dataset_pb2.Dataset:
+        requests = upload_requests(b"a,b\n1,2\n", name, CHUNK)
+        made: dataset_pb2.Dataset = await stub.UploadDataset(
+            requests, metadata=acting_for(project), timeout=60
+        )
+        return made
+
+    made: dict[str, list[dataset_pb2.Dataset]] = {"proj-a": [], "proj-b": []}
+    for _ in range(2):
+        for project, uploads in made.items():
+            uploads.append(await upload(project))
+    for project, uploads in made.items():
+        assert [(d.project_id, d.version) for d in uploads] == [(project, 1), (project, 2)]
+        metadata = acting_for(project)
+        listed = await stub.ListDatasetVersions(
+            dataset_service_pb2.ListDatasetVersionsRequest(display_name=name), metadata=metadata
+        )
+        assert [d.dataset_id for d in listed.datasets] == [d.dataset_id for d in uploads[::-1]]
+        for reference, expected in ((name, uploads[1]), (f"{name}@1", uploads[0])):
+            found = await stub.LookupDataset(
+                dataset_service_pb2.LookupDatasetRequest(reference=reference), metadata=metadata
+            )
+            assert found.dataset.dataset_id == expected.dataset_id
+        missing = await failure_of(
+            stub.LookupDataset(
+                dataset_service_pb2.LookupDatasetRequest(reference=f"{name}@3"), metadata=metadata
+            )
+        )
+        assert missing.reason == "DATASET_NOT_FOUND"
+    unscoped = await failure_of(lookup(service.client, name))
+    assert unscoped.reason == "DATASET_NOT_FOUND"
+    own = await service.client.upload(b"a\n1\n", display_name=name)
+    assert (own.project_id, own.version) == ("default", 1)
+    assert (await lookup(service.client, name)).dataset_id == own.dataset_id
 
 
 async def test_a_new_version_of_nothing_is_refused(service: RunningService) -> None:

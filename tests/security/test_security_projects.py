@@ -213,6 +213,42 @@ def test_another_projects_admin_sees_default_as_unknown(
         assert probe.status_code == 403
 
 
+def test_dataset_versions_are_counted_per_project(stack: Stack, operator: httpx.Client) -> None:
+    """Two projects each upload "iris" twice: each has versions 1 and 2 of its own, and no
+    number or lookup by name tells one project about the other's datasets."""
+    token_a = project_with_trainer(operator, "versions-a")
+    token_b = project_with_trainer(operator, "versions-b")
+    with client(stack, token_a) as a, client(stack, token_b) as b:
+        uploads: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        for _ in range(2):  # interleaved, so a shared counter would show
+            uploads["a"].append(upload_iris(a))
+            uploads["b"].append(upload_iris(b))
+        for http, own, other in ((a, uploads["a"], uploads["b"]), (b, uploads["b"], uploads["a"])):
+            assert [int(d["version"]) for d in own] == [1, 2]  # int64: a JSON string
+            listed = http.get("/v1/datasets:versions", params={"displayName": "iris"})
+            assert listed.status_code == 200, listed.text
+            ids = [(d["datasetId"], int(d["version"])) for d in listed.json()["datasets"]]
+            assert ids == [(own[1]["datasetId"], 2), (own[0]["datasetId"], 1)]
+            for reference, expected in (("iris", own[1]), ("iris@1", own[0])):
+                found = http.get("/v1/datasets:lookup", params={"reference": reference})
+                assert found.status_code == 200, found.text
+                assert found.json()["dataset"]["datasetId"] == expected["datasetId"]
+            missing = http.get("/v1/datasets:lookup", params={"reference": "iris@3"})
+            assert missing.status_code == 404
+            assert reason_of(missing) == "DATASET_NOT_FOUND"
+            # A new version of a name continues the project's own count.
+            third = http.post(
+                "/v1/datasets",
+                params={"newVersionOf": "iris"},
+                content=IRIS.read_bytes(),
+                headers={"Content-Type": "text/csv"},
+            )
+            assert third.status_code == 200, third.text
+            assert int(third.json()["version"]) == 3
+            assert third.json()["datasetId"] not in {d["datasetId"] for d in other}
+            assert third.json()["projectId"] == own[0]["projectId"]
+
+
 def test_an_api_token_works_over_grpc_directly_on_the_jobs_service(
     stack: Stack, operator: httpx.Client
 ) -> None:

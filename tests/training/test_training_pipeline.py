@@ -380,10 +380,13 @@ def _record_batches(frame: pd.DataFrame, rows: int) -> list[pa.RecordBatch]:
     return batches
 
 
-def test_batches_become_one_compact_frame_as_they_arrive() -> None:
+# The dataset's row count (rows without a target included), none, or too few: the
+# number columns are sized by it and grown or trimmed to the rows kept.
+@pytest.mark.parametrize("expected_rows", [600, 0, 100])
+def test_batches_become_one_compact_frame_as_they_arrive(expected_rows: int) -> None:
     frame = messy_frame(rows=600)[["color", "size", "count", "flag", "label"]]
     batches = _record_batches(frame, 64)
-    builder = FrameBuilder(batches[0].schema, "label")
+    builder = FrameBuilder(batches[0].schema, "label", expected_rows)
     for batch in batches:
         builder.add(batch)
     built = builder.finish()

@@ -107,7 +107,7 @@ def read_rows(url: str, group: int, columns: list[str], target: str) -> tuple[pd
     """One row group's rows that have a target, as the single-node reader makes them."""
     with open_url(url) as source:
         table = pq.ParquetFile(source).read_row_group(group, columns=columns)
-    builder = FrameBuilder(table.schema, target)
+    builder = FrameBuilder(table.schema, target, table.num_rows)
     for batch in table.to_batches():
         builder.add(batch)
     del table

@@ -130,7 +130,7 @@ class DatasetReader:
                     reasons.DATASET_READ_FAILED,
                     f"the dataset stream has no column {echo(target)!r}",
                 )
-            builders.append(FrameBuilder(schema, target))
+            builders.append(FrameBuilder(schema, target, dataset.row_count))
             return builders[0].add
 
         try:

@@ -599,7 +599,9 @@ class JobRunner:
     ) -> TrainingResult:
         """The default job, a search, or the replay of a searched job's final configuration."""
         task = TASKS.get(request.task, Task.AUTO)
-        frame, target = loaded.take_frame(), request.target_column
+        target = request.target_column
+        # Each call takes the rows itself: a local name here would keep the frame (every
+        # value read) alive until training ends, after the pipeline has let its own go.
         if request.HasField("search"):
             spec = SearchSpec(
                 budget_seconds=request.search.budget.ToTimedelta().total_seconds()
@@ -608,7 +610,7 @@ class JobRunner:
                 max_trials=request.search.max_trials or None,
             )
             return search_model(
-                frame,
+                loaded.take_frame(),
                 loaded.columns,
                 target,
                 task,
@@ -623,7 +625,7 @@ class JobRunner:
                 key: typed_param(value) for key, value in request.replay.refit_params.items()
             }
             return replay_refit(
-                frame,
+                loaded.take_frame(),
                 loaded.columns,
                 target,
                 task,
@@ -634,7 +636,7 @@ class JobRunner:
                 request.replay.validation,
             )
         return train_model(
-            frame,
+            loaded.take_frame(),
             loaded.columns,
             target,
             task,

@@ -34,8 +34,16 @@ DRAIN_MAX_BYTES = 256 * 1024 * 1024
 DRAIN_MAX_SECONDS = 15.0
 
 
-# The first bytes of an UploadDatasetRequest holding a chunk: field 2, length-delimited.
-_CHUNK_TAG = b"\x12"
+# The first byte of an UploadDatasetRequest holding a chunk: the chunk field's number,
+# wire type 2 (length-delimited). Taken from the descriptor so a renumbering cannot
+# silently break the reader.
+_LENGTH_DELIMITED = 2
+_CHUNK_TAG = bytes(
+    [
+        dataset_service_pb2.UploadDatasetRequest.DESCRIPTOR.fields_by_name["chunk"].number << 3
+        | _LENGTH_DELIMITED
+    ]
+)
 _VARINT_MAX_BYTES = 10
 
 

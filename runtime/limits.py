@@ -14,6 +14,7 @@ import re
 import unicodedata
 import uuid
 
+from runtime.access import DEFAULT_PROJECT
 from runtime.errors import invalid_argument
 
 # Registered model names: letters, digits, '.', '_' or '-', starting with a letter or
@@ -23,6 +24,10 @@ MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_MODEL_NAME_CHARS - 
 MODEL_NAME_RULE = (
     f"1 to {MAX_MODEL_NAME_CHARS} letters, digits, '.', '_' or '-', starting with a letter or digit"
 )
+# A model of a project other than `default` is registered in MLflow as `<project>=<name>`
+# (services/training/tracking/projects.py): MAX_MODEL_NAME_CHARS bounds that whole name,
+# so such a project's own names have that much less room.
+PROJECT_MODEL_SEPARATOR = "="
 
 # Idempotency keys of Create RPCs (`request_id`): printable, no control characters.
 MAX_REQUEST_ID_CHARS = 128
@@ -68,10 +73,33 @@ def is_model_name(name: str) -> bool:
     return MODEL_NAME.fullmatch(name) is not None
 
 
-def check_model_name(name: str, reason: str, field: str = "registered_model_name") -> str:
-    """`name` when it is a valid model name; INVALID_ARGUMENT `reason` otherwise."""
+def max_model_name_chars(project: str | None) -> int:
+    """The longest model name a caller of `project` may give (None or "": `default`)."""
+    if not project or project == DEFAULT_PROJECT:
+        return MAX_MODEL_NAME_CHARS
+    return MAX_MODEL_NAME_CHARS - len(project) - len(PROJECT_MODEL_SEPARATOR)
+
+
+def model_name_too_long(name: str, project: str | None) -> str | None:
+    """Why `name` does not fit in `project` once registered under its prefix, or None."""
+    room = max_model_name_chars(project)
+    if len(name) <= room:
+        return None
+    return (
+        f"at most {room} characters in project {project!r}: it is registered as "
+        f"'{project}{PROJECT_MODEL_SEPARATOR}<name>', {MAX_MODEL_NAME_CHARS} characters in all"
+    )
+
+
+def check_model_name(
+    name: str, reason: str, field: str = "registered_model_name", project: str | None = None
+) -> str:
+    """`name` when it is a valid model name that fits `project` (None: any project's
+    prefix is left out); INVALID_ARGUMENT `reason` otherwise."""
     if not is_model_name(name):
         raise invalid_argument(reason, f"{field} must be {MODEL_NAME_RULE}", **{field: echo(name)})
+    if (too_long := model_name_too_long(name, project)) is not None:
+        raise invalid_argument(reason, f"{field} must be {too_long}", **{field: echo(name)})
     return name
 
 

@@ -122,7 +122,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     async def CreateTrainingJob(
         self, request: CreateTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> TrainingJob:
-        validate_create(request, self._settings)
+        validate_create(request, self._settings, current_caller().project)
         if request.request_id:
             # A retry returns the job it created, whatever happened to the dataset since.
             existing = await self._store.find_by_request_id(request.request_id)
@@ -278,7 +278,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self, request: EstimateTrainingJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> EstimateTrainingJobResponse:
         job = request.job
-        validate_create(job, self._settings)
+        validate_create(job, self._settings, current_caller().project)
         dataset = await self._check_dependencies(job)
         quote = await self._params.quote(_estimate_request(job, dataset.dataset_id))
         response = EstimateTrainingJobResponse(

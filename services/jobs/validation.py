@@ -7,6 +7,7 @@ from datetime import timedelta
 from modelyard.jobs.v1.jobs_service_pb2 import CreateScoringJobRequest, CreateTrainingJobRequest
 from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 from runtime import limits
+from runtime.access import DEFAULT_PROJECT
 from runtime.errors import ServiceError, invalid_argument, not_found
 from runtime.limits import check_model_name, check_request_id, check_resource_id, echo
 from services.jobs import reasons
@@ -38,12 +39,17 @@ def job_not_found(job_id: str, kind: str = "training") -> ServiceError:
     return not_found(reasons.JOB_NOT_FOUND, f"{kind} job {job_id} does not exist", job_id=job_id)
 
 
-def validate_create(request: CreateTrainingJobRequest, settings: JobsSettings) -> None:
+def validate_create(
+    request: CreateTrainingJobRequest, settings: JobsSettings, project: str = DEFAULT_PROJECT
+) -> None:
+    """The request of a job of `project` (whose model is registered under its prefix)."""
     _validate_dataset_and_target(request)
     _validate_task(request.task)
     _validate_params(dict(request.params))
     if request.registered_model_name:
-        check_model_name(request.registered_model_name, reasons.REGISTERED_MODEL_NAME_INVALID)
+        check_model_name(
+            request.registered_model_name, reasons.REGISTERED_MODEL_NAME_INVALID, project=project
+        )
     check_request_id(request.request_id, reasons.REQUEST_ID_INVALID)
     if request.HasField("max_run_duration"):
         _validate_max_run_duration(request, settings)

@@ -154,6 +154,44 @@ async def test_the_longest_model_name_the_trainer_registers_is_stored(jobs: Runn
     await (await jobs.trainer.take(job.job_id))[1].ack()
 
 
+async def test_a_model_name_without_room_for_its_projects_prefix_is_refused(
+    jobs: RunningJobs,
+) -> None:
+    """Outside `default` the model is registered as `<project>=<name>`, and the whole is
+    bounded: Jobs refuses a name that fits alone but not with the prefix, at create,
+    rather than the Trainer failing the job later."""
+    project = "name-room"
+    room = limits.MAX_MODEL_NAME_CHARS - len(f"{project}=")
+    in_project = (("x-modelyard-project", project),)
+    published = await jobs.requests_published()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.stub.CreateTrainingJob(
+            CreateTrainingJobRequest(
+                dataset_id=jobs.doubles.datasets.add(),
+                target_column="y",
+                registered_model_name="m" * (room + 1),
+            ),
+            metadata=in_project,
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(caught.value) == "REGISTERED_MODEL_NAME_INVALID"
+    assert f"at most {room} characters in project 'name-room'" in (caught.value.details() or "")
+    assert await jobs.requests_published() == published  # nothing queued
+
+    fitting: TrainingJob = await jobs.stub.CreateTrainingJob(
+        CreateTrainingJobRequest(
+            dataset_id=jobs.doubles.datasets.add(),
+            target_column="y",
+            registered_model_name="m" * room,
+        ),
+        metadata=in_project,
+        timeout=10,
+    )
+    assert fitting.registered_model_name == "m" * room
+    await (await jobs.trainer.take(fitting.job_id))[1].ack()
+
+
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [

@@ -95,6 +95,42 @@ def test_a_derived_model_name_is_one_every_service_accepts() -> None:
     assert trainer_serves_model_name(derived)
 
 
+def test_in_a_project_jobs_and_the_trainer_leave_room_for_its_prefix() -> None:
+    """Outside `default` the model is registered as `<project>=<name>`: both services take
+    the room left from the one limit, and a derived name fits it."""
+    project = "a-rather-long-project-name"
+    room = limits.MAX_MODEL_NAME_CHARS - len(project) - 1
+    assert limits.max_model_name_chars(project) == room
+    assert limits.max_model_name_chars("default") == limits.MAX_MODEL_NAME_CHARS
+
+    def jobs_accepts(name: str) -> bool:
+        request = CreateTrainingJobRequest(
+            dataset_id="d" * 32, target_column="y", registered_model_name=name
+        )
+        accepted, reason = outcome(lambda _: validate_create(request, JobsSettings(), project), "")
+        assert reason in (None, "REGISTERED_MODEL_NAME_INVALID")
+        return accepted
+
+    def trainer_registers(name: str, dataset_name: str = "data") -> str | None:
+        request = dispatch_pb2.TrainingRequest(
+            job_id="j1", dataset_id="d1", target_column="y", registered_model_name=name
+        )
+        request.project_id = project
+        dataset = dataset_pb2.Dataset(dataset_id="d1", display_name=dataset_name)
+        try:
+            return job_info(request, 1, dataset).model_name
+        except TrainingFailure:
+            return None
+
+    for name, fits in (("m" * room, True), ("m" * (room + 1), False)):
+        assert jobs_accepts(name) is fits
+        assert (trainer_registers(name) is not None) is fits
+    derived = trainer_registers("", dataset_name="Ä very long dataset name " * 20)
+    assert derived is not None
+    assert len(derived) <= limits.MAX_MODEL_NAME_CHARS
+    assert derived.startswith(f"{project}=")
+
+
 @pytest.mark.parametrize(("request_id", "valid"), REQUEST_IDS)
 def test_every_create_rpc_checks_request_ids_the_same_way(request_id: str, valid: bool) -> None:
     def jobs(value: str) -> None:

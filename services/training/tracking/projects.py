@@ -11,8 +11,9 @@ so no name of one project can be taken for another's. Runs go to the experiment
 from __future__ import annotations
 
 from runtime.access import DEFAULT_PROJECT
+from runtime.limits import PROJECT_MODEL_SEPARATOR
 
-SEPARATOR = "="
+SEPARATOR = PROJECT_MODEL_SEPARATOR
 
 
 def registry_name(project: str | None, name: str) -> str:

@@ -53,10 +53,13 @@ MANAGED_VALUE = "modelyard"
 ABSENT_FOR_THE_TRAINER = ("RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED")
 
 
-def derive_model_name(dataset_name: str, target: str) -> str:
-    """`<dataset>-<target>`, lower case, safe in URLs and MLflow model URIs."""
+def derive_model_name(
+    dataset_name: str, target: str, max_chars: int = limits.MAX_MODEL_NAME_CHARS
+) -> str:
+    """`<dataset>-<target>`, lower case, safe in URLs and MLflow model URIs, cut to
+    `max_chars` (the room a project's prefix leaves: limits.max_model_name_chars)."""
     slug = re.sub(r"[^a-z0-9]+", "-", f"{dataset_name}-{target}".lower()).strip("-")
-    return (slug or "model")[: limits.MAX_MODEL_NAME_CHARS].rstrip("-")
+    return (slug or "model")[:max_chars].rstrip("-")
 
 
 class Registry:

@@ -802,14 +802,21 @@ def job_info(
     request: dispatch_pb2.TrainingRequest, attempt: int, dataset: dataset_pb2.Dataset
 ) -> JobInfo:
     """What MLflow records about the job; the registered model name checked or derived."""
-    model_name = request.registered_model_name or derive_model_name(
-        dataset.display_name or dataset.dataset_id, request.target_column
-    )
     project = request.project_id or access.DEFAULT_PROJECT
-    if not limits.is_model_name(model_name):
+    model_name = request.registered_model_name or derive_model_name(
+        dataset.display_name or dataset.dataset_id,
+        request.target_column,
+        limits.max_model_name_chars(project),
+    )
+    rule = (
+        limits.MODEL_NAME_RULE
+        if not limits.is_model_name(model_name)
+        else limits.model_name_too_long(model_name, project)
+    )
+    if rule is not None:  # Jobs refuses such a name first; a request may predate it
         raise TrainingFailure(
             reasons.REGISTERED_MODEL_NAME_INVALID,
-            f"registered model name {limits.echo(model_name)!r} must be {limits.MODEL_NAME_RULE}",
+            f"registered model name {limits.echo(model_name)!r} must be {rule}",
             invalid_argument=True,
             metadata={"registered_model_name": limits.echo(model_name)},
         )

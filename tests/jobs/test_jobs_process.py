@@ -11,8 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
 
-from devstack.components import NatsServer, start_nats
+from devstack.components import NatsServer, postgres_available, start_nats
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import grpc_serving
 from modelyard.jobs.v1.jobs_service_pb2 import CreateTrainingJobRequest, WatchTrainingJobRequest
@@ -27,6 +28,7 @@ from tests.jobs.jobs_support import (
     jobs_settings,
     start_jobs,
 )
+from tests.tcp_cut import CuttableRelay
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +155,37 @@ async def test_not_ready_while_nats_is_down_and_alive_all_along(
     finally:
         await stop()
         nats_server.process.stop()
+
+
+@pytest.mark.skipif(
+    not postgres_available(),
+    reason="needs PostgreSQL: SQLite is a file inside the process and has no outage to stage",
+)
+async def test_not_ready_while_the_database_is_down(
+    tmp_path: Path, jobs_database_url: str, jobs_nats: NatsServer, doubles: Doubles
+) -> None:
+    """The database is cut off under a running Jobs service (its pooled connections
+    dropped, new ones refused): JobsService's health turns NOT_SERVING, so /readyz and
+    readiness probes stop sending calls, while the server itself stays SERVING; it is
+    SERVING again once the database answers."""
+    url = make_url(jobs_database_url)
+    relay = await CuttableRelay(url.host or "127.0.0.1", url.port or 5432).start()
+    relayed_url = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    settings = jobs_settings(tmp_path, relayed_url, jobs_nats, doubles)
+    _running, stop = await start_jobs(settings, doubles, jobs_nats)
+    address, service = settings.listen_address, "modelyard.jobs.v1.JobsService"
+    try:
+        assert await serving_status(address, service) == "SERVING"
+        await relay.cut()
+        down = await eventually(lambda: serving_status(address, service), "NOT_SERVING".__eq__, 20)
+        assert down == "NOT_SERVING"
+        assert await serving_status(address, "") == "SERVING"
+        await relay.mend()
+        back = await eventually(lambda: serving_status(address, service), "SERVING".__eq__, 30)
+        assert back == "SERVING"
+    finally:
+        await stop()
+        await relay.cut()
 
 
 async def test_an_unreachable_database_is_reported_not_reachable(tmp_path: Path) -> None:

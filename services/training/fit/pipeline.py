@@ -128,11 +128,15 @@ class PreparedData:
     rows_dropped_missing_target: int
     dropped_columns: list[tuple[str, str]]
     input_example: pd.DataFrame
-    # The validation rows as they were read (before the model's preprocessing), so
-    # that the current champion can be scored on exactly these rows.
-    valid_inputs: pd.DataFrame | None = None
-    # The validation rows, copied out of `features` when first asked for.
+    # The rows as they were read (targets present; a reference, not a copy) until
+    # `release_rows`: their validation rows are what the current champion is scored on.
+    # Their number columns are the very arrays of `features` (copy-on-write), so
+    # keeping them while LightGBM bins the rows costs only their other columns.
+    rows: pd.DataFrame | None = None
+    target: str = ""
+    # The validation rows, copied out of `features` / `rows` when first asked for.
     _valid_features: pd.DataFrame | None = None
+    _valid_inputs: pd.DataFrame | None = None
 
     @property
     def valid_features(self) -> pd.DataFrame:
@@ -141,9 +145,24 @@ class PreparedData:
             self._valid_features = self.features.iloc[self.valid_index]
         return self._valid_features
 
+    @property
+    def valid_inputs(self) -> pd.DataFrame | None:
+        """The validation rows as read, without the target (kept for the champion)."""
+        if self._valid_inputs is None and self.rows is not None:
+            self._valid_inputs = _inputs_sharing_features(
+                self.rows.drop(columns=[self.target]), self
+            )
+        return self._valid_inputs
+
     def release_rows(self) -> None:
-        """Let the rows go once LightGBM holds its binned copy; the validation rows stay."""
+        """Let the rows go once LightGBM holds its binned copy; the validation rows stay.
+
+        Copied out only now, not before LightGBM bins every row: its binning is the
+        job's peak of memory, and the validation rows would only add to it.
+        """
         self.valid_features  # noqa: B018 - copied out before the rest is let go
+        self.valid_inputs  # noqa: B018 - likewise
+        self.rows = None
         # An empty copy: a slice (even of no rows) would keep every column alive.
         self.features = self.features.head(0).copy()
 
@@ -298,10 +317,6 @@ def prepare(
     )
     del frame
     train_index, valid_index = split_rows(table.labels, table.decision.task, config)
-    valid_inputs = (
-        table.rows.iloc[valid_index].drop(columns=[target]) if table.rows is not None else None
-    )
-    table.rows = None
     release_free_memory()  # the preparation's temporaries, before LightGBM's own
     return PreparedData(
         decision=table.decision,
@@ -314,8 +329,33 @@ def prepare(
         rows_dropped_missing_target=table.rows_dropped_missing_target,
         dropped_columns=table.dropped_columns,
         input_example=table.input_example,
-        valid_inputs=valid_inputs,
+        rows=table.rows,
+        target=target,
     )
+
+
+def _inputs_sharing_features(inputs: pd.DataFrame, prepared: PreparedData) -> pd.DataFrame:
+    """`inputs.iloc[prepared.valid_index]`, where a column is the same array as its feature column
+    (numbers read as float64) taken from `prepared.valid_features` instead of copied
+    again: the validation rows' numbers are then held once, not twice."""
+    valid_index = prepared.valid_index
+    index = inputs.index[valid_index]
+    columns: dict[str, pd.Series[Any]] = {}
+    for name in inputs.columns:
+        read = inputs[name]
+        feature = prepared.features.get(name)
+        if feature is not None and _same_array(read, feature):
+            values = prepared.valid_features[name].to_numpy()
+            columns[name] = pd.Series(values, index=index, name=name, copy=False)
+        else:
+            columns[name] = read.iloc[valid_index]
+    return pd.DataFrame(columns, index=index, copy=False)
+
+
+def _same_array(first: pd.Series[Any], second: pd.Series[Any]) -> bool:
+    if first.dtype != second.dtype or not isinstance(first.dtype, np.dtype):
+        return False
+    return bool(np.shares_memory(first.to_numpy(), second.to_numpy()))
 
 
 @dataclass

@@ -32,7 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver)
         otlp_endpoint=otlp_receiver.endpoint,
         extra_env={
             "jobs": {"MODELYARD_JOBS_METRICS_SAMPLE_SECONDS": "1"},
-            # Several small jobs at once (test_e2e_read_your_writes trains a hundred).
+            # Several small jobs at once (test_e2e_read_your_writes trains thirty).
             "trainer": {"MODELYARD_TRAINER_WORKER_SLOTS": "4"},
         },
     )

@@ -6,7 +6,7 @@ with a dataset, a trained model and a finished job, so that fuzzing reaches the
 services' logic and not only their 404s: schemathesis draws path ids, the
 dataset of a new job and its target column half of the time from those real
 values. Checks: no 5xx, and responses that conform to the document (status
-code, content type, body schema). Fixed seed, bounded examples: about a minute.
+code, content type, body schema). Fixed seed, bounded examples (MAX_EXAMPLES a route).
 
 Every route is fuzzed. Two adjustments, not exclusions:
 - DELETE /v1/datasets/{dataset_id} runs on its own, after every other route, with
@@ -39,7 +39,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SEED = 20261126
 # Raise it for a deeper run on a developer's machine; the suite keeps it quick.
-MAX_EXAMPLES = int(os.environ.get("MODELYARD_SCHEMATHESIS_MAX_EXAMPLES", "50"))
+# Every route is run whatever the number (the test counts them); 20 examples each
+# keep the seeded ids reaching the services (checked below) at half the time of 50.
+MAX_EXAMPLES = int(os.environ.get("MODELYARD_SCHEMATHESIS_MAX_EXAMPLES", "20"))
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",

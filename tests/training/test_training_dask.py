@@ -156,7 +156,10 @@ async def test_a_worker_killed_mid_training_makes_the_job_retry(
     dask_cluster: DaskCluster,
 ) -> None:
     dataset_id = dataset_server.service.add_csv(big_csv, "customers")
-    params = {"num_iterations": "3000", "learning_rate": "0.01", "early_stopping_round": "0"}
+    # Rounds enough for the first attempt to be training still when its worker dies
+    # (the first progress event comes within a second), and few enough that the
+    # retry, which trains them all again, is quick.
+    params = {"num_iterations": "1000", "learning_rate": "0.01", "early_stopping_round": "0"}
     job_id = await bus.submit(dataset_id, "label", params=params)
     await bus.wait_for(job_id, "progress", within=240)
     # The worker process itself (its nanny starts a new one, as in a real cluster).

@@ -467,3 +467,31 @@ def test_models_are_per_project_in_mlflow_and_predict_sees_only_its_own(
         job["mlflow"]["experimentId"]
     )
     assert experiment.name == "modelyard/models-b"
+
+
+def all_pages(admin: httpx.Client, path: str, items: str, page_size: int) -> list[list[str]]:
+    """The ids on each page of a list, following nextPageToken to the end."""
+    pages: list[list[str]] = []
+    params: dict[str, Any] = {"pageSize": page_size}
+    while True:
+        response = admin.get(path, params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append([item.get("tokenId") or item["projectId"] for item in body.get(items, [])])
+        if not body.get("nextPageToken"):
+            return pages
+        params["pageToken"] = body["nextPageToken"]
+
+
+def test_projects_and_tokens_list_page_by_page(stack: Stack, operator: httpx.Client) -> None:
+    created = operator.post("/v1/projects", json={"projectId": "paged", "displayName": "P"})
+    assert created.status_code == 200, created.text
+    made = [make_token(operator, "ROLE_VIEWER", project="paged") for _ in range(5)]
+    pages = all_pages(operator, "/v1/projects/paged/apiTokens", "apiTokens", 2)
+    assert [len(page) for page in pages] == [2, 2, 1]
+    # Newest first, each token once.
+    newest_first = [token["apiToken"]["tokenId"] for token in reversed(made)]
+    assert [token_id for page in pages for token_id in page] == newest_first
+    projects = [p for page in all_pages(operator, "/v1/projects", "projects", 1) for p in page]
+    assert len(projects) == len(set(projects))
+    assert {"default", "paged"} <= set(projects)

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -113,74 +113,56 @@ class AccessStore:
         self.engine = engine
 
     async def project(self, project_id: str) -> Any | None:
-        async with self.engine.connect() as connection:
-            result = await connection.execute(
-                select(PROJECTS).where(PROJECTS.c.project_id == project_id)
-            )
-            return result.first()
+        return await self._first(select(PROJECTS).where(PROJECTS.c.project_id == project_id))
 
     async def insert_project(self, values: dict[str, Any]) -> bool:
         """False when the project id (or the request id) is taken."""
-        try:
-            async with self.engine.begin() as connection:
-                await connection.execute(insert(PROJECTS).values(**values))
-        except IntegrityError:
-            return False
-        return True
+        return await self._insert(PROJECTS, values)
 
     async def projects(self, page: Page, only: str | None) -> list[Any]:
         statement = select(PROJECTS)
         if only is not None:
             statement = statement.where(PROJECTS.c.project_id == only)
-        after = page.after_time()
-        if after is not None:
-            statement = statement.where(
-                or_(
-                    PROJECTS.c.create_time < after[0],
-                    and_(PROJECTS.c.create_time == after[0], PROJECTS.c.project_id < after[1]),
-                )
-            )
-        statement = statement.order_by(
-            PROJECTS.c.create_time.desc(), PROJECTS.c.project_id.desc()
-        ).limit(page.size + 1)
-        async with self.engine.connect() as connection:
-            return list((await connection.execute(statement)).all())
+        return await self._page(statement, PROJECTS, PROJECTS.c.project_id, page)
 
     async def token(self, token_id: str) -> Any | None:
-        async with self.engine.connect() as connection:
-            result = await connection.execute(
-                select(API_TOKENS).where(API_TOKENS.c.token_id == token_id)
-            )
-            return result.first()
+        return await self._first(select(API_TOKENS).where(API_TOKENS.c.token_id == token_id))
 
     async def token_by_request_id(self, request_id: str) -> Any | None:
-        async with self.engine.connect() as connection:
-            result = await connection.execute(
-                select(API_TOKENS).where(API_TOKENS.c.request_id == request_id)
-            )
-            return result.first()
+        return await self._first(select(API_TOKENS).where(API_TOKENS.c.request_id == request_id))
 
     async def insert_token(self, values: dict[str, Any]) -> bool:
+        return await self._insert(API_TOKENS, values)
+
+    async def tokens(self, project_id: str, page: Page) -> list[Any]:
+        statement = select(API_TOKENS).where(API_TOKENS.c.project_id == project_id)
+        return await self._page(statement, API_TOKENS, API_TOKENS.c.token_id, page)
+
+    async def _first(self, statement: Select[Any]) -> Any | None:
+        async with self.engine.connect() as connection:
+            return (await connection.execute(statement)).first()
+
+    async def _insert(self, table: Table, values: dict[str, Any]) -> bool:
+        """False when a unique key is taken."""
         try:
             async with self.engine.begin() as connection:
-                await connection.execute(insert(API_TOKENS).values(**values))
+                await connection.execute(insert(table).values(**values))
         except IntegrityError:
             return False
         return True
 
-    async def tokens(self, project_id: str, page: Page) -> list[Any]:
-        statement = select(API_TOKENS).where(API_TOKENS.c.project_id == project_id)
+    async def _page(
+        self, statement: Select[Any], table: Table, key: ColumnElement[Any], page: Page
+    ) -> list[Any]:
+        """Newest first by (create_time, key), after the page token's position; one row
+        more than the page holds, so the caller can tell whether another page follows."""
         after = page.after_time()
         if after is not None:
+            created = table.c.create_time
             statement = statement.where(
-                or_(
-                    API_TOKENS.c.create_time < after[0],
-                    and_(API_TOKENS.c.create_time == after[0], API_TOKENS.c.token_id < after[1]),
-                )
+                or_(created < after[0], and_(created == after[0], key < after[1]))
             )
-        statement = statement.order_by(
-            API_TOKENS.c.create_time.desc(), API_TOKENS.c.token_id.desc()
-        ).limit(page.size + 1)
+        statement = statement.order_by(table.c.create_time.desc(), key.desc()).limit(page.size + 1)
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).all())
 

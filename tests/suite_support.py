@@ -7,7 +7,27 @@ names, and a test importing it couples itself to fixture loading order).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
+
+import httpx
 
 DatabaseFactory = Callable[[str], str]
 """`factory(prefix)` returns the URL of a new, empty database."""
+
+
+FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def wait_final(api: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:
+    """GET a job's REST path until its state is final; the job as last read."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = api.get(path)
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        if job["state"] in FINAL_STATES:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"{path} still not final after {timeout}s")

@@ -20,10 +20,9 @@ import pytest
 from sklearn.datasets import load_iris
 
 from devstack.stack import Stack
+from tests.suite_support import wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +30,6 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {stack.api_token}"}
     with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as api:
         yield api
-
-
-def wait_final(api: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = api.get(path)
-        assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        if job["state"] in FINAL_STATES:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"{path} still not final after {timeout}s")
 
 
 class Iris:

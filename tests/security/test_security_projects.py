@@ -29,6 +29,7 @@ from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.db import create_engine
 from runtime.errors import error_reason
+from tests.suite_support import wait_final
 
 pytestmark = pytest.mark.slow
 
@@ -101,13 +102,7 @@ def test_a_trainer_token_uploads_and_trains_to_success(
             json={"datasetId": dataset["datasetId"], "targetColumn": "species"},
         )
         assert created.status_code == 200, created.text
-        job_id = created.json()["jobId"]
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            job = http.get(f"/v1/trainingJobs/{job_id}").json()
-            if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                break
-            time.sleep(0.5)
+        job = wait_final(http, f"/v1/trainingJobs/{created.json()['jobId']}", 180)
         assert job["state"] == "SUCCEEDED", job.get("error")
         # A trainer manages no tokens.
         refused = http.post("/v1/projects/default/apiTokens", json={"role": "ROLE_VIEWER"})
@@ -383,14 +378,7 @@ async def direct_calls(stack: Stack, token: str, own: str, others: str) -> None:
 def train_to_success(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     created = http.post("/v1/trainingJobs", json=body)
     assert created.status_code == 200, created.text
-    job_id = created.json()["jobId"]
-    deadline = time.monotonic() + 180
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/trainingJobs/{job_id}").json()
-        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            break
-        time.sleep(0.5)
+    job = wait_final(http, f"/v1/trainingJobs/{created.json()['jobId']}", 180)
     assert job["state"] == "SUCCEEDED", job.get("error")
     return job
 
@@ -446,12 +434,7 @@ def test_models_are_per_project_in_mlflow_and_predict_sees_only_its_own(
             == 404
         )
         scoring_id = scoring.json()["jobId"]
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            scored = b.get(f"/v1/scoringJobs/{scoring_id}").json()
-            if scored["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                break
-            time.sleep(0.5)
+        scored = wait_final(b, f"/v1/scoringJobs/{scoring_id}", 180)
         assert scored["state"] == "SUCCEEDED", scored.get("error")
         output_id = scored["output"]["datasetId"]
         output = b.get(f"/v1/datasets/{output_id}")

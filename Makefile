@@ -88,8 +88,10 @@ bench-env: $(BENCH_VENV)/.installed
 $(BENCH_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet $$($(PY) -c "import tomllib; \
-		print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+	# One requirement a line through xargs: a specifier's `<` must reach pip, not the shell.
+	$(PY) -c "import tomllib; \
+		print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))" \
+		| xargs -d '\n' $(BENCH_VENV)/bin/python -m pip install --quiet
 	# FLAML's core (numpy only) in the platform's environment too, for bench/search_optimisers.py.
 	$(PY) -m pip install --quiet 'flaml>=2.3,<3'
 	@touch $@

@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -160,22 +161,28 @@ def _parse_with_struct_lists(document: dict[str, Any], message: Message) -> None
     direct fill does not take as ParseDict would is parsed by ParseDict after all, so
     the message and every error are ParseDict's."""
     lists: list[tuple[str, list[Any]]] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
     rest = dict(document)
     for field in descriptor_of(message).fields:
         if not is_repeated(field) or field.message_type is None:
             continue
-        if field.message_type.full_name != "google.protobuf.Struct":
-            continue
         keys = [key for key in {field.json_name, field.name} if key in rest]
-        if len(keys) == 1 and _is_list_of_objects(rest[keys[0]]):
-            lists.append((field.name, rest.pop(keys[0])))
-    if not lists:
+        if len(keys) != 1:
+            continue
+        if field.message_type.full_name == "google.protobuf.Struct":
+            if _is_list_of_objects(rest[keys[0]]):
+                lists.append((field.name, rest.pop(keys[0])))
+        elif _is_list_value_map(field) and _is_object_of_lists(rest[keys[0]]):
+            tables.append((field.name, rest.pop(keys[0])))
+    if not lists and not tables:
         json_format.ParseDict(document, message)
         return
     try:
         json_format.ParseDict(rest, message)
         for name, rows in lists:
             _fill_structs(getattr(message, name), rows)
+        for name, columns in tables:
+            _fill_list_values(getattr(message, name), columns)
     except Exception:
         message.Clear()
         json_format.ParseDict(document, message)
@@ -183,6 +190,57 @@ def _parse_with_struct_lists(document: dict[str, Any], message: Message) -> None
 
 def _is_list_of_objects(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _is_list_value_map(field: FieldDescriptor) -> bool:
+    """`map<string, google.protobuf.ListValue>` (Predict's columns)."""
+    if not is_map(field) or field.message_type is None:
+        return False
+    key, value = (
+        field.message_type.fields_by_name["key"],
+        field.message_type.fields_by_name["value"],
+    )
+    return (
+        key.type == FieldDescriptor.TYPE_STRING
+        and value.message_type is not None
+        and value.message_type.full_name == "google.protobuf.ListValue"
+    )
+
+
+def _is_object_of_lists(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(item, list) for item in value.values())
+
+
+# A ListValue of numbers, as its wire form: per value the `values` tag (field 1,
+# length-delimited) with length 9, the `number_value` tag (field 2, fixed64) and
+# the little-endian double. Built as one array rather than a Value per cell.
+_NUMBER_ITEM = np.dtype([("head", "S3"), ("number", "<f8")])
+_NUMBER_HEAD = b"\x0a\x09\x11"
+
+
+def _fill_list_values(container: Any, columns: dict[str, list[Any]]) -> None:
+    """JSON arrays into ListValues, each value set as ParseDict sets a Value."""
+    for key, values in columns.items():
+        listed = container[key]
+        if values and all(type(value) is float or type(value) is int for value in values):
+            items = np.empty(len(values), dtype=_NUMBER_ITEM)
+            items["head"] = _NUMBER_HEAD
+            items["number"] = values  # an int beyond float64 raises: ParseDict decides
+            listed.MergeFromString(items.tobytes())
+            continue
+        add = listed.values.add
+        for value in values:
+            kind = type(value)
+            if value is None:
+                add().null_value = 0
+            elif kind is str:
+                add().string_value = value
+            elif kind is float or kind is int:
+                add().number_value = value
+            elif kind is bool:
+                add().bool_value = value
+            else:  # nested objects and lists: ParseDict's own way
+                json_format.ParseDict(value, add())
 
 
 def _fill_structs(container: Any, rows: list[dict[str, Any]]) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -604,7 +604,22 @@ class Client:
         alias: str | None = None,
     ) -> Json:
         """Score rows (column → value) with a version, an alias, else the champion."""
-        body: Json = {"rows": [dict(row) for row in rows]}
+        return self._predict(model_name, {"rows": [dict(row) for row in rows]}, version, alias)
+
+    def predict_columns(
+        self,
+        model_name: str,
+        columns: Mapping[str, Sequence[Any]],
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+    ) -> Json:
+        """As `predict`, the rows given column by column (column → one value per row):
+        the cheaper form for many rows."""
+        body: Json = {"columns": {name: list(values) for name, values in columns.items()}}
+        return self._predict(model_name, body, version, alias)
+
+    def _predict(self, model_name: str, body: Json, version: int | None, alias: str | None) -> Json:
         if version is not None:
             body["version"] = str(version)
         if alias:

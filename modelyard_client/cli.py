@@ -1059,9 +1059,9 @@ class Scored:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in batches(self.rows, PREDICT_BATCH_ROWS):
             answer = call(
-                self.api.predict,
+                self.api.predict_columns,
                 self.name,
-                [typed_row(row) for row in batch],
+                row_columns([typed_row(row) for row in batch]),
                 version=self.version,
                 alias=self.alias,
             )
@@ -1072,6 +1072,13 @@ class Scored:
                 for label, p in zip(classes, prediction.get("probabilities", []), strict=False):
                     scored[f"probability_{label}"] = p
                 yield scored
+
+
+def row_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as Predict's `columns` (no key per value): each column's values, null where
+    a row lacks it."""
+    names = dict.fromkeys(name for row in rows for name in row)
+    return {name: [row.get(name) for row in rows] for name in names}
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from runtime.memory import tune_allocator
 tune_allocator()
 
 import logging  # noqa: E402
+import os  # noqa: E402
 import warnings  # noqa: E402
 
 from runtime.app import run_process  # noqa: E402
@@ -25,8 +26,20 @@ def keep_secrets_out_of_logs(settings: TrainerSettings) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="lightgbm")
 
 
+def lower_cpu_priority(settings: TrainerSettings) -> None:
+    """`nice` before any thread starts: every thread (LightGBM's OpenMP ones included)
+    inherits it, so training yields the CPU to Predict on a shared node."""
+    if settings.nice:
+        os.nice(settings.nice)
+
+
+def prepare(settings: TrainerSettings) -> None:
+    lower_cpu_priority(settings)
+    keep_secrets_out_of_logs(settings)
+
+
 def main() -> None:
-    run_process("trainer", TrainerSettings(), TrainerApp, prepare=keep_secrets_out_of_logs)
+    run_process("trainer", TrainerSettings(), TrainerApp, prepare=prepare)
 
 
 if __name__ == "__main__":

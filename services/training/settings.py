@@ -194,6 +194,16 @@ class TrainerSettings(
     max_predict_rows: int = Field(
         default=10_000, ge=1, description="Rows accepted by one Predict call."
     )
+    nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description=(
+            "CPU priority the Trainer process lowers itself to at start (Unix nice, added to "
+            "the inherited one): set it on a `training` Trainer that shares CPUs with a "
+            "`serving` one, so that Predict keeps its latency while jobs train."
+        ),
+    )
 
     def resolved_work_dir(self) -> Path:
         return self.work_dir or self.state_dir / "trainer"

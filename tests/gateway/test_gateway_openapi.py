@@ -162,9 +162,14 @@ def test_operations_document_their_bodies_and_parameters(document: Document) -> 
         "PredictRequestWithVersion",
         "PredictRequestWithAlias",
     ]
-    assert set(shapes["PredictRequestWithoutVersionSelector"]["properties"]) == {"rows", "explain"}
-    assert set(shapes["PredictRequestWithVersion"]["properties"]) == {"rows", "explain", "version"}
-    assert shapes["PredictRequestWithAlias"]["required"] == ["rows", "alias"]
+    rows_or_columns = {"rows", "columns", "explain"}
+    assert set(shapes["PredictRequestWithoutVersionSelector"]["properties"]) == rows_or_columns
+    assert set(shapes["PredictRequestWithVersion"]["properties"]) == rows_or_columns | {"version"}
+    assert shapes["PredictRequestWithAlias"]["required"] == ["alias"]
+    # `columns`: column name → a JSON array of values.
+    columns = shapes["PredictRequestWithoutVersionSelector"]["properties"]["columns"]
+    assert columns["type"] == "object"
+    assert columns["additionalProperties"]["type"] == "array"
     assert all(shape["additionalProperties"] is False for shape in shapes.values())
     assert '"not":' not in json.dumps(document)  # no `not: {required: ...}` anywhere
 
@@ -176,6 +181,9 @@ def test_operations_document_their_bodies_and_parameters(document: Document) -> 
         ({"rows": [{"a": 1}], "version": "3"}, ["PredictRequestWithVersion"]),
         ({"rows": [{"a": 1}], "alias": "champion"}, ["PredictRequestWithAlias"]),
         ({"rows": [{"a": 1}], "version": "3", "alias": "champion"}, []),
+        ({"columns": {"a": [1, None], "b": ["x", "y"]}}, ["PredictRequestWithoutVersionSelector"]),
+        ({"columns": {"a": [1]}, "version": "3"}, ["PredictRequestWithVersion"]),
+        ({"columns": {"a": 1}}, []),
     ],
 )
 def test_predict_body_shapes_take_at_most_one_version_selector(

@@ -503,3 +503,146 @@ def test_modelyard_jobs_report_prints_the_confusion_matrix(
     as_json = cli("jobs", "report", job_id, "--output", "json")
     assert as_json.code == 0, as_json
     assert as_json.json()["classNames"] == ["setosa", "versicolor", "virginica"]
+
+
+# The column-wise form, `columns`: the same rows, the same answer and the same refusals.
+
+FLAGGED_ROWS: list[dict[str, Any]] = [
+    {"tenure": 12, "fee": 50.5, "plan": "plus"},
+    {"tenure": 12, "fee": 50.5, "plan": "platinum"},
+    {"tenure": 90, "fee": 5, "plan": "basic"},
+    {"tenure": 60, "fee": None, "plan": "basic"},
+    {"tenure": None, "fee": None, "plan": None},
+    {"tenure": 0, "fee": 50, "plan": "pro"},
+]
+
+
+def as_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [row.get(name) for row in rows] for name in rows[0]}
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_columns_answer_exactly_as_the_same_rows_do(
+    api: httpx.Client, models: dict[str, Any], explain: bool
+) -> None:
+    url = "/v1/models/churn-model:predict"
+    for rows in (FLAGGED_ROWS, _sample(models, "churn", "churned")):
+        by_rows = api.post(url, json={"rows": rows, "explain": explain})
+        by_columns = api.post(url, json={"columns": as_columns(rows), "explain": explain})
+        assert by_rows.status_code == 200, by_rows.text
+        assert by_columns.status_code == 200, by_columns.text
+        assert by_columns.json() == by_rows.json()
+    flagged = api.post(url, json={"columns": as_columns(FLAGGED_ROWS)}).json()
+    assert flagged["flagCounts"]["flaggedRows"] == "4"  # the flags are there, not just equal
+
+
+def test_columns_of_numbers_only_score_as_rows_for_every_task(
+    api: httpx.Client, models: dict[str, Any]
+) -> None:
+    """Whole numeric columns take the Trainer's array path: same values as rows."""
+    for name, target in (("flowers", "species"), ("sugar", "progression")):
+        rows = _sample(models, name, target)
+        url = f"/v1/models/{name}-model:predict"
+        by_rows = api.post(url, json={"rows": rows}).json()
+        by_columns = api.post(url, json={"columns": as_columns(rows)}).json()
+        assert by_columns == by_rows
+        assert len(by_columns["predictions"]) == 25
+
+
+def test_a_column_the_model_does_not_read_is_ignored_as_in_rows(
+    api: httpx.Client, models: dict[str, Any]
+) -> None:
+    columns = as_columns(FLAGGED_ROWS) | {"customer_id": list(range(len(FLAGGED_ROWS)))}
+    response = api.post("/v1/models/churn-model:predict", json={"columns": columns})
+    plain = api.post("/v1/models/churn-model:predict", json={"columns": as_columns(FLAGGED_ROWS)})
+    assert response.status_code == 200, response.text
+    assert response.json() == plain.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "metadata"),
+    [
+        (
+            '{"columns": {"tenure": [1, 2], "fee": [3.5], "plan": ["pro", "plus"]}}',
+            "PREDICT_COLUMNS_RAGGED",
+            {"column": "plan"},
+        ),
+        (
+            '{"columns": {"tenure": [1], "plan": ["pro"]}}',
+            "PREDICT_COLUMNS_MISSING",
+            {"column": "fee"},
+        ),
+        (
+            '{"columns": {"tenure": [1], "fee": [3], "plan": ["pro"]}, "rows": [{"tenure": 1}]}',
+            "PREDICT_ROWS_AND_COLUMNS",
+            {},
+        ),
+        ('{"columns": {"tenure": [], "fee": [], "plan": []}}', "PREDICT_ROWS_EMPTY", {}),
+        (
+            '{"columns": {"tenure": [1, 2], "fee": [3, NaN], "plan": ["pro", "plus"]}}',
+            "PREDICT_VALUE_NOT_FINITE",
+            {"column": "fee", "rows": "1"},
+        ),
+        (
+            '{"columns": {"tenure": [1, 2, 1e999], "fee": [3, 4, 5], "plan": ["a", "b", "c"]}}',
+            "PREDICT_VALUE_NOT_FINITE",
+            {"column": "tenure", "rows": "2"},
+        ),
+        (
+            '{"columns": {"tenure": [1, null, -Infinity], "fee": [3,4,5], "plan": ["a", "", ""]}}',
+            "PREDICT_VALUE_NOT_FINITE",
+            {"column": "tenure", "rows": "2"},
+        ),
+        (
+            '{"columns": {"tenure": [1, {"a": 1}], "fee": [3, 4], "plan": ["a", "b"]}}',
+            "PREDICT_VALUE_INVALID",
+            {"column": "tenure", "rows": "1"},
+        ),
+        (
+            '{"columns": {"tenure": [1, "abc"], "fee": [3, 4], "plan": ["a", "b"]}}',
+            "PREDICT_VALUE_INVALID",
+            {"column": "tenure", "rows": "1"},
+        ),
+    ],
+)
+def test_bad_columns_are_a_400_with_a_reason(
+    api: httpx.Client, models: dict[str, Any], body: str, reason: str, metadata: dict[str, str]
+) -> None:
+    response = predict_raw(api, "churn-model", body)
+    assert response.status_code == 400, response.text
+    info = error_info(response)
+    assert info["reason"] == reason
+    assert info.get("metadata", {}) == metadata
+
+
+async def test_columns_over_grpc_score_and_refuse_non_finite_doubles(
+    stack: Stack, models: dict[str, Any]
+) -> None:
+    auth = (("authorization", f"Bearer {stack.service_token}"),)
+    async with grpc.aio.insecure_channel(stack.addresses["trainer"]) as channel:
+        stub = trainer_service_pb2_grpc.TrainerServiceStub(channel)
+        rows = []
+        for row in FLAGGED_ROWS:
+            struct = struct_pb2.Struct()
+            struct.update(row)
+            rows.append(struct)
+        by_rows = await stub.Predict(
+            trainer_service_pb2.PredictRequest(model_name="churn-model", rows=rows),
+            metadata=auth,
+            timeout=30,
+        )
+        request = trainer_service_pb2.PredictRequest(model_name="churn-model")
+        for name, values in as_columns(FLAGGED_ROWS).items():
+            request.columns[name].extend(values)
+        by_columns = await stub.Predict(request, metadata=auth, timeout=30)
+        assert by_columns == by_rows
+        for number in (math.nan, math.inf, -math.inf):
+            bad = trainer_service_pb2.PredictRequest(model_name="churn-model")
+            bad.columns["tenure"].extend([5, 6])
+            bad.columns["plan"].extend(["basic", "pro"])
+            bad.columns["fee"].extend([1.0, number])  # numbers only: the array path
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Predict(bad, metadata=auth, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_reason(refused.value) == "PREDICT_VALUE_NOT_FINITE"
+            assert error_metadata(refused.value) == {"column": "fee", "rows": "1"}

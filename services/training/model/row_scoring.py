@@ -23,6 +23,7 @@ contributions and errors (tests/training/test_training_row_scoring.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ from services.training.model.scoring import BoolArray, Explanations, TrustFlags
 SINGLE_THREAD_ROWS = 10_000
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+# A column's values, one per row: as the request held them, or (a column-wise
+# request's numbers-only column) a float64 array already checked to be finite.
+ColumnValues = list[Any] | FloatArray
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,13 @@ class RowScorer:
         self._width = len(pyfunc_model.feature_names(spec))
         self._flagging = spec.get("ranges") is not None  # trained before flags existed: none
 
-    def score(self, columns: dict[str, list[Any]], rows: int, explain: bool = False) -> RowScores:
-        """Like `scoring.score_frame` on a DataFrame of these columns (object dtype)."""
+    def score(
+        self, columns: Mapping[str, ColumnValues], rows: int, explain: bool = False
+    ) -> RowScores:
+        """Like `scoring.score_frame` on a DataFrame of these columns (object dtype).
+
+        A column is a list of values, or a float64 array of finite numbers (a
+        column-wise request's numbers-only column, already checked)."""
         pyfunc_model.require_columns(columns, self._spec)
         matrix = np.empty((rows, self._width), dtype="float64")
         unseen: dict[str, BoolArray] = {}
@@ -149,9 +158,15 @@ def _plan(booster: lgb.Booster, spec: FeatureSpec) -> list[_Column]:
     return columns
 
 
-def _fill(column: _Column, values: list[Any], matrix: FloatArray) -> BoolArray:
+def _fill(column: _Column, values: ColumnValues, matrix: FloatArray) -> BoolArray:
     """The column's matrix column(s) from its values; returns where a value was given."""
     target = matrix[:, column.first]
+    if isinstance(values, np.ndarray):
+        if column.kind == pyfunc_model.NUMERIC:
+            target[:] = values
+            every: BoolArray = np.ones(len(values), dtype=bool)
+            return every
+        return _fill(column, values.tolist(), matrix)  # numbers for another kind: as a list
     if column.kind == pyfunc_model.NUMERIC and all(_is_number(value) for value in values):
         numbers = np.array(values, dtype="float64")  # None → NaN: LightGBM's missing value
         if not np.isinf(numbers).any():  # else the general way names and refuses it

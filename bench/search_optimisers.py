@@ -32,8 +32,8 @@ from services.training.fit.search import (
     SearchSpec,
     _BudgetSpent,
     _Searcher,
+    final_model,
     plan_search,
-    refit,
 )
 from services.training.model.columns import columns_from_frame
 from services.training.model.targets import Task
@@ -109,7 +109,7 @@ def run(prepared: Prepared, budget: float, optimiser: str) -> tuple[float, int, 
         searcher._deadline = None
         outcome = searcher.run_outcome("budget")
     best = outcome.trials[outcome.best_trial]
-    result = refit(table, outcome.refit_params, CONFIG)
+    result = final_model(table, outcome, CONFIG)
     return best.metric_value, len(outcome.trials), platform_score(prepared, result)
 
 

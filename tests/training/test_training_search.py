@@ -26,6 +26,7 @@ from services.training.fit.search import (
     SearchStatus,
     TrialRecord,
     plan_search,
+    portfolio,
     replay_refit,
     search_model,
     typed_param,
@@ -123,6 +124,27 @@ def test_a_count_target_tries_poisson_and_tweedie_and_records_the_choice(
     assert hooks.statuses[-1].trials_done == 8
 
 
+def test_the_portfolio_is_tried_after_the_default_with_the_best_objective(
+    count_search: tuple[TrainingResult, Recorder],
+) -> None:
+    """Known-good configurations (AutoGluon's LightGBM models, FLAML's zero-shot ones)
+    come before the optimiser's proposals, each a recorded trial like any other."""
+    outcome = count_search[0].search
+    assert outcome is not None
+    defaults = outcome.trials[:3]
+    best_default = min(defaults, key=lambda trial: trial.metric_value)  # rmse
+    entries = portfolio(Task.REGRESSION)
+    tried = outcome.trials[3 : 3 + len(entries)]
+    assert len(tried) == 5 == len(entries)
+    for trial, entry in zip(tried, entries, strict=True):
+        assert trial.objective == best_default.objective
+        for name, value in entry.params.items():
+            expected = min(value, 32) if name == "min_data_in_leaf" else value  # 320 rows / 10
+            assert typed_param(trial.params[name]) == expected, (entry.source, name)
+    assert tried[1].params["extra_trees"] == "true"  # AutoGluon's GBMXT
+    assert all(trial.params["extra_trees"] == "false" for trial in defaults)
+
+
 def test_the_searched_model_is_one_ordinary_lightgbm_model(
     count_search: tuple[TrainingResult, Recorder],
 ) -> None:
@@ -136,10 +158,20 @@ def test_the_searched_model_is_one_ordinary_lightgbm_model(
     assert np.allclose(contributions.sum(axis=1), raw, atol=1e-6)
     output = pyfunc_model.predict_frame(booster, result.spec, features)
     assert len(output) == len(frame)
-    # Fixed rounds, no early stopping (LightGBM may end a round or two early when no
-    # split is left to make).
-    assert 0 < result.best_iteration <= int(result.effective_params["num_iterations"])
-    assert result.effective_params["early_stopping_round"] == 0
+    # After cross-validation the model is the best trial's fold models averaged: each
+    # fold model's trees up to its best iteration, its raw score their mean.
+    outcome = result.search
+    assert outcome is not None
+    best = outcome.trials[outcome.best_trial]
+    assert len(best.fold_rounds) == CV_FOLDS
+    assert result.best_iteration == sum(best.fold_rounds)
+    folds = [
+        model.predict(features, raw_score=True, num_iteration=n) for model, n in outcome.fold_models
+    ]
+    assert np.allclose(raw, np.mean(folds, axis=0), atol=1e-9)
+    # What a replay needs to train the fold models again: the cap and the patience.
+    assert int(result.effective_params["early_stopping_round"]) > 0
+    assert int(result.effective_params["num_iterations"]) >= max(best.fold_rounds)
 
 
 def test_a_seed_and_max_trials_replay_to_the_same_model_file() -> None:

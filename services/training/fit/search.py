@@ -79,11 +79,114 @@ SINGLE_THREAD_ROWS = 20_000
 IMBALANCE_RATIO = 0.25
 # Skewed: the target's sample skewness above this (and every value positive).
 SKEWED = 1.0
-# The final refit is trained on 1/(1 - 1/K) times the rows of a fold.
-REFIT_ROUNDS_FACTOR = 1.0 + 1.0 / (CV_FOLDS - 1)
+# After a holdout the final refit trains on 1.25 times the rows, so 1.25 times the rounds.
 HOLDOUT_REFIT_FACTOR = 1.25
 
+LAMBDA_MAX = 100.0
+
 COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
+
+
+@dataclass(frozen=True)
+class PortfolioEntry:
+    """A known-good LightGBM configuration tried before the optimiser's own proposals."""
+
+    source: str
+    params: dict[str, Any]
+
+
+# AutoGluon's LightGBM models (its tabular presets: GBM, GBMXT with extra trees,
+# GBMLarge), then FLAML's zero-shot ("flaml.default") LightGBM portfolio for the task,
+# learnt on OpenML tables: written in LightGBM's names (n_estimators left to early
+# stopping, log_max_bin b as max_bin 2^b - 1) and clipped into the searched space.
+SHARED_PORTFOLIO = [
+    PortfolioEntry("AutoGluon GBM", {"learning_rate": 0.05}),
+    PortfolioEntry("AutoGluon GBMXT", {"learning_rate": 0.05, "extra_trees": True}),
+    PortfolioEntry(
+        "AutoGluon GBMLarge",
+        {"learning_rate": 0.03, "num_leaves": 128, "feature_fraction": 0.9, "min_data_in_leaf": 3},
+    ),
+]
+FLAML_ZERO_SHOT: dict[Task, list[dict[str, Any]]] = {
+    Task.REGRESSION: [
+        {
+            "num_leaves": 42,
+            "min_data_in_leaf": 12,
+            "learning_rate": 0.0217,
+            "max_bin": 127,
+            "feature_fraction": 0.739,
+            "lambda_l1": 0.0036,
+            "lambda_l2": 12.08,
+        },
+        {
+            "num_leaves": 122,
+            "min_data_in_leaf": 2,
+            "learning_rate": 0.0226,
+            "max_bin": 511,
+            "feature_fraction": 0.702,
+            "lambda_l1": 0.0043,
+            "lambda_l2": 0.113,
+        },
+    ],
+    Task.BINARY: [
+        {
+            "num_leaves": 139,
+            "min_data_in_leaf": 8,
+            "learning_rate": 0.0482,
+            "max_bin": 511,
+            "feature_fraction": 0.526,
+            "lambda_l1": 0.0029,
+            "lambda_l2": 0.0245,
+        },
+        {
+            "num_leaves": 4,
+            "min_data_in_leaf": 3,
+            "learning_rate": 0.01,
+            "max_bin": 511,
+            "feature_fraction": 0.539,
+            "lambda_l1": 15.8,
+            "lambda_l2": 34.8,
+        },
+    ],
+    Task.MULTICLASS: [
+        {
+            "num_leaves": 16,
+            "min_data_in_leaf": 52,
+            "learning_rate": 0.242,
+            "max_bin": 127,
+            "feature_fraction": 1.0,
+            "lambda_l1": 0.0343,
+            "lambda_l2": 0.0387,
+        },
+        {
+            "num_leaves": 24,
+            "min_data_in_leaf": 53,
+            "learning_rate": 0.0193,
+            "max_bin": 63,
+            "feature_fraction": 0.4,
+            "lambda_l1": 0.0014,
+            "lambda_l2": 0.0464,
+        },
+        {
+            "num_leaves": 11,
+            "min_data_in_leaf": 94,
+            "learning_rate": 0.0628,
+            "max_bin": 63,
+            "feature_fraction": 0.634,
+            "lambda_l1": 0.581,
+            "lambda_l2": 43.3,
+        },
+    ],
+}
+
+
+def portfolio(task: Task) -> list[PortfolioEntry]:
+    """The known-good configurations a search of this task tries first, in order."""
+    zero_shot = [
+        PortfolioEntry(f"FLAML zero-shot {task.value.lower()} #{n}", params)
+        for n, params in enumerate(FLAML_ZERO_SHOT.get(task, []), start=1)
+    ]
+    return SHARED_PORTFOLIO + zero_shot
 
 
 @dataclass(frozen=True)
@@ -112,6 +215,8 @@ class TrialRecord:
     # Every metric per fold (kept for the best trial's reported means and spread).
     fold_metrics: list[dict[str, float]] = field(default_factory=list)
     curve: dict[str, list[float]] = field(default_factory=dict)
+    # Each fold model's best iteration (what the averaged model keeps of each).
+    fold_rounds: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -142,6 +247,8 @@ class SearchOutcome:
     # the fold model that did not train on each predicted for it, for the report.
     held_out_rows: np.ndarray[Any, Any] | None = None
     held_out_raw: np.ndarray[Any, Any] | None = None
+    # The best trial's fold models and their best iterations (cross-validation only).
+    fold_models: list[tuple[lgb.Booster, int]] = field(default_factory=list)
 
 
 class SearchHooks(TrainingHooks, Protocol):
@@ -347,7 +454,7 @@ def search_model(
     hooks.check()
     searcher = _Searcher(table, plan, config, search, hooks)
     outcome = searcher.run()
-    result = refit(table, outcome.refit_params, config, _DeadlineExempt(hooks))
+    result = final_model(table, outcome, config, _DeadlineExempt(hooks))
     best = outcome.trials[outcome.best_trial]
     result.metrics = _mean_metrics(best.fold_metrics)
     result.curve = best.curve
@@ -390,6 +497,9 @@ class _Searcher:
         HeldOut = list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
         self._held_out: HeldOut = []
         self._best_held_out: HeldOut = []
+        FoldModels = list[tuple[lgb.Booster, int]]
+        self._fold_models: FoldModels = []
+        self._best_fold_models: FoldModels = []
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -404,6 +514,7 @@ class _Searcher:
         for choice in self._plan.choices:
             study.enqueue_trial(self._default_point(choice))
         stopped_by = "max_trials"
+        portfolio_queued = False
         try:
             while True:
                 limit = self._search.max_trials
@@ -412,6 +523,9 @@ class _Searcher:
                 if self._budget_spent():
                     stopped_by = "budget"
                     break
+                if not portfolio_queued and len(self._trials) >= len(self._plan.choices):
+                    self._enqueue_portfolio(study)
+                    portfolio_queued = True
                 self._one_trial(study)
         except _BudgetSpent:
             stopped_by = "budget"
@@ -421,6 +535,15 @@ class _Searcher:
             stopped_by = "deadline"
             logger.warning("deadline reached mid-search; keeping the best trial so far")
         return self.run_outcome(stopped_by)
+
+    def _enqueue_portfolio(self, study: optuna.Study) -> None:
+        """After the default point with each objective: the portfolio, with the objective
+        (or class weighting) that did best, before the optimiser proposes its own."""
+        best = self._trials[self._best] if self._best is not None else None
+        names = [choice.name for choice in self._plan.choices]
+        choice_index = names.index(best.objective) if best is not None else 0
+        for point in self._portfolio_points(choice_index):
+            study.enqueue_trial(point)
 
     def run_outcome(self, stopped_by: str) -> SearchOutcome:
         """What the trials so far add up to (the best of them, refit parameters...)."""
@@ -447,13 +570,17 @@ class _Searcher:
             train_rows=len(self._plan.folds[0][0]),
             held_out_rows=np.concatenate([rows for rows, _ in self._best_held_out]),
             held_out_raw=np.concatenate([raw for _, raw in self._best_held_out]),
+            fold_models=self._best_fold_models if self._plan.validation == "cv" else [],
         )
 
     def _budget_spent(self) -> bool:
         """No time left for another trial's first fold plus the refit."""
         if self._deadline is None or self._best is None:
             return self._deadline is not None and time.monotonic() >= self._deadline
-        reserve = 1.5 * self._slowest_fold * REFIT_ROUNDS_FACTOR
+        if self._plan.validation == "cv":
+            reserve = self._slowest_fold  # the fold models are averaged: nothing to refit
+        else:
+            reserve = 1.5 * self._slowest_fold * HOLDOUT_REFIT_FACTOR
         return time.monotonic() + reserve >= self._deadline
 
     def _status(self) -> SearchStatus:
@@ -518,6 +645,7 @@ class _Searcher:
         if record.state == COMPLETE and self._is_better(record):
             self._best = number
             self._best_held_out = self._held_out
+            self._best_fold_models = self._fold_models
             record.best_so_far = True
         self._finish(record)
         return record
@@ -564,8 +692,9 @@ class _Searcher:
         choose("learning_rate", lambda: trial.suggest_float("learning_rate", 0.01, 0.3, log=True))
         choose("feature_fraction", lambda: trial.suggest_float("feature_fraction", 0.4, 1.0))
         choose("bagging_fraction", lambda: trial.suggest_float("bagging_fraction", 0.5, 1.0))
-        choose("lambda_l1", lambda: trial.suggest_float("lambda_l1", 1e-8, 10.0, log=True))
-        choose("lambda_l2", lambda: trial.suggest_float("lambda_l2", 1e-8, 10.0, log=True))
+        choose("lambda_l1", lambda: trial.suggest_float("lambda_l1", 1e-8, LAMBDA_MAX, log=True))
+        choose("lambda_l2", lambda: trial.suggest_float("lambda_l2", 1e-8, LAMBDA_MAX, log=True))
+        choose("extra_trees", lambda: trial.suggest_categorical("extra_trees", [False, True]))
         choose("cat_smooth", lambda: trial.suggest_float("cat_smooth", 1.0, 100.0, log=True))
         choose("max_bin", lambda: trial.suggest_categorical("max_bin", [63, 127, 255, 511]))
         return point
@@ -585,8 +714,23 @@ class _Searcher:
             "lambda_l2": 1e-8,
             "cat_smooth": 10.0,
             "max_bin": 255,
+            "extra_trees": False,
         }
         return {k: v for k, v in defaults.items() if k == "choice" or k not in self._plan.fixed}
+
+    def _portfolio_points(self, choice_index: int) -> list[dict[str, Any]]:
+        """The portfolio's configurations for this task, on the default point and inside
+        the searched space (a parameter the job sets is left to the job)."""
+        rows = len(self._plan.folds[0][0])
+        most = max(2, min(200, rows // 10))
+        points = []
+        for entry in portfolio(self._plan.task):
+            point = {**self._default_point(self._plan.choices[choice_index]), **entry.params}
+            point["min_data_in_leaf"] = min(int(point["min_data_in_leaf"]), most)
+            points.append(
+                {k: v for k, v in point.items() if k == "choice" or k not in self._plan.fixed}
+            )
+        return points
 
     def _lightgbm_params(self, point: dict[str, Any], choice: Choice) -> dict[str, Any]:
         task = self._plan.task
@@ -625,11 +769,10 @@ class _Searcher:
         params = dict(lgb_params)
         class_weight = params.pop("class_weight", "none")
         params.pop("early_stopping_round", None)
-        patience = int(self._plan.fixed.get("early_stopping_round", 0)) or max(
-            30, min(100, int(3 / float(params.get("learning_rate", 0.1))))
-        )
+        patience = self._patience(params)
         rounds: list[int] = []
         self._held_out = []
+        self._fold_models = []
         for fold, (train_index, valid_index) in enumerate(self._plan.folds):
             fold_started = time.perf_counter()
             train_set, valid_set = self._fold_data(fold, int(params.get("max_bin", 255)))
@@ -664,6 +807,8 @@ class _Searcher:
                 for name, values in evaluation.get("validation", {}).items()
             }
             rounds.append(int(best))
+            self._fold_models.append((booster, int(best)))
+            record.fold_rounds = list(rounds)
             record.rounds = round(float(np.mean(rounds)))
             record.metric_value = float(np.mean(record.fold_metric_values))
             self._slowest_fold = max(self._slowest_fold, time.perf_counter() - fold_started)
@@ -672,6 +817,12 @@ class _Searcher:
                 if trial.should_prune():
                     return PRUNED
         return COMPLETE
+
+    def _patience(self, params: dict[str, Any]) -> int:
+        """Early stopping's patience: the job's, else 30-100 rounds by learning rate."""
+        return int(self._plan.fixed.get("early_stopping_round", 0)) or max(
+            30, min(100, int(3 / float(params.get("learning_rate", 0.1))))
+        )
 
     def _fold_data(self, fold: int, max_bin: int) -> tuple[lgb.Dataset, lgb.Dataset]:
         """Binned once per fold and max_bin: the other parameters leave the bins alone."""
@@ -722,10 +873,14 @@ class _Searcher:
         params: dict[str, ParamValue] = {}
         for name, text in best.params.items():
             params[name] = typed_param(text)
-        factor = REFIT_ROUNDS_FACTOR if self._plan.validation == "cv" else HOLDOUT_REFIT_FACTOR
-        params["num_iterations"] = max(1, round(best.rounds * factor))
-        params["early_stopping_round"] = 0
         params.setdefault("class_weight", "none")
+        if self._plan.validation == "cv":
+            # The fold models are the model: what a replay needs to train them again.
+            params["num_iterations"] = self._plan.max_rounds
+            params["early_stopping_round"] = self._patience(params)
+            return params
+        params["num_iterations"] = max(1, round(best.rounds * HOLDOUT_REFIT_FACTOR))
+        params["early_stopping_round"] = 0
         return params
 
 
@@ -823,6 +978,64 @@ def refit(
 
     callback.order = 5  # type: ignore[attr-defined]
     booster = lgb.train(lgb_params, train_set, num_boost_round=rounds, callbacks=[callback])
+    return model_result(table, booster, dict(params), started)
+
+
+def final_model(
+    table: PreparedTable,
+    outcome: SearchOutcome,
+    config: PipelineConfig,
+    hooks: TrainingHooks | None = None,
+) -> TrainingResult:
+    """After cross-validation the best trial's fold models averaged into one model;
+    after a holdout the best configuration refit on every row."""
+    if not outcome.fold_models:
+        return refit(table, outcome.refit_params, config, hooks)
+    started = time.perf_counter()
+    booster = average_boosters(outcome.fold_models)
+    return model_result(table, booster, dict(outcome.refit_params), started)
+
+
+def average_boosters(models: list[tuple[lgb.Booster, int]]) -> lgb.Booster:
+    """One LightGBM model whose raw score is the mean of the models' raw scores: every
+    model's trees up to its best iteration, each leaf value divided by their number.
+
+    The result is an ordinary booster: exact TreeSHAP (the contributions are the
+    models' contributions averaged), batch scoring and pyfunc loading as for any.
+    The average is over raw scores (log-odds, log of a rate), as boosting adds."""
+    texts = [booster.model_to_string(num_iteration=best) for booster, best in models]
+    header, _ = texts[0].split("\nTree=", 1)
+    _, tail = texts[0].split("end of trees", 1)
+    # Without tree_sizes LightGBM parses the trees one after another (the sizes change).
+    header = "\n".join(line for line in header.split("\n") if not line.startswith("tree_sizes="))
+    share = 1.0 / len(models)
+    trees: list[str] = []
+    for text in texts:
+        body = text.split("\nTree=", 1)[1].split("end of trees", 1)[0]
+        for block in body.split("\nTree="):
+            lines = block.strip("\n").split("\n")[1:]  # the first is the tree's number
+            trees.append(
+                "\n".join([f"Tree={len(trees)}", *(_scaled(line, share) for line in lines)])
+            )
+    text = header + "\n" + "\n\n\n".join(trees) + "\n\n\nend of trees" + tail
+    return lgb.Booster(model_str=text)
+
+
+def _scaled(line: str, share: float) -> str:
+    """A tree's line with its leaf (and internal node) values times `share`."""
+    key, _, values = line.partition("=")
+    if key not in ("leaf_value", "internal_value") or not values:
+        return line
+    return f"{key}=" + " ".join(repr(float(v) * share) for v in values.split(" "))
+
+
+def model_result(
+    table: PreparedTable,
+    booster: lgb.Booster,
+    effective: dict[str, ParamValue],
+    started: float,
+) -> TrainingResult:
+    """The search's final booster as a job's result (metrics are the caller's)."""
     importance = dict(
         zip(
             pyfunc_model.feature_names(table.spec),
@@ -830,7 +1043,6 @@ def refit(
             strict=True,
         )
     )
-    effective = dict(params)
     return TrainingResult(
         decision=table.decision,
         spec=table.spec,
@@ -845,7 +1057,7 @@ def refit(
         dropped_columns=table.dropped_columns,
         importance=dict(sorted(importance.items(), key=lambda item: -item[1])),
         input_example=table.input_example,
-        timings={"refit_seconds": time.perf_counter() - started},
+        timings={"final_model_seconds": time.perf_counter() - started},
     )
 
 
@@ -870,7 +1082,7 @@ def replay_refit(
     hooks.decided(table.decision)
     plan = plan_search(table, params, config, validation=validation)
     outcome = _Searcher(table, plan, config, SearchSpec(None, 1), _Quiet(hooks)).run()
-    result = refit(table, params, config, hooks)
+    result = final_model(table, outcome, config, hooks)
     best = outcome.trials[outcome.best_trial]
     result.metrics = _mean_metrics(best.fold_metrics)
     result.curve = best.curve

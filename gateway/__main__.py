@@ -10,6 +10,7 @@ from gateway.app import Gateway
 from gateway.http_protocols import StatusH11Protocol, StatusHttpToolsProtocol
 from gateway.settings import GatewaySettings
 from runtime.logs import configure_logging
+from runtime.memory import freeze_startup_objects
 from runtime.tracing import configure_tracing, shutdown_tracing
 
 
@@ -35,6 +36,7 @@ def main() -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
+    freeze_startup_objects()  # the imports and the routes: out of GC's walks (runtime/memory.py)
     try:
         uvicorn.Server(config).run()
     finally:

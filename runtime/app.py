@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from runtime.logs import configure_logging, error_fields
+from runtime.memory import freeze_startup_objects
 from runtime.secrets import private_directory
 from runtime.server import wait_for_shutdown_signal
 from runtime.settings import CommonSettings
@@ -124,6 +125,7 @@ def _report_death(task: asyncio.Task[None]) -> None:
 async def serve_until_signal(app: App) -> None:
     """Run `app` until SIGTERM or SIGINT, then close it."""
     async with app:
+        freeze_startup_objects()
         await wait_for_shutdown_signal()
 
 

@@ -7,13 +7,15 @@ Arrow's default pool (mimalloc) likewise keeps freed pages for reuse. The RSS
 then measures history, not use. `tune_allocator()` (first thing in a process's
 `__main__`, before pyarrow is imported) fixes the threshold, caps the arenas and
 points Arrow at the C allocator; `release_free_memory()` hands free heap pages
-back after a large piece of work.
+back after a large piece of work. `freeze_startup_objects()` (once a process
+serves) keeps the objects of its imports out of garbage collections.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 
 M_MMAP_THRESHOLD = -3
@@ -57,3 +59,14 @@ def release_free_memory() -> None:
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
         trim(0)
+
+
+def freeze_startup_objects() -> None:
+    """Once a process has started: take what is alive then out of the cyclic garbage
+    collector's sight (`gc.freeze`). The modules, classes and tables of its imports
+    (about 250,000 objects in the Trainer with MLflow, pandas and LightGBM, 50,000 in
+    the gateway) live as long as the process, yet every full collection walked them
+    all, a pause of tens of milliseconds (hundreds on a loaded machine) that stops
+    every request in flight; it now walks only what was made since."""
+    gc.collect()  # what startup left unreachable is freed, not frozen
+    gc.freeze()

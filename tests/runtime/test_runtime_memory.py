@@ -67,3 +67,26 @@ def test_freed_heap_pages_go_back_to_the_kernel() -> None:
     )
     held, after = int(str(result["held"])), int(str(result["after"]))
     assert held - after > 100 * MiB, (held / MiB, after / MiB)
+
+
+def test_frozen_startup_objects_are_out_of_a_full_collections_walk() -> None:
+    """After startup (here: pandas and the gateway imported), a full collection walks
+    only what was made since, not every object of the imports."""
+    found = run(
+        """
+        import gc, json, time
+        import pandas, gateway.app
+        from runtime.memory import freeze_startup_objects
+        tracked = len(gc.get_objects())
+        freeze_startup_objects()
+        made_since = [[index] for index in range(1000)]
+        print(json.dumps({
+            "tracked": tracked,
+            "frozen": gc.get_freeze_count(),
+            "walked": len(gc.get_objects()),
+        }))
+        """
+    )
+    tracked, frozen, walked = (int(str(found[key])) for key in ("tracked", "frozen", "walked"))
+    assert frozen >= 0.9 * tracked
+    assert 1000 <= walked < tracked / 10

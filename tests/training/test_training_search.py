@@ -145,6 +145,37 @@ def test_the_portfolio_is_tried_after_the_default_with_the_best_objective(
     assert all(trial.params["extra_trees"] == "false" for trial in defaults)
 
 
+def test_many_level_categoricals_search_how_levels_are_grouped() -> None:
+    rng = np.random.default_rng(7)
+    shops = [f"shop-{i}" for i in range(60)]
+    effect = dict(zip(shops, rng.normal(0, 30, len(shops)), strict=True))
+    shop = rng.choice(shops, 600)
+    frame = pd.DataFrame({"shop": shop, "x": rng.normal(size=600)})
+    frame["sales"] = 100 + np.vectorize(effect.get)(shop) + 5 * frame["x"] + rng.normal(0, 5, 600)
+    outcome = run_search(frame, "sales", SearchSpec(None, 2)).search
+    assert outcome is not None
+    default, grouped = outcome.trials
+    assert default.params["min_data_per_group"] == "100"  # LightGBM's default first
+    assert grouped.params["min_data_per_group"] == "5"  # then the many-levels entry
+    assert grouped.params["max_cat_threshold"] == "256"
+    # Small groups of levels find the 60 shops' effects the defaults smooth away.
+    assert grouped.metric_value < 0.8 * default.metric_value
+    # Without such a column (count_search's region has 3 levels) they are not searched.
+    few = run_search(counts_frame(), "visits", SearchSpec(None, 1)).search
+    assert few is not None
+    assert "min_data_per_group" not in few.trials[0].params
+
+
+def test_a_multiclass_round_counts_a_tree_per_class_in_the_budget_rule() -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.normal(size=(1000, 10)), columns=[f"f{i}" for i in range(10)])
+    frame["label"] = rng.choice([f"c{i}" for i in range(8)], 1000)
+    table = prepare_table(frame, columns_from_frame(frame), "label", Task.AUTO, CONFIG)
+    # 1,000 rows x 10 features fit 10 s of budget (27,800 cells); x 8 classes do not.
+    assert plan_search(table, {}, CONFIG, budget_seconds=10.0).validation == "holdout"
+    assert plan_search(table, {}, CONFIG, budget_seconds=60.0).validation == "cv"
+
+
 def test_the_searched_model_is_one_ordinary_lightgbm_model(
     count_search: tuple[TrainingResult, Recorder],
 ) -> None:

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from services.training.fit.search import (
-    CV_CELLS_PER_SECOND,
     CV_FOLDS,
     CV_MAX_ROWS,
     MAX_SEARCH_ROUNDS,
+    cv_affordable_cells,
 )
 
 logger = logging.getLogger("modelyard.trainer.estimate")
@@ -161,8 +161,7 @@ def estimate(
         rounds = cap if num_iterations else max(1, round(cap * DEFAULT_ROUNDS_SHARE))
         train = _train_seconds(costs, int(shape.rows * 0.8), shape, rounds)
         return Estimate(costs.overhead_seconds + train, int(memory), 1, basis)
-    cells = shape.rows * max(1, shape.features)
-    affordable = budget_seconds is None or cells <= CV_CELLS_PER_SECOND * budget_seconds
+    affordable = cv_affordable_cells(shape.rows, shape.features, shape.classes, budget_seconds)
     folds = CV_FOLDS if shape.rows < CV_MAX_ROWS and affordable else 1  # as fit/search.py
     fold_rows = int(shape.rows * (0.8 if folds == 1 else (folds - 1) / folds))
     rounds = min(MAX_SEARCH_ROUNDS, SEARCH_ROUNDS_PER_FOLD)

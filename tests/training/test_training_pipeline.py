@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -15,11 +16,16 @@ from services.training.fit.dataset_reader import decode_stream, to_pandas
 from services.training.fit.frame_builder import FrameBuilder
 from services.training.fit.pipeline import (
     PipelineConfig,
+    PreparedData,
     TrainingResult,
     TrainingStopped,
     default_learning_rate,
     default_rounds,
+    evaluate,
+    lightgbm_feature_names,
+    lightgbm_params,
     prepare,
+    subset,
     train_model,
 )
 from services.training.model import pyfunc_model
@@ -464,3 +470,69 @@ def test_the_lean_stratified_split_draws_scikit_learns_rows(counts: list[int], s
     np.testing.assert_array_equal(ours[1], theirs[1])
     # A class of one row: scikit-learn's refusal (and its reason) is kept.
     assert stratified_split(np.array([0, 0, 0, 1]), 0.2, seed) is None
+
+
+def _arrow_built_dataset(prepared: PreparedData, params: dict[str, Any]) -> lgb.Dataset:
+    """LightGBM building its Dataset from an Arrow table of the same features (its own
+    sampling and binning), as the Trainer did before `fit/binning.py`."""
+    names = feature_names(prepared.spec)
+    arrays: list[pa.Array] = []
+    categorical: list[int] = []
+    for index, name in enumerate(names):
+        values = prepared.features[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            categorical.append(index)
+            codes = values.cat.codes.to_numpy()
+            arrays.append(pa.array(codes, mask=codes < 0))
+        else:
+            arrays.append(pa.array(values.to_numpy(dtype="float64")))
+    table = pa.Table.from_arrays(arrays, names=lightgbm_feature_names(names))
+    return lgb.Dataset(
+        table, label=prepared.labels, categorical_feature=categorical, params=params
+    ).construct()
+
+
+def test_binning_from_columns_builds_the_model_lightgbm_builds_from_arrow() -> None:
+    frame = messy_frame(rows=3000, seed=5)
+    prepared = prepare(frame, columns_from_frame(frame), "label", Task.AUTO, CONFIG)
+    params, _, _ = lightgbm_params({}, prepared, CONFIG)
+    # A sample smaller than the table: which rows are sampled decides the bins.
+    params["bin_construct_sample_cnt"] = 700
+    valid_rows = np.column_stack(
+        [
+            values.cat.codes.astype("float64").replace(-1.0, np.nan)
+            if isinstance(values.dtype, pd.CategoricalDtype)
+            else values.astype("float64")
+            for _, values in prepared.valid_features.items()
+        ]
+    )
+    models: list[str] = []
+    aucs: list[float] = []
+    for every_row in (prepared.lightgbm_dataset(params), _arrow_built_dataset(prepared, params)):
+        train_set = subset(every_row, prepared.train_index)
+        booster = lgb.train(params, train_set, num_boost_round=30)
+        models.append(booster.model_to_string())
+        raw = np.asarray(booster.predict(valid_rows))
+        aucs.append(evaluate(Task.BINARY, prepared.valid_labels, raw)["roc_auc"])
+    assert models[0] == models[1]
+    assert aucs[0] == aucs[1] > 0.8
+
+
+def test_released_rows_keep_the_validation_rows_as_read_and_as_features() -> None:
+    frame = messy_frame(rows=800, seed=3)
+    prepared = prepare(frame, columns_from_frame(frame), "label", Task.AUTO, CONFIG)
+    rows = prepared.rows
+    assert rows is not None
+    expected_features = prepared.features.iloc[prepared.valid_index].copy()
+    expected_inputs = rows.drop(columns=["label"]).iloc[prepared.valid_index].copy()
+    del rows
+    prepared.release_rows()
+    assert prepared.rows is None
+    assert len(prepared.features) == 0
+    pd.testing.assert_frame_equal(prepared.valid_features, expected_features)
+    assert prepared.valid_inputs is not None
+    pd.testing.assert_frame_equal(prepared.valid_inputs, expected_inputs)
+    # The numbers read are the features' own validation arrays, held once.
+    assert np.shares_memory(
+        prepared.valid_inputs["size"].to_numpy(), prepared.valid_features["size"].to_numpy()
+    )

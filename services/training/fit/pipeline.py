@@ -12,10 +12,11 @@ classification); train LightGBM with early stopping on the validation split;
 measure the task's metrics on it.
 
 Memory: the features are held once (`PreparedData.features`, every row with a
-target). LightGBM's Dataset is built from them through Arrow without a copy
-(`PreparedData.lightgbm_dataset`: one binned Dataset of every row), and the
-training and validation splits are subsets of it, as `lightgbm.cv` builds its
-folds; only the validation rows are copied, to be scored at the end.
+target). LightGBM's Dataset is built from them without a copy
+(`PreparedData.lightgbm_dataset`, `fit/binning.py`: one binned Dataset of every
+row), and the training and validation splits are subsets of it, as `lightgbm.cv`
+builds its folds; only the validation rows are copied, to be scored at the end,
+a column at a time once LightGBM has binned every row (`release_rows`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any, Protocol
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 from sklearn.model_selection._split import _approximate_mode
@@ -39,6 +39,7 @@ from sklearn.model_selection._split import _approximate_mode
 from runtime.limits import echo
 from runtime.memory import release_free_memory
 from services.training import reasons
+from services.training.fit.binning import binned_dataset
 from services.training.fit.report import evaluation_report
 from services.training.model import pyfunc_model
 from services.training.model.columns import ColumnInfo, raw_example, select_features
@@ -158,13 +159,37 @@ class PreparedData:
         """Let the rows go once LightGBM holds its binned copy; the validation rows stay.
 
         Copied out only now, not before LightGBM bins every row: its binning is the
-        job's peak of memory, and the validation rows would only add to it.
+        job's peak of memory, and the validation rows would only add to it. And a
+        column at a time, each let go once its validation rows are copied: a whole
+        copy of the validation rows beside every column would be a second peak.
         """
-        self.valid_features  # noqa: B018 - copied out before the rest is let go
-        self.valid_inputs  # noqa: B018 - likewise
-        self.rows = None
+        features = {name: self.features[name] for name in self.features.columns}
+        inputs: dict[str, pd.Series[Any]] = {}
+        if self.rows is not None and self._valid_inputs is None:
+            inputs = {name: self.rows[name] for name in self.rows.columns if name != self.target}
         # An empty copy: a slice (even of no rows) would keep every column alive.
         self.features = self.features.head(0).copy()
+        self.rows = None
+        valid = self.valid_index
+        # A read column that is a feature's very array (numbers) is not copied twice:
+        # its validation rows are the feature's.
+        valid_inputs: dict[str, pd.Series[Any] | None] = {
+            name: None
+            if name in features and _same_array(read, features[name])
+            else read.iloc[valid]
+            for name, read in inputs.items()
+        }
+        inputs.clear()
+        picked: dict[str, pd.Series[Any]] = {}
+        for name in list(features):
+            column = features.pop(name)
+            if self._valid_features is None:
+                picked[name] = column.iloc[valid]
+            del column  # the whole column goes before the next one is copied
+        if self._valid_features is None:
+            self._valid_features = pd.DataFrame(picked, copy=False)
+        if valid_inputs:
+            self._valid_inputs = _valid_inputs(valid_inputs, self._valid_features)
 
     @property
     def train_labels(self) -> np.ndarray[Any, Any]:
@@ -186,34 +211,25 @@ class PreparedData:
     def lightgbm_dataset(self, params: dict[str, Any]) -> lgb.Dataset:
         """One constructed (binned) LightGBM Dataset of every row, with its labels.
 
-        Built from Arrow arrays over the feature columns: numbers without a
-        copy, categories as their codes in the model's level order (missing
-        or unseen levels as nulls), exactly what LightGBM makes of the pandas
-        `category` columns the pyfunc model gives it at predict time. Bins are
-        found on a sample of all rows (LightGBM's `bin_construct_sample_cnt`).
+        Built from the feature columns as they are (`fit/binning.py`): numbers
+        without a copy, categories as their codes in the model's level order
+        (missing or unseen levels as NaN), exactly what LightGBM makes of the
+        pandas `category` columns the pyfunc model gives it at predict time. Bins
+        are found on a sample of all rows (LightGBM's `bin_construct_sample_cnt`).
         """
         columns = pyfunc_model.feature_names(self.spec)  # a date is several columns
-        names = lightgbm_feature_names(columns)
-        arrays: list[pa.Array] = []
+        values: list[np.ndarray[Any, Any]] = []
         categorical: list[int] = []
         for index, column in enumerate(columns):
-            values = self.features[column]
-            if isinstance(values.dtype, pd.CategoricalDtype):
+            feature = self.features[column]
+            if isinstance(feature.dtype, pd.CategoricalDtype):
                 categorical.append(index)
-                # The codes as they are (1-2 bytes a row), missing (-1) as Arrow nulls:
-                # LightGBM reads them as it reads NaN in a float column.
-                codes = values.cat.codes.to_numpy()
-                arrays.append(pa.array(codes, mask=codes < 0))
+                values.append(feature.cat.codes.to_numpy())  # 1-2 bytes a row, -1 missing
             else:
-                arrays.append(pa.array(values.to_numpy(dtype="float64")))
-        dataset = lgb.Dataset(
-            pa.Table.from_arrays(arrays, names=names),
-            label=self.labels,
-            categorical_feature=categorical,
-            params=params,
-            free_raw_data=True,
+                values.append(feature.to_numpy(dtype="float64"))
+        return binned_dataset(
+            values, self.labels, lightgbm_feature_names(columns), categorical, params
         )
-        return dataset.construct()
 
 
 @dataclass
@@ -339,17 +355,27 @@ def _inputs_sharing_features(inputs: pd.DataFrame, prepared: PreparedData) -> pd
     (numbers read as float64) taken from `prepared.valid_features` instead of copied
     again: the validation rows' numbers are then held once, not twice."""
     valid_index = prepared.valid_index
-    index = inputs.index[valid_index]
-    columns: dict[str, pd.Series[Any]] = {}
+    columns: dict[str, pd.Series[Any] | None] = {}
     for name in inputs.columns:
         read = inputs[name]
         feature = prepared.features.get(name)
-        if feature is not None and _same_array(read, feature):
-            values = prepared.valid_features[name].to_numpy()
-            columns[name] = pd.Series(values, index=index, name=name, copy=False)
-        else:
-            columns[name] = read.iloc[valid_index]
-    return pd.DataFrame(columns, index=index, copy=False)
+        shared = feature is not None and _same_array(read, feature)
+        columns[name] = None if shared else read.iloc[valid_index]
+    return _valid_inputs(columns, prepared.valid_features)
+
+
+def _valid_inputs(
+    columns: dict[str, pd.Series[Any] | None], valid_features: pd.DataFrame
+) -> pd.DataFrame:
+    """The validation rows as read, from their columns; None: the feature's column as it is."""
+    index = valid_features.index
+    taken: dict[str, pd.Series[Any]] = {}
+    for name, rows in columns.items():
+        if rows is None:
+            values = valid_features[name].to_numpy()
+            rows = pd.Series(values, index=index, name=name, copy=False)
+        taken[name] = rows
+    return pd.DataFrame(taken, index=index, copy=False)
 
 
 def _same_array(first: pd.Series[Any], second: pd.Series[Any]) -> bool:

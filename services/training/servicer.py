@@ -346,29 +346,12 @@ _FLAG_KINDS = {
 
 def predict_response(model: LoadedModel, scored: RowScores) -> trainer_service_pb2.PredictResponse:
     class_labels = model.spec.get("class_labels") or []
-    class_names = [pyfunc_model.label_text(label) for label in class_labels]
-    probabilities = scored.probabilities.tolist() if scored.probabilities is not None else None
-    flagged = scored.flags.flagged()
-    explained = scored.explanations
-    predictions = []
-    for index, value in enumerate(scored.values):
-        prediction = trainer_service_pb2.Prediction(value=_value(value))
-        if probabilities is not None:
-            prediction.probabilities.extend(probabilities[index])
-        if flagged[index]:
-            prediction.flags.extend(
-                trainer_service_pb2.PredictionFlag(kind=_FLAG_KINDS[kind], column=column)
-                for kind, column in scored.flags.row_flags(index)
-            )
-        if explained is not None:
-            prediction.explanations.extend(_explanations(explained, index))
-        predictions.append(prediction)
     counts = scored.flags.counts()
-    return trainer_service_pb2.PredictResponse(
+    explained = scored.explanations
+    response = trainer_service_pb2.PredictResponse(
         model_name=model.name,
         model_version=model.version,
-        class_names=class_names,
-        predictions=predictions,
+        class_names=[pyfunc_model.label_text(label) for label in class_labels],
         feature_names=explained.feature_names if explained is not None else [],
         flag_counts=trainer_service_pb2.PredictionFlagCounts(
             flagged_rows=counts.flagged_rows,
@@ -377,6 +360,22 @@ def predict_response(model: LoadedModel, scored: RowScores) -> trainer_service_p
             all_missing_rows=counts.all_missing_rows,
         ),
     )
+    probabilities = scored.probabilities.tolist() if scored.probabilities is not None else None
+    flagged = scored.flags.flagged()
+    # Each prediction is made in place (`add()`): a message built apart and then
+    # passed in is copied, and so was its value; 1,000 rows took ~3x as long.
+    add = response.predictions.add
+    for index, value in enumerate(scored.values):
+        prediction = add()
+        _set_value(prediction.value, value)
+        if probabilities is not None:
+            prediction.probabilities.extend(probabilities[index])
+        if flagged[index]:
+            for kind, column in scored.flags.row_flags(index):
+                prediction.flags.add(kind=_FLAG_KINDS[kind], column=column)
+        if explained is not None:
+            prediction.explanations.extend(_explanations(explained, index))
+    return response
 
 
 def _explanations(
@@ -393,12 +392,16 @@ def _explanations(
     ]
 
 
-def _value(value: Any) -> struct_pb2.Value:
-    if isinstance(value, bool | np.bool_):
-        return struct_pb2.Value(bool_value=bool(value))
-    if isinstance(value, int | float | np.integer | np.floating):
+def _set_value(target: struct_pb2.Value, value: Any) -> None:
+    if type(value) is str:  # a class label, the common case
+        target.string_value = value
+    elif isinstance(value, bool | np.bool_):
+        target.bool_value = bool(value)
+    elif isinstance(value, int | float | np.integer | np.floating):
         number = float(value)
         if math.isnan(number):
-            return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
-        return struct_pb2.Value(number_value=number)
-    return struct_pb2.Value(string_value=str(value))
+            target.null_value = struct_pb2.NULL_VALUE
+        else:
+            target.number_value = number
+    else:
+        target.string_value = str(value)

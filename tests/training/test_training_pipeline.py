@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from services.training.fit.binning import FeatureRows
 from services.training.fit.dataset_reader import decode_stream, to_pandas
 from services.training.fit.frame_builder import FrameBuilder
 from services.training.fit.pipeline import (
@@ -492,7 +493,11 @@ def _arrow_built_dataset(prepared: PreparedData, params: dict[str, Any]) -> lgb.
     ).construct()
 
 
-def test_binning_from_columns_builds_the_model_lightgbm_builds_from_arrow() -> None:
+def test_binning_from_columns_builds_the_model_lightgbm_builds_from_arrow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rows pushed into the bins in several batches, as on a large table.
+    monkeypatch.setattr(FeatureRows, "batch_size", 512)
     frame = messy_frame(rows=3000, seed=5)
     prepared = prepare(frame, columns_from_frame(frame), "label", Task.AUTO, CONFIG)
     params, _, _ = lightgbm_params({}, prepared, CONFIG)

@@ -25,6 +25,7 @@ from services.training.fit.search import (
     SearchSpec,
     SearchStatus,
     TrialRecord,
+    _Searcher,
     plan_search,
     portfolio,
     replay_refit,
@@ -174,6 +175,38 @@ def test_a_multiclass_round_counts_a_tree_per_class_in_the_budget_rule() -> None
     # 1,000 rows x 10 features fit 10 s of budget (27,800 cells); x 8 classes do not.
     assert plan_search(table, {}, CONFIG, budget_seconds=10.0).validation == "holdout"
     assert plan_search(table, {}, CONFIG, budget_seconds=60.0).validation == "cv"
+
+
+def test_a_trial_must_beat_the_best_on_the_folds_by_more_than_chance() -> None:
+    """Cross-validation: a new best must be better by more than a standard error of its
+    per-fold differences from the best so far, not by a lucky fold."""
+    frame = counts_frame()
+    table = prepare_table(frame, columns_from_frame(frame), "visits", Task.AUTO, CONFIG)
+    plan = plan_search(table, {}, CONFIG)
+    searcher = _Searcher(table, plan, CONFIG, SearchSpec(None, 1), NoSearchHooks())
+
+    def trial(number: int, folds: list[float]) -> TrialRecord:
+        return TrialRecord(
+            number,
+            "COMPLETE",
+            {},
+            "regression",
+            "rmse",
+            float(np.mean(folds)),
+            folds,
+            10,
+            1.0,
+            0.0,
+            fold_metrics=[{"rmse": v, "mae": v} for v in folds],
+        )
+
+    searcher._trials = [trial(0, [10.0, 10.0, 10.0, 10.0, 10.0])]
+    searcher._best = 0
+    lucky = trial(1, [7.0, 10.5, 10.5, 10.5, 10.5])  # lower mean rmse, one lucky fold
+    steady = trial(2, [9.5, 9.6, 9.4, 9.5, 9.6])  # better on every fold
+    assert lucky.metric_value < 10.0
+    assert not searcher._is_better(lucky)
+    assert searcher._is_better(steady)
 
 
 def test_the_searched_model_is_one_ordinary_lightgbm_model(

@@ -75,10 +75,14 @@ def log_trial(
 
 
 def leaderboard(outcome: SearchOutcome, higher_is_better: bool) -> dict[str, Any]:
-    """Every trial, best first (complete ones by score, then pruned, then failed)."""
+    """Every trial, the chosen one first (with cross-validation not always the best
+    mean: see fit/search.SELECTION_MARGIN), then complete ones by score, then pruned,
+    then failed."""
 
     def order(trial: TrialRecord) -> tuple[int, float]:
         rank = {"COMPLETE": 0, "PRUNED": 1}.get(trial.state, 2)
+        if trial.number == outcome.best_trial:
+            rank = -1
         value = trial.metric_value if math.isfinite(trial.metric_value) else math.inf
         return rank, (-value if higher_is_better and math.isfinite(value) else value)
 

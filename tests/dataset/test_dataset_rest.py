@@ -253,9 +253,12 @@ REFUSALS = [
     ({"displayName": "x"}, "not-the-token", 401, None),
     ({"displayName": "x"}, API_TOKEN, 429, "UPLOAD_TOO_LARGE"),  # 40 MB over a 16 MiB limit
 ]
+# Named ids, not ones made from the values: the token is random per process, and
+# pytest-xdist requires every worker to collect the same test ids.
+REFUSAL_IDS = ["blank-name", "bad-delimiter", "wrong-token", "too-large"]
 
 
-@pytest.mark.parametrize(("params", "token", "status", "reason"), REFUSALS)
+@pytest.mark.parametrize(("params", "token", "status", "reason"), REFUSALS, ids=REFUSAL_IDS)
 def test_an_early_refusal_reaches_requests_while_it_sends(
     rest: Rest, params: dict[str, str], token: str, status: int, reason: str | None
 ) -> None:
@@ -271,7 +274,7 @@ def test_an_early_refusal_reaches_requests_while_it_sends(
         assert reason_of(response.json()) == reason
 
 
-@pytest.mark.parametrize(("params", "token", "status", "reason"), REFUSALS)
+@pytest.mark.parametrize(("params", "token", "status", "reason"), REFUSALS, ids=REFUSAL_IDS)
 def test_an_early_refusal_reaches_urllib_while_it_sends(
     rest: Rest, params: dict[str, str], token: str, status: int, reason: str | None, tmp_path: Path
 ) -> None:

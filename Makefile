@@ -45,11 +45,15 @@ $(NODE_EXAMPLE): examples/node/package.json examples/node/package-lock.json | no
 	cd examples/node && $(NPM_CI)
 	@touch $@
 
+# The suite in this one process by default; `make test TEST_WORKERS=2` runs it on two
+# pytest-xdist workers (most tests wait on processes, timers and the network, not the
+# CPU; tests/parallel_groups.py says how tests are grouped). PYTEST_ARGS adds options.
+TEST_WORKERS ?= 0
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not fault"
+	$(PY) -m pytest -q -m "not slow and not fault" $(PYTEST_ARGS)
 
 lint: install
 	$(BUF) lint protos

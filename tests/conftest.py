@@ -8,10 +8,12 @@ machine too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xdist.remote import Producer
 
 from devstack.components import (
     MlflowServer,
@@ -24,7 +26,23 @@ from devstack.components import (
     start_nats,
     start_s3,
 )
+from tests.parallel_groups import SuiteGroupScheduling, order_for_workers
 from tests.suite_support import DatabaseFactory
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(
+    config: pytest.Config, log: Producer
+) -> SuiteGroupScheduling | None:
+    """`--dist loadgroup` (as `make test TEST_WORKERS=2` runs): tests/parallel_groups.py."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    return SuiteGroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        order_for_workers(items)
 
 
 @pytest.fixture(scope="session")

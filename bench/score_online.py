@@ -18,7 +18,7 @@ generated 28-column table (bench/train.py's), then measures, in the same run:
     Predict's `columns` (a list of values per column) and MLflow's
     `dataframe_split` (column names once, then a list of values per row);
 (c) the same Predict figures while a training job (a larger table) runs on the
-    training Trainer, which runs at `MODELYARD_TRAINER_NICE=10` as compose and
+    training Trainer, which runs at `MODELYARD_TRAINER_NICE=19` as compose and
     Kubernetes run it (`--training-nice 0` measures it without).
 
 Targets (issue 11): 1-row p99 <= 25 ms, and >= 2x MLflow serve's rows/s.
@@ -217,7 +217,7 @@ def start_mlflow_serve(
     raise RuntimeError("mlflow models serve did not answer /ping")
 
 
-def split_stack(work_dir: Path, training_nice: int = 10) -> Stack:
+def split_stack(work_dir: Path, training_nice: int = 19) -> Stack:
     """A stack whose gateway and Jobs call a serving-only Trainer, and a training one."""
     options = StackOptions(
         work_dir=work_dir / "stack",
@@ -274,7 +274,7 @@ def main() -> int:
     parser.add_argument(
         "--training-nice",
         type=int,
-        default=10,
+        default=19,
         help="the training Trainer's MODELYARD_TRAINER_NICE",
     )
     arguments = parser.parse_args()

@@ -19,6 +19,7 @@ import pytest
 
 from devstack.components import DaskCluster, MlflowServer, NatsServer, start_dask
 from runtime.messaging import cancellations
+from services.training.model.scoring import score_frame
 from tests.training.training_support import (
     Bus,
     DatasetServer,
@@ -126,6 +127,16 @@ async def test_a_large_dataset_trains_on_dask_and_is_registered_by_the_trainer(
     scored = model.predict(rows.drop(columns=["label"]))
     assert set(scored["prediction"]) <= {"yes", "no"}
     assert (scored["prediction"].to_numpy() == rows["label"].to_numpy()).mean() > 0.7
+    # The model keeps the training range of each number, as on one node, for trust flags.
+    ranges = model.unwrap_python_model().spec["ranges"]
+    assert set(ranges) == {"size", "count"}
+    for name, (low, high) in ranges.items():
+        assert frame[name].min() <= low < high <= frame[name].max()
+    python_model = model.unwrap_python_model()
+    far = rows.head(2).drop(columns=["label"]).assign(size=[frame["size"].max() + 100, 10.0])
+    scored_far = score_frame(python_model.booster, python_model.spec, far)
+    assert scored_far.flags.row_flags(0) == [("out_of_range", "size")]
+    assert scored_far.flags.row_flags(1) == []
 
     # Below the threshold, the same Trainer trains on its own.
     small_id = dataset_server.service.add_csv(data_dir / "messy.csv", "messy")

@@ -234,6 +234,7 @@ class _DaskJob:
             raise TrainingFailure(
                 reasons.DATASET_TOO_SMALL, "too few rows to hold out a validation split"
             )
+        spec["ranges"] = self._training_ranges(x_train, spec)
         counts = RowCounts(train_rows, valid_rows, len(pyfunc_model.feature_names(spec)))
         chosen, rounds, _ = lightgbm_params_for(params, decision, counts, self.config)
         chosen.pop("num_threads", None)  # each worker uses its own threads
@@ -292,6 +293,20 @@ class _DaskJob:
                 "dask_scheduler": str(self.client.scheduler.address),
             },
         )
+
+    def _training_ranges(self, x_train: Any, spec: FeatureSpec) -> dict[str, list[float]]:
+        """Each numeric feature's smallest and largest training value, reduced on the
+        workers, so that Predict flags out-of-range numbers as for a model trained on one node."""
+        numeric = [f["name"] for f in spec["features"] if f["kind"] == pyfunc_model.NUMERIC]
+        if not numeric:
+            return {}
+        columns = x_train[numeric]
+        lows, highs = self._wait(self.client.compute([columns.min(), columns.max()]))
+        return {
+            name: [float(lows[name]), float(highs[name])]
+            for name in numeric
+            if pd.notna(lows[name])
+        }
 
     def _model(self, decision: TaskDecision, chosen: dict[str, Any], rounds: int) -> Any:
         import lightgbm.dask as lgb_dask

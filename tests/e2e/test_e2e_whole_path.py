@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,9 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from devstack.stack import Stack
 from runtime.messaging import TRAINING_REQUESTS_STREAM
+from tests.suite_support import wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-def wait_for_job(api: httpx.Client, job_id: str, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = api.get(f"/v1/trainingJobs/{job_id}")
-        assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        if job["state"] in FINAL_STATES:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still not final after {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +89,7 @@ def test_csv_to_registered_model_that_predicts(
         json={"datasetId": dataset["datasetId"], "targetColumn": target, "task": "AUTO"},
     )
     assert created.status_code == 200, created.text
-    job = wait_for_job(api, created.json()["jobId"])
+    job = wait_final(api, f"/v1/trainingJobs/{created.json()['jobId']}")
 
     assert job["state"] == "SUCCEEDED", job.get("error")
     assert job["taskDetection"]["task"] == task

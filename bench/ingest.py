@@ -14,8 +14,12 @@ the same moto S3 server, `--repeat` times in turn (medians shown; once above
   gateway (`python -m gateway`) is there;
 
 with the peak RSS of the Dataset service and of the gateway during each
-upload. It then reads the largest dataset into pandas through `ReadDataset`,
-next to reading its Parquet copy directly (GET from S3 + `pq.read_table`).
+upload, and the CPU seconds (user + system, median of the runs) that the Dataset
+service, the moto S3 server, the gateway and the bench process itself used
+during each measurement: all of them share the machine's cores, so a ratio that
+misses shows here whose CPU the difference is. It then reads the largest
+dataset into pandas through `ReadDataset`, next to reading its Parquet copy
+directly (GET from S3 + `pq.read_table`).
 Targets, printed under the table with the figures measured: upload → READY
 <= 1.5x baseline; Dataset service peak RSS <= 400 MiB and flat (within 15 %)
 from the smallest file to the largest; gateway peak RSS <= 150 MiB;
@@ -40,7 +44,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,18 +116,35 @@ def _schema() -> pa.Schema:
 # -- measuring ---------------------------------------------------------------------------
 
 
+# The processes whose CPU seconds the table shows, in its order.
+CPU_PROCESSES = ("dataset", "s3", "gateway", "bench")
+
+
 class PeakRss:
-    """Samples the RSS of some processes every 20 ms while a block runs."""
+    """Samples the RSS of some processes every 20 ms while a block runs, and
+    the CPU seconds each used over the block."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self._processes = {
             name: psutil.Process(pid) for name, pid in pids.items() if pid is not None
         }
         self.peaks: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def _cpu_seconds(self) -> dict[str, float]:
+        seconds = {}
+        for name, process in self._processes.items():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            seconds[name] = times.user + times.system
+        return seconds
 
     @contextmanager
     def watch(self) -> Iterator[PeakRss]:
         self.peaks = {name: 0.0 for name in self._processes}
+        cpu_before = self._cpu_seconds()
         stop = threading.Event()
 
         def sample() -> None:
@@ -143,6 +164,10 @@ class PeakRss:
         finally:
             stop.set()
             thread.join()
+            cpu_after = self._cpu_seconds()
+            self.cpu = {
+                name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before
+            }
 
 
 def timed(work: Callable[[], T]) -> tuple[T, float]:
@@ -161,10 +186,18 @@ class Row:
     dataset_rss: float | None = None
     gateway_rss: float | None = None
     note: str = ""
+    cpu: dict[str, float] | None = None
+
+    def cpu_cell(self) -> str:
+        if not self.cpu:
+            return ""
+        return " / ".join(
+            f"{self.cpu[name]:.2f}" if name in self.cpu else "-" for name in CPU_PROCESSES
+        )
 
     def cells(self) -> list[str]:
         if self.seconds is None:
-            return [self.size, self.what, "-", "-", "-", "-", "-", self.note]
+            return [self.size, self.what, "-", "-", "-", "-", "-", "", self.note]
         ratio = f"{self.seconds / self.baseline:.2f}x" if self.baseline else ""
         return [
             self.size,
@@ -174,12 +207,23 @@ class Row:
             ratio,
             f"{self.dataset_rss:.0f}" if self.dataset_rss else "",
             f"{self.gateway_rss:.0f}" if self.gateway_rss else "",
+            self.cpu_cell(),
             self.note,
         ]
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ["file", "what", "wall s", "MB/s", "vs base", "dataset RSS MiB", "gateway RSS MiB", ""]
+    header = [
+        "file",
+        "what",
+        "wall s",
+        "MB/s",
+        "vs base",
+        "dataset RSS MiB",
+        "gateway RSS MiB",
+        "CPU s: " + " / ".join(CPU_PROCESSES),
+        "",
+    ]
     table = [header, *[row.cells() for row in rows]]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     for index, line in enumerate(table):
@@ -381,6 +425,15 @@ class Samples:
     seconds: list[float]
     dataset_rss: float = 0.0
     gateway_rss: float = 0.0
+    cpu_runs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def cpu(self) -> dict[str, float]:
+        """Each process's median CPU seconds over the runs."""
+        names = {name for run in self.cpu_runs for name in run}
+        return {
+            name: statistics.median(run.get(name, 0.0) for run in self.cpu_runs) for name in names
+        }
 
     @property
     def median(self) -> float:
@@ -391,8 +444,9 @@ class Samples:
             return ""
         return f"median of {len(self.seconds)}: {min(self.seconds):.2f}-{max(self.seconds):.2f} s"
 
-    def add(self, seconds: float, peaks: dict[str, float]) -> None:
+    def add(self, seconds: float, peaks: dict[str, float], cpu: dict[str, float]) -> None:
         self.seconds.append(seconds)
+        self.cpu_runs.append(cpu)
         self.dataset_rss = max(self.dataset_rss, peaks.get("dataset", 0.0))
         self.gateway_rss = max(self.gateway_rss, peaks.get("gateway", 0.0))
 
@@ -414,13 +468,14 @@ def measure_size(
     grpc_runs, gateway_runs = Samples([]), Samples([])
     dataset_id, row_count, gateway_note = "", 0, ""
     for _ in range(repeat):
-        upload_seconds, read_seconds = baseline(bench, path)
+        with rss.watch():
+            upload_seconds, read_seconds = baseline(bench, path)
         upload.seconds.append(upload_seconds)
         read.seconds.append(read_seconds)
-        total.seconds.append(upload_seconds + read_seconds)
+        total.add(upload_seconds + read_seconds, {}, rss.cpu)
         with rss.watch():
             dataset, seconds = timed(lambda: asyncio.run(upload_grpc(bench, path)))
-        grpc_runs.add(seconds, rss.peaks)
+        grpc_runs.add(seconds, rss.peaks, rss.cpu)
         row_count = dataset.row_count
         if dataset_id:
             asyncio.run(delete_dataset(bench, dataset_id))
@@ -430,7 +485,7 @@ def measure_size(
     rows = [
         Row(label, "baseline: boto3 upload_file", upload.median, megabytes, note=upload.spread()),
         Row(label, "baseline: pyarrow.csv.read_csv", read.median, megabytes, note=read.spread()),
-        Row(label, "baseline: total", base, megabytes, base, note=total.spread()),
+        Row(label, "baseline: total", base, megabytes, base, note=total.spread(), cpu=total.cpu),
         Row(
             label,
             "gRPC UploadDataset → READY",
@@ -439,6 +494,7 @@ def measure_size(
             baseline=base,
             dataset_rss=grpc_runs.dataset_rss,
             note=f"{row_count} rows; {grpc_runs.spread()}",
+            cpu=grpc_runs.cpu,
         ),
     ]
     what = "gateway POST /v1/datasets → READY"
@@ -453,6 +509,7 @@ def measure_size(
                 dataset_rss=gateway_runs.dataset_rss,
                 gateway_rss=gateway_runs.gateway_rss,
                 note=gateway_runs.spread(),
+                cpu=gateway_runs.cpu,
             )
         )
     else:
@@ -476,7 +533,7 @@ def gateway_run(bench: Bench, path: Path, rss: PeakRss, samples: Samples) -> str
             dataset_id, seconds = timed(lambda: upload_gateway(bench, path))
     except (httpx.HTTPError, RuntimeError, ValueError) as error:
         return f"gateway failed: {error}"
-    samples.add(seconds, rss.peaks)
+    samples.add(seconds, rss.peaks, rss.cpu)
     asyncio.run(delete_dataset(bench, dataset_id))
     return ""
 
@@ -561,7 +618,12 @@ def main() -> None:
     bench = start_bench(work_dir)
     try:
         rss = PeakRss(
-            {"dataset": bench.dataset.pid, "gateway": bench.gateway.pid if bench.gateway else None}
+            {
+                "dataset": bench.dataset.pid,
+                "s3": bench.s3.process.pid,
+                "gateway": bench.gateway.pid if bench.gateway else None,
+                "bench": os.getpid(),
+            }
         )
         largest = ("", "")
         for size in sizes:

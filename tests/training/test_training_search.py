@@ -21,6 +21,8 @@ from services.training.fit.pipeline import (
 )
 from services.training.fit.search import (
     CV_FOLDS,
+    CV_REPEAT_ROWS,
+    CV_REPEATS,
     NoSearchHooks,
     SearchSpec,
     SearchStatus,
@@ -110,7 +112,7 @@ def test_a_count_target_tries_poisson_and_tweedie_and_records_the_choice(
     assert outcome.objective == outcome.trials[outcome.best_trial].objective
     assert result.effective_params["objective"] == outcome.objective
     assert outcome.validation == "cv"
-    assert outcome.folds == CV_FOLDS
+    assert outcome.folds == CV_FOLDS * CV_REPEATS  # 400 rows: the folds drawn again
     assert len(outcome.trials) == 8
     assert outcome.stopped_by == "max_trials"
     # The job's metrics are the best trial's cross-validated means, with their spread.
@@ -167,14 +169,30 @@ def test_many_level_categoricals_search_how_levels_are_grouped() -> None:
     assert "min_data_per_group" not in few.trials[0].params
 
 
-def test_a_multiclass_round_counts_a_tree_per_class_in_the_budget_rule() -> None:
+def test_the_budget_rule_counts_rows_times_features_whatever_the_classes() -> None:
     rng = np.random.default_rng(2)
-    frame = pd.DataFrame(rng.normal(size=(1000, 10)), columns=[f"f{i}" for i in range(10)])
-    frame["label"] = rng.choice([f"c{i}" for i in range(8)], 1000)
+    frame = pd.DataFrame(rng.normal(size=(3000, 10)), columns=[f"f{i}" for i in range(10)])
+    frame["label"] = rng.choice([f"c{i}" for i in range(8)], 3000)
     table = prepare_table(frame, columns_from_frame(frame), "label", Task.AUTO, CONFIG)
-    # 1,000 rows x 10 features fit 10 s of budget (27,800 cells); x 8 classes do not.
+    # 3,000 rows x 10 features do not fit 10 s of budget (27,800 cells) but fit 60 s
+    # (167,000); the 8 classes (8 trees a round) do not push 60 s onto a holdout.
     assert plan_search(table, {}, CONFIG, budget_seconds=10.0).validation == "holdout"
     assert plan_search(table, {}, CONFIG, budget_seconds=60.0).validation == "cv"
+
+
+def test_a_small_table_is_scored_on_the_folds_drawn_again_with_other_seeds() -> None:
+    few = counts_frame(rows=400)
+    table = prepare_table(few, columns_from_frame(few), "visits", Task.AUTO, CONFIG)
+    folds = plan_search(table, {}, CONFIG).folds
+    assert len(folds) == CV_FOLDS * CV_REPEATS
+    draws = [folds[n * CV_FOLDS : (n + 1) * CV_FOLDS] for n in range(CV_REPEATS)]
+    for draw in draws:  # each draw holds every row out once
+        held_out = np.sort(np.concatenate([valid for _, valid in draw]))
+        assert held_out.tolist() == list(range(400))
+    assert not np.array_equal(draws[0][0][1], draws[1][0][1])  # another shuffle
+    many = counts_frame(rows=CV_REPEAT_ROWS)
+    table = prepare_table(many, columns_from_frame(many), "visits", Task.AUTO, CONFIG)
+    assert len(plan_search(table, {}, CONFIG).folds) == CV_FOLDS
 
 
 def test_a_trial_must_beat_the_best_on_the_folds_by_more_than_chance() -> None:
@@ -227,7 +245,7 @@ def test_the_searched_model_is_one_ordinary_lightgbm_model(
     outcome = result.search
     assert outcome is not None
     best = outcome.trials[outcome.best_trial]
-    assert len(best.fold_rounds) == CV_FOLDS
+    assert len(best.fold_rounds) == CV_FOLDS * CV_REPEATS  # 400 rows: repeated folds
     assert result.best_iteration == sum(best.fold_rounds)
     folds = [
         model.predict(features, raw_score=True, num_iteration=n) for model, n in outcome.fold_models
@@ -277,6 +295,35 @@ def test_the_search_stops_within_its_budget() -> None:
     assert result.search.stopped_by == "budget"
     assert result.search.seconds <= 2.0 + 0.5
     assert time.monotonic() - started < 15
+
+
+def test_a_slow_trial_does_not_end_a_holdout_search_early() -> None:
+    """The trials stop short of the budget by what the best configuration's refit will
+    take (and a trial as quick as the quickest), not by a multiple of the slowest
+    trial: on digits one slow trial of 20 s ended a 60 s search at 31 s."""
+    frame = counts_frame(rows=3000)
+    table = prepare_table(frame, columns_from_frame(frame), "visits", Task.AUTO, CONFIG)
+    plan = plan_search(table, {}, CONFIG, budget_seconds=60.0, validation="holdout")
+    searcher = _Searcher(table, plan, CONFIG, SearchSpec(60.0, None), NoSearchHooks())
+    fast = searcher.evaluate(searcher._default_point(plan.choices[0]), _NeverPrune())
+    assert fast.state == "COMPLETE"
+    assert searcher._best == 0
+    slow = TrialRecord(1, "COMPLETE", {}, "regression", "rmse", 99.0, [99.0], 10, 20.0, 0.0)
+    searcher._trials.append(slow)  # 20 s, not the best
+    reserve = searcher._reserve
+    assert 0 < reserve < 5 * fast.seconds  # the refit of the fast best, not the slow one
+    searcher._deadline = time.monotonic() + reserve + fast.seconds + 1.0
+    assert not searcher._budget_spent()
+    searcher._deadline = time.monotonic() + reserve + fast.seconds - 0.05
+    assert searcher._budget_spent()
+
+
+class _NeverPrune:
+    def report(self, value: float, step: int) -> None:
+        return None
+
+    def should_prune(self) -> bool:
+        return False
 
 
 def test_a_deadline_mid_search_keeps_the_best_so_far() -> None:

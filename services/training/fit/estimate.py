@@ -30,6 +30,7 @@ from services.training.fit.search import (
     CV_MAX_ROWS,
     MAX_SEARCH_ROUNDS,
     cv_affordable_cells,
+    cv_repeats,
 )
 
 logger = logging.getLogger("modelyard.trainer.estimate")
@@ -161,9 +162,10 @@ def estimate(
         rounds = cap if num_iterations else max(1, round(cap * DEFAULT_ROUNDS_SHARE))
         train = _train_seconds(costs, int(shape.rows * 0.8), shape, rounds)
         return Estimate(costs.overhead_seconds + train, int(memory), 1, basis)
-    affordable = cv_affordable_cells(shape.rows, shape.features, shape.classes, budget_seconds)
-    folds = CV_FOLDS if shape.rows < CV_MAX_ROWS and affordable else 1  # as fit/search.py
-    fold_rows = int(shape.rows * (0.8 if folds == 1 else (folds - 1) / folds))
+    affordable = cv_affordable_cells(shape.rows, shape.features, budget_seconds)
+    cv = shape.rows < CV_MAX_ROWS and affordable  # as fit/search.py
+    folds = CV_FOLDS * cv_repeats(shape.rows) if cv else 1
+    fold_rows = int(shape.rows * (0.8 if folds == 1 else (CV_FOLDS - 1) / CV_FOLDS))
     rounds = min(MAX_SEARCH_ROUNDS, SEARCH_ROUNDS_PER_FOLD)
     trial = folds * _train_seconds(costs, fold_rows, shape, rounds)
     refit = _train_seconds(costs, shape.rows, shape, round(rounds * 1.25))

@@ -435,3 +435,32 @@ def test_a_search_reports_the_best_configurations_held_out_predictions(
     assert regression is not None
     assert regression.validation_rows == count_search[0].rows_used
     assert len(regression.residuals.x) > 0
+
+
+def test_small_tables_fixed_costs_do_not_inflate_the_quote_of_a_larger_one(tmp_path: Path) -> None:
+    """Small searches grow by a fixed ~150 MiB and spend most of a round on fixed work;
+    the cost book must not read that as a per-cell rate (it once quoted 5.4 GiB for a
+    job that grew by 41 MiB)."""
+    book = CostBook(tmp_path)
+    for rows, features in [(426, 30), (133, 13), (1347, 64), (331, 10), (600, 8)]:
+        book.record(
+            Measurement(
+                shape=TableShape(rows=rows, features=features, classes=1),
+                boosting_rounds=2000,
+                train_rows=int(rows * 0.8),
+                train_seconds=2000 * (2e-3 + 4e-8 * rows * features),
+                wall_seconds=2000 * (2e-3 + 4e-8 * rows * features) + 2.0,
+                memory_growth_bytes=150e6 + 60.0 * rows * (features + 1),
+                columns_read=features + 1,
+            )
+        )
+    small = estimate(book.costs, TableShape(1347, 64, 10), 65, search=True, budget_seconds=10)
+    growth_quoted = small.peak_memory_bytes - book.costs.base_memory_bytes
+    assert growth_quoted < 3 * (150e6 + 2 * 60.0 * 1347 * 65)
+
+    large = TableShape(rows=1_000_000, features=28, classes=1)
+    quoted = estimate(book.costs, large, 29)
+    # The per-cell rates stay near what the jobs show (60 B a cell; 4e-8 s a cell-round).
+    assert 20.0 < book.costs.bytes_per_cell < 200.0
+    assert 1e-8 < book.costs.seconds_per_cell_round < 2e-7
+    assert quoted.peak_memory_bytes < book.costs.base_memory_bytes + 150e6 + 3 * 60.0 * 29e6

@@ -5,7 +5,9 @@
 - **Validation.** Below `CV_MAX_ROWS` rows every configuration is scored by
   `CV_FOLDS`-fold cross-validation (stratified for classification, shuffled with
   the job's seed); from `CV_MAX_ROWS` rows on, by the pipeline's holdout split
-  (the folds would cost five trainings for little gain in certainty).
+  (the folds would cost five trainings for little gain in certainty). Below
+  `CV_REPEAT_ROWS` rows the folds are drawn `CV_REPEATS` times, so the ranking
+  on a tiny table rests on more than five noisy scores.
 - **Optimiser.** Optuna's TPE sampler (seeded, multivariate) with a median
   pruner that stops a configuration after a fold when it is clearly behind;
   trials run one after another with a fixed thread count, so a seed and
@@ -17,14 +19,16 @@
   → gamma/tweedie) or class weights (imbalanced classes). A parameter the job
   sets itself is not searched.
 - **Budget.** The search stops at `max_trials`, or when the time left of its
-  budget would not cover the final refit; a trial cut by the budget is dropped.
+  budget would not cover the final refit (after a holdout) and one more trial as
+  quick as the quickest; a trial cut by the budget is dropped.
   The job's own deadline (max_run_duration) reached mid-search keeps the best
   configuration so far (`stopped_by = "deadline"`).
-- **The model** is one LightGBM booster refit on every row with the best
-  configuration and its mean rounds scaled to the larger table, so TreeSHAP,
-  trust flags, batch scoring and pyfunc loading work as for any model. Its
-  reported metrics are the best trial's cross-validated means, with their
-  spread across folds.
+- **The model** is one LightGBM booster: after cross-validation the best
+  trial's fold models averaged into one; after a holdout the best configuration
+  refit on every row with its rounds scaled to the larger table. TreeSHAP, trust
+  flags, batch scoring and pyfunc loading work as for any model. Its reported
+  metrics are the best trial's cross-validated means, with their spread across
+  folds.
 """
 
 from __future__ import annotations

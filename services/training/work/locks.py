@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from runtime.messaging import LOCK_TTL_SECONDS, LOCKS_BUCKET
@@ -66,7 +66,10 @@ class NatsChampionLock:
         while time.monotonic() < deadline:
             try:
                 return await self._bucket.create(key, self._owner)
-            except KeyWrongLastSequenceError:
+            # KeyNotFoundError: `create` found the key taken, then read it to see whether it
+            # was a delete marker, and the holder's entry had expired (TTL) in between
+            # (a fault test saw a job fail on it after its Trainer was killed). Free now.
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         logger.warning("champion lock not acquired; going on without it", extra={"key": key})

@@ -475,7 +475,10 @@ def search_outcome(outcome: Json) -> str:
     trials, best = int(outcome.get("trials", 0)), int(outcome.get("bestTrial", 0))
     validation = outcome.get("validation", "")
     folds = int(outcome.get("folds", 0))
+    repeats = int(outcome.get("foldRepeats", 1))
     how = f"{folds}-fold cross-validation" if validation == "cv" else "holdout"
+    if validation == "cv" and repeats > 1:
+        how += f", drawn {repeats} times"
     text = (
         f"{trials} trials ({how}), best #{best}, objective {escape(outcome.get('objective', ''))}"
     )

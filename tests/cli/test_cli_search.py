@@ -59,7 +59,10 @@ def test_quote_search_trials_and_replay(
     assert outcome["validation"] == "cv"
     assert len(job["summary"]["modelSha256"]) == 64
     assert re.search(r"trial \d/4 \(\d done\), best roc_auc \d\.\d+", run.text), run
-    assert re.search(r"searched\s+4 trials \(5-fold cross-validation\), best #\d", run.text), run
+    # 300 rows: the 5 folds are drawn 3 times (repeated K-fold below 500 rows)
+    assert (outcome["folds"], outcome["foldRepeats"]) == (5, 3)
+    searched = r"searched\s+4 trials \(5-fold cross-validation, drawn 3 times\), best #\d"
+    assert re.search(searched, run.text), run
 
     trials = cli("jobs", "trials", job["jobId"], "--output", "json")
     assert trials.code == 0, trials

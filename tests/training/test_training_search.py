@@ -112,7 +112,7 @@ def test_a_count_target_tries_poisson_and_tweedie_and_records_the_choice(
     assert outcome.objective == outcome.trials[outcome.best_trial].objective
     assert result.effective_params["objective"] == outcome.objective
     assert outcome.validation == "cv"
-    assert outcome.folds == CV_FOLDS * CV_REPEATS  # 400 rows: the folds drawn again
+    assert (outcome.folds, outcome.fold_repeats) == (CV_FOLDS, CV_REPEATS)  # 400 rows
     assert len(outcome.trials) == 8
     assert outcome.stopped_by == "max_trials"
     # The job's metrics are the best trial's cross-validated means, with their spread.

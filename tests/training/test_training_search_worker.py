@@ -61,7 +61,7 @@ async def test_a_search_job_reports_its_trials_and_logs_them_to_mlflow(
     outcome = summary.search
     assert outcome.trials == 5
     assert outcome.validation == "cv"
-    assert outcome.folds == 15  # 300 rows: the 5 folds drawn 3 times
+    assert (outcome.folds, outcome.fold_repeats) == (5, 3)  # 300 rows: 5 folds drawn 3 times
     assert outcome.stopped_by == "max_trials"
     assert outcome.objective in ("regression", "poisson", "tweedie")
     assert summary.effective_params["objective"] == outcome.objective

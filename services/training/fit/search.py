@@ -282,7 +282,8 @@ class SearchOutcome:
     objective: str
     objectives_considered: list[str]
     validation: str
-    folds: int
+    folds: int  # folds a draw (1 for a holdout)
+    fold_repeats: int  # draws of the folds, each shuffled with its own seed
     metric_std: dict[str, float]
     stopped_by: str
     seconds: float
@@ -349,6 +350,14 @@ class SearchPlan:
     max_rounds: int
     metric_name: str
     higher_is_better: bool
+
+    @property
+    def fold_repeats(self) -> int:
+        """How many times `folds` drew the K folds (one draw a holdout)."""
+        if self.validation != "cv":
+            return 1
+        train, valid = self.folds[0]
+        return cv_repeats(len(train) + len(valid))
 
 
 def plan_search(
@@ -639,7 +648,8 @@ class _Searcher:
             objectives_considered=[choice.name for choice in self._plan.choices]
             + [self._plan.why_choices],
             validation=self._plan.validation,
-            folds=len(self._plan.folds),
+            folds=len(self._plan.folds) // self._plan.fold_repeats,
+            fold_repeats=self._plan.fold_repeats,
             metric_std=_std_metrics(best.fold_metrics) if self._plan.validation == "cv" else {},
             stopped_by=stopped_by,
             seconds=time.monotonic() - self._started,

@@ -495,7 +495,10 @@ def search_tags(outcome: SearchOutcome) -> list[RunTag]:
         RunTag("modelyard.search.trials", str(len(outcome.trials))),
         RunTag("modelyard.search.best_trial", str(outcome.best_trial)),
         RunTag("modelyard.search.objective", outcome.objective),
-        RunTag("modelyard.search.validation", f"{outcome.validation} ({outcome.folds} folds)"),
+        RunTag(
+            "modelyard.search.validation",
+            f"{outcome.validation} ({outcome.folds} folds x {outcome.fold_repeats})",
+        ),
         RunTag("modelyard.search.stopped_by", outcome.stopped_by),
         RunTag("modelyard.search.best_metric", f"{best.metric_name}={best.metric_value:.6g}"),
         RunTag("modelyard.search.metric_std", json.dumps(outcome.metric_std)[:5000]),

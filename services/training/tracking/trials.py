@@ -91,6 +91,7 @@ def leaderboard(outcome: SearchOutcome, higher_is_better: bool) -> dict[str, Any
         "higher_is_better": higher_is_better,
         "validation": outcome.validation,
         "folds": outcome.folds,
+        "fold_repeats": outcome.fold_repeats,
         "best_trial": outcome.best_trial,
         "objective": outcome.objective,
         "objectives_considered": outcome.objectives_considered,

@@ -919,6 +919,7 @@ def search_outcome(outcome: SearchOutcome) -> training_job_pb2.SearchOutcome:
         objectives_considered=outcome.objectives_considered,
         validation=outcome.validation,
         folds=outcome.folds,
+        fold_repeats=outcome.fold_repeats,
         metric_std=outcome.metric_std,
         stopped_by=outcome.stopped_by,
         seconds=outcome.seconds,

@@ -179,6 +179,15 @@ class TrainerSettings(
         gt=0,
         description="How long a job waits for the Dask scheduler before it is retried.",
     )
+    dask_network_timeout_minutes: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "LightGBM's network time-out on Dask (minutes, its smallest unit): how long "
+            "the workers wait for a lost peer before the job is retried (DASK_WORKER_LOST); "
+            "raise it when a partition can take longer than this between two rounds."
+        ),
+    )
     alias_refresh_seconds: float = Field(
         default=5.0,
         gt=0,

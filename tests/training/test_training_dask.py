@@ -61,6 +61,8 @@ def dask_trainer(
         name="trainer-dask",
         MODELYARD_TRAINER_DASK_SCHEDULER_ADDRESS=dask_cluster.address,
         MODELYARD_TRAINER_DASK_MIN_ROWS=str(ROWS),
+        # The workers give up on a killed peer after 1 minute (the default is 2).
+        MODELYARD_TRAINER_DASK_NETWORK_TIMEOUT_MINUTES="1",
         MODELYARD_TRAINER_RETRY_DELAY_SECONDS="1",
     )
     yield process

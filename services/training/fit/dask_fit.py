@@ -83,8 +83,9 @@ _POLL_SECONDS = 0.5
 _NOT_READ = (ColumnType.ALL_NULL,)
 # Iteration counts at which the validation split is scored to pick the best one.
 VALIDATION_POINTS = 10
-# LightGBM's network time-out (minutes): how long a worker whose peers stopped
-# (stop event, lost worker) waits before giving up and freeing its thread.
+# LightGBM's network time-out (minutes, its smallest unit): how long a worker whose
+# peers stopped (stop event, lost worker) waits before giving up and freeing its
+# thread; the default of MODELYARD_TRAINER_DASK_NETWORK_TIMEOUT_MINUTES.
 NETWORK_TIMEOUT_MINUTES = 2
 
 
@@ -100,6 +101,7 @@ class DaskUnavailable(Exception):
 class DaskTarget:
     scheduler_address: str
     connect_timeout_seconds: float = 30.0
+    network_timeout_minutes: int = NETWORK_TIMEOUT_MINUTES
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,9 @@ def train_on_dask(
             reasons.DASK_UNAVAILABLE, f"the Dask scheduler did not answer: {error}"
         ) from error
     try:
-        return _DaskJob(client, source, target, config, hooks, job_key).run(requested_task, params)
+        job = _DaskJob(client, source, target, config, hooks, job_key)
+        job.network_timeout_minutes = cluster.network_timeout_minutes
+        return job.run(requested_task, params)
     finally:
         client.close()
 
@@ -158,6 +162,7 @@ class _DaskJob:
         if not self.workers:
             raise DaskUnavailable(reasons.DASK_UNAVAILABLE, "the Dask cluster has no worker")
         self.timings: dict[str, float] = {}
+        self.network_timeout_minutes = NETWORK_TIMEOUT_MINUTES
 
     def run(self, requested_task: Task, params: dict[str, ParamValue]) -> TrainingResult:
         started = time.perf_counter()
@@ -238,7 +243,7 @@ class _DaskJob:
         counts = RowCounts(train_rows, valid_rows, len(pyfunc_model.feature_names(spec)))
         chosen, rounds, _ = lightgbm_params_for(params, decision, counts, self.config)
         chosen.pop("num_threads", None)  # each worker uses its own threads
-        chosen["time_out"] = NETWORK_TIMEOUT_MINUTES
+        chosen["time_out"] = self.network_timeout_minutes
         model = self._model(decision, chosen, rounds)
         callback = dask_parts.JobCallback(f"{self.key}-stop", f"{self.key}-progress", rounds)
         fit_kwargs: dict[str, Any] = {"callbacks": [callback]}

@@ -518,6 +518,7 @@ class JobRunner:
                     DaskTarget(
                         self._settings.dask_scheduler_address,
                         self._settings.dask_connect_timeout_seconds,
+                        self._settings.dask_network_timeout_minutes,
                     ),
                     loaded,
                     target,

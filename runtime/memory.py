@@ -6,9 +6,10 @@ buffers come from per-thread arenas and freed memory stays in the process;
 Arrow's default pool (mimalloc) likewise keeps freed pages for reuse. The RSS
 then measures history, not use. `tune_allocator()` (first thing in a process's
 `__main__`, before pyarrow is imported) fixes the threshold, caps the arenas and
-points Arrow at the C allocator; `release_free_memory()` hands free heap pages
-back after a large piece of work. `freeze_startup_objects()` (once a process
-serves) keeps the objects of its imports out of garbage collections.
+points Arrow at the C allocator (or the pool a service names);
+`release_free_memory()` hands free heap pages back after a large piece of work.
+`freeze_startup_objects()` (once a process serves) keeps the objects of its
+imports out of garbage collections.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def _c_library() -> ctypes.CDLL | None:
     return _libc
 
 
-def tune_allocator() -> bool:
-    """A fixed mmap threshold and two arenas when the C library is glibc; False elsewhere."""
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+def tune_allocator(arrow_pool: str = "system") -> bool:
+    """A fixed mmap threshold and two arenas when the C library is glibc; False elsewhere.
+
+    `arrow_pool` is Arrow's pool unless the operator set ARROW_DEFAULT_MEMORY_POOL."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", arrow_pool)
     libc = _c_library()
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:

@@ -7,6 +7,10 @@ names, and a test importing it couples itself to fixture loading order).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +22,20 @@ DatabaseFactory = Callable[[str], str]
 
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def run_python_json(code: str) -> dict[str, object]:
+    """Run `code` in a fresh interpreter (as a service's `__main__` starts) and
+    return the JSON object it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
 
 
 def wait_final(api: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from runtime.errors import (
     unavailable,
 )
 from runtime.logs import log_context
+from runtime.memory import release_free_memory
 from runtime.pagination import page_tail, parse_page
 from services.dataset import metrics, reasons
 from services.dataset.blobstore import (
@@ -41,7 +42,6 @@ from services.dataset.blobstore import (
 from services.dataset.cache import ParquetCache
 from services.dataset.convert import CsvFormat, IngestCancelledError, Limits, ProfileOptions
 from services.dataset.ingest import Ingest, IngestOptions, IngestResult
-from services.dataset.memory import release_free_memory
 from services.dataset.messages import limited, stored_details, to_message
 from services.dataset.models import DatasetRecord
 from services.dataset.pipe import PipeAbortedError

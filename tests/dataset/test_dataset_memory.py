@@ -3,25 +3,10 @@ with. Run in a fresh interpreter each, as the service's `__main__` runs it."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import pyarrow as pa
 import pytest
 
-
-def run(code: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
+from tests.suite_support import run_python_json
 
 
 def _has_jemalloc() -> bool:
@@ -36,7 +21,7 @@ def _has_jemalloc() -> bool:
 def test_arrow_buffers_come_from_jemalloc() -> None:
     """Arrow's megabyte buffers reuse freed pages instead of a fresh mapping each
     (half the page faults of an upload); glibc keeps its fixed threshold."""
-    result = run(
+    result = run_python_json(
         """
         import json, os
         os.environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
@@ -50,7 +35,7 @@ def test_arrow_buffers_come_from_jemalloc() -> None:
 
 
 def test_an_operators_arrow_pool_wins() -> None:
-    result = run(
+    result = run_python_json(
         """
         import json, os
         os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"

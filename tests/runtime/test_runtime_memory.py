@@ -3,28 +3,13 @@ heap pages back. Run in a fresh interpreter each, as a service's `__main__` runs
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
+from tests.suite_support import run_python_json
 
 MiB = 1024 * 1024
 
 
-def run(code: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
-
-
 def test_tuning_points_arrow_at_the_c_allocator_and_takes_on_glibc() -> None:
-    result = run(
+    result = run_python_json(
         """
         import json, os
         from runtime.memory import tune_allocator
@@ -37,7 +22,7 @@ def test_tuning_points_arrow_at_the_c_allocator_and_takes_on_glibc() -> None:
 
 
 def test_an_explicit_arrow_pool_is_left_as_the_operator_set_it() -> None:
-    result = run(
+    result = run_python_json(
         """
         import json, os
         os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc"
@@ -52,7 +37,7 @@ def test_an_explicit_arrow_pool_is_left_as_the_operator_set_it() -> None:
 def test_freed_heap_pages_go_back_to_the_kernel() -> None:
     """Half of many small buffers freed leaves holes the heap cannot shrink past on its
     own; release_free_memory hands those pages back, and the RSS shows it."""
-    result = run(
+    result = run_python_json(
         """
         import json, psutil
         from runtime.memory import release_free_memory, tune_allocator
@@ -72,7 +57,7 @@ def test_freed_heap_pages_go_back_to_the_kernel() -> None:
 def test_frozen_startup_objects_are_out_of_a_full_collections_walk() -> None:
     """After startup (here: pandas and the gateway imported), a full collection walks
     only what was made since, not every object of the imports."""
-    found = run(
+    found = run_python_json(
         """
         import gc, json, time
         import pandas, gateway.app

@@ -135,8 +135,9 @@ def train_on_dask(
             reasons.DASK_UNAVAILABLE, f"the Dask scheduler did not answer: {error}"
         ) from error
     try:
-        job = _DaskJob(client, source, target, config, hooks, job_key)
-        job.network_timeout_minutes = cluster.network_timeout_minutes
+        job = _DaskJob(
+            client, source, target, config, hooks, job_key, cluster.network_timeout_minutes
+        )
         return job.run(requested_task, params)
     finally:
         client.close()
@@ -151,6 +152,7 @@ class _DaskJob:
         config: PipelineConfig,
         hooks: TrainingHooks,
         job_key: str,
+        network_timeout_minutes: int = NETWORK_TIMEOUT_MINUTES,
     ) -> None:
         self.client = client
         self.source = source
@@ -162,7 +164,7 @@ class _DaskJob:
         if not self.workers:
             raise DaskUnavailable(reasons.DASK_UNAVAILABLE, "the Dask cluster has no worker")
         self.timings: dict[str, float] = {}
-        self.network_timeout_minutes = NETWORK_TIMEOUT_MINUTES
+        self.network_timeout_minutes = network_timeout_minutes
 
     def run(self, requested_task: Task, params: dict[str, ParamValue]) -> TrainingResult:
         started = time.perf_counter()

@@ -49,7 +49,10 @@ JOBS_EVENTS_CONSUMER = "modelyard-jobs"
 CANCELLATIONS_BUCKET = "modelyard-job-cancellations"
 # Key = champion.<model>; the Trainers' champion lock (services/training/work/locks.py).
 LOCKS_BUCKET = "modelyard-trainer-locks"
-LOCK_TTL_SECONDS = 60.0
+# A holder renews its key every third of this; a holder that dies keeps the lock at
+# most this long (it was 60 s without renewal: each Trainer killed while promoting
+# stalled every other Trainer's promotion of that model for a minute).
+LOCK_TTL_SECONDS = 15.0
 
 DAY_SECONDS = 24 * 3600.0
 
@@ -201,6 +204,16 @@ async def ensure_buckets(js: JetStreamContext) -> None:
             await js.key_value(config.bucket)
         except BucketNotFoundError:
             await js.create_key_value(config)
+            continue
+        await _keep_bucket_ttl(js, config)
+
+
+async def _keep_bucket_ttl(js: JetStreamContext, config: KeyValueConfig) -> None:
+    """A bucket made by an older release keeps its TTL unless the setup step moves it."""
+    stream = await js.stream_info(f"KV_{config.bucket}")
+    if config.ttl is not None and stream.config.max_age != config.ttl:
+        stream.config.max_age = config.ttl
+        await js.update_stream(stream.config)
 
 
 async def cancellations(js: JetStreamContext) -> KeyValue:

@@ -17,12 +17,15 @@ from runtime.app import StartupError
 from runtime.messaging import (
     CANCELLATIONS_BUCKET,
     JOB_EVENTS_STREAM,
+    LOCK_TTL_SECONDS,
+    LOCKS_BUCKET,
     TRAINING_REQUESTS_STREAM,
     TRAINING_REQUESTS_SUBJECT,
     cancellations,
     close_quietly,
     connect,
     connect_at_start,
+    ensure_buckets,
     ensure_streams,
     job_events_subject,
 )
@@ -72,3 +75,13 @@ async def test_an_unreachable_nats_is_a_startup_error_naming_the_setting() -> No
     with pytest.raises(StartupError, match="MODELYARD_JOBS_NATS_URL"):
         await connect_at_start(url, "test", 1.0, "MODELYARD_JOBS_NATS_URL")
     assert time.monotonic() - started < 10
+
+
+async def test_setup_moves_an_older_lock_bucket_to_the_current_ttl(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    stream = await js.stream_info(f"KV_{LOCKS_BUCKET}")
+    stream.config.max_age = 60.0  # as an older release made it
+    await js.update_stream(stream.config)
+    await ensure_buckets(js)
+    moved = await js.stream_info(f"KV_{LOCKS_BUCKET}")
+    assert moved.config.max_age == LOCK_TTL_SECONDS

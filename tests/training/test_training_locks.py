@@ -1,15 +1,22 @@
-"""The champion lock's retry rule (services/training/work/locks.py), on a bucket
-that answers as JetStream's does in the races a real server shows only rarely."""
+"""The champion lock (services/training/work/locks.py): its retry rule on a bucket
+that answers as JetStream's does in the races a real server shows only rarely, and
+its renewal and expiry on a real nats-server."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
+from devstack.components import NatsServer
+from runtime.messaging import close_quietly, connect
 from services.training.work.locks import NatsChampionLock
 
 
@@ -51,3 +58,56 @@ def test_a_lock_whose_holder_expired_mid_create_is_taken_not_failed(
     with lock.hold("iris-species"):
         assert not bucket.failures  # both races were waited out
     assert bucket.deleted == [("champion.iris-species", 7)]
+
+
+# -- against a real nats-server ---------------------------------------------------------
+
+SHORT_TTL_SECONDS = 1.5
+
+
+@pytest.fixture
+async def short_ttl_bucket(nats_server: NatsServer) -> AsyncIterator[KeyValue]:
+    """A lock bucket of its own with a TTL short enough to outlast in a test."""
+    client = await connect(nats_server.url, "locks-test", nats_server.credentials())
+    js = client.jetstream()
+    name = f"locks-test-{time.monotonic_ns()}"
+    bucket = await js.create_key_value(KeyValueConfig(bucket=name, ttl=SHORT_TTL_SECONDS))
+    yield bucket
+    await js.delete_key_value(name)
+    await close_quietly(client)
+
+
+async def test_a_live_holder_keeps_the_lock_past_the_ttl_and_frees_it_on_release(
+    short_ttl_bucket: KeyValue,
+) -> None:
+    running_loop = asyncio.get_running_loop()
+    lock = NatsChampionLock(short_ttl_bucket, running_loop, SHORT_TTL_SECONDS)
+    seen_while_held: list[bytes] = []
+
+    def hold_and_look() -> None:
+        with lock.hold("iris-species"):
+            time.sleep(SHORT_TTL_SECONDS * 2.5)  # scoring the champion, slower than the TTL
+            entry = asyncio.run_coroutine_threadsafe(
+                short_ttl_bucket.get("champion.iris-species"), running_loop
+            ).result(5)
+            seen_while_held.append(entry.value or b"")
+
+    await asyncio.to_thread(hold_and_look)
+    assert seen_while_held, "the hold ended early"
+    assert seen_while_held[0].endswith(str(os.getpid()).encode())
+    with pytest.raises(KeyNotFoundError):
+        await short_ttl_bucket.get("champion.iris-species")  # released, not left to expire
+
+
+async def test_a_dead_holders_lock_is_taken_within_the_ttl(short_ttl_bucket: KeyValue) -> None:
+    await short_ttl_bucket.create("champion.iris-species", b"killed-trainer")  # never renewed
+    lock = NatsChampionLock(short_ttl_bucket, asyncio.get_running_loop(), SHORT_TTL_SECONDS)
+    started = time.monotonic()
+
+    def take() -> None:
+        with lock.hold("iris-species"):
+            pass
+
+    await asyncio.to_thread(take)
+    # The waiter backs off by up to 1 s between tries; JetStream expires within ~1 s.
+    assert time.monotonic() - started < SHORT_TTL_SECONDS + 2.5

@@ -4,7 +4,9 @@ Two jobs of the same registered model can finish at the same time on two
 Trainers. Each reads the champion, compares, and moves the alias; without a
 lock, the slower one could replace a better champion that the faster one just
 set. KV `create` succeeds for exactly one writer while the key exists, so the
-key `champion.<model>` is the lock; its TTL frees it if its holder dies.
+key `champion.<model>` is the lock. Its holder rewrites it every third of the
+bucket's TTL while it holds it (scoring the champion can take longer than the
+TTL), so the TTL frees it soon after its holder dies and never under a live one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import socket
 import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -26,9 +29,17 @@ from nats.js.kv import KeyValue
 from runtime.messaging import LOCK_TTL_SECONDS, LOCKS_BUCKET
 
 logger = logging.getLogger("modelyard.trainer.locks")
+T = TypeVar("T")
 
-# Longer than the TTL: a lock whose holder died is always given up on.
-WAIT_SECONDS = LOCK_TTL_SECONDS + 30.0
+# Beyond the TTL: a waiter outlasts a dead holder's key before it gives up.
+WAIT_BEYOND_TTL_SECONDS = 30.0
+
+
+@dataclass
+class _Held:
+    key: str
+    revision: int  # of this holder's last write: the release deletes only that one
+    lost: bool = False
 
 
 async def locks_bucket(js: JetStreamContext) -> KeyValue:
@@ -39,29 +50,61 @@ async def locks_bucket(js: JetStreamContext) -> KeyValue:
 class NatsChampionLock:
     """`hold(model)` from a worker thread; the KV calls run on the event loop."""
 
-    def __init__(self, bucket: KeyValue, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        bucket: KeyValue,
+        loop: asyncio.AbstractEventLoop,
+        ttl_seconds: float = LOCK_TTL_SECONDS,  # the bucket's
+    ) -> None:
         self._bucket = bucket
         self._loop = loop
+        self._renew_every = ttl_seconds / 3
+        self._wait_seconds = ttl_seconds + WAIT_BEYOND_TTL_SECONDS
         self._owner = f"{socket.gethostname()}-{os.getpid()}".encode()
 
     @contextlib.contextmanager
     def hold(self, model_name: str) -> Iterator[None]:
         key = f"champion.{model_name}"
-        revision = self._run(self._acquire(key), WAIT_SECONDS + 10)
+        revision = self._run(self._acquire(key), self._wait_seconds + 10)
+        if revision is None:
+            yield
+            return
+        held = _Held(key, revision)
+        renewal: asyncio.Task[None] = self._run(self._start_renewal(held), 10)
         try:
             yield
         finally:
-            if revision is not None:
-                with contextlib.suppress(Exception):
-                    self._run(self._bucket.delete(key, last=revision), 10)
+            with contextlib.suppress(Exception):
+                self._run(self._release(held, renewal), 10)
 
-    def _run(self, coroutine: Coroutine[Any, Any, Any], timeout: float) -> int | None:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        result = future.result(timeout)
-        return result if isinstance(result, int) else None
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(timeout)
+
+    async def _start_renewal(self, held: _Held) -> asyncio.Task[None]:
+        return asyncio.create_task(self._renew(held))
+
+    async def _renew(self, held: _Held) -> None:
+        while True:
+            await asyncio.sleep(self._renew_every)
+            try:
+                held.revision = await self._bucket.update(held.key, self._owner, last=held.revision)
+            except KeyWrongLastSequenceError:
+                # This holder stalled past the TTL and another Trainer holds it now.
+                held.lost = True
+                logger.warning("champion lock lost while held", extra={"key": held.key})
+                return
+
+    async def _release(self, held: _Held, renewal: asyncio.Task[None]) -> None:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+        if not held.lost:
+            await self._bucket.delete(held.key, last=held.revision)
 
     async def _acquire(self, key: str) -> int | None:
-        deadline = time.monotonic() + WAIT_SECONDS
+        """The revision of this holder's key, or None when the wait is over."""
+        deadline = time.monotonic() + self._wait_seconds
         delay = 0.05
         while time.monotonic() < deadline:
             try:

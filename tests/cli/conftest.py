@@ -20,8 +20,14 @@ from tests.cli.cli_support import Cli
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """nats-server, MLflow with basic auth, the three services and the gateway with a
-    bearer token; SQLite and local blobs (the embedded defaults) keep it quick."""
-    with Stack(StackOptions(work_dir=tmp_path_factory.mktemp("cli-stack"))) as running:
+    bearer token; SQLite and local blobs (the embedded defaults) keep it quick. The
+    gateway trusts a checked project token for 2 s (30 s by default), so that a revoke
+    shows without waiting half a minute."""
+    options = StackOptions(
+        work_dir=tmp_path_factory.mktemp("cli-stack"),
+        extra_env={"gateway": {"MODELYARD_GATEWAY_API_TOKEN_CACHE_SECONDS": "2"}},
+    )
+    with Stack(options) as running:
         yield running
 
 

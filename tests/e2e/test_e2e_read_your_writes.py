@@ -19,10 +19,10 @@ from modelyard.jobs.v1.training_job_pb2 import TrainingJob
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# 30 jobs, each watched at once over gRPC and over REST and read right after its
-# watch ends: 60 watch-then-get. Before the fix about 6 in 10 of them read RUNNING,
-# so 60 reads all fresh by chance is as unlikely as 200 (0.4**60 < 1e-23).
-JOBS = 30
+# 15 jobs, each watched at once over gRPC and over REST and read right after its
+# watch ends: 30 watch-then-get. Before the fix about 6 in 10 of them read RUNNING,
+# so 30 reads all fresh by chance is as unlikely as 60 (0.4**30 < 1e-11).
+JOBS = 15
 IN_FLIGHT = 8
 # Small and quick to train: 60 rows, two classes, 5 boosting rounds.
 TINY_CSV = "x,y,label\n" + "".join(

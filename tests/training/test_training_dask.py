@@ -19,6 +19,7 @@ import pytest
 
 from devstack.components import DaskCluster, MlflowServer, NatsServer, start_dask
 from runtime.messaging import cancellations
+from services.training.fit.dask_fit import DaskUnavailable, _DaskJob
 from services.training.model.scoring import score_frame
 from tests.training.training_support import (
     Bus,
@@ -184,3 +185,28 @@ async def test_a_worker_killed_mid_training_makes_the_job_retry(
     assert final.attempt == 2
     assert "DASK_WORKER_LOST" in dask_trainer.logs()
     assert np.isfinite(final.succeeded.metrics["roc_auc"])
+
+
+class SlowToNoticeScheduler:
+    """A client whose scheduler drops worker `b` only on its third answer."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+
+    def ncores(self) -> dict[str, int]:
+        self.answers += 1
+        return {"a": 1, "b": 1} if self.answers < 3 else {"a": 1}
+
+
+def test_a_peers_socket_error_waits_for_the_scheduler_to_name_the_lost_worker() -> None:
+    job = _DaskJob(SlowToNoticeScheduler(), None, "y", None, None, "job-1")  # type: ignore[arg-type]
+    reset = RuntimeError("Socket recv error, Connection reset by peer (code: 104)")
+    with pytest.raises(DaskUnavailable) as lost:
+        job._check_workers_after(reset)
+    assert lost.value.reason == "DASK_WORKER_LOST"
+
+
+def test_another_training_error_is_not_held_back() -> None:
+    job = _DaskJob(SlowToNoticeScheduler(), None, "y", None, None, "job-1")  # type: ignore[arg-type]
+    job._check_workers_after(ValueError("num_leaves must be > 1"))  # no wait, no loss
+    assert job.client.answers == 2

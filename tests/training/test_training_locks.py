@@ -109,5 +109,5 @@ async def test_a_dead_holders_lock_is_taken_within_the_ttl(short_ttl_bucket: Key
             pass
 
     await asyncio.to_thread(take)
-    # The waiter backs off by up to 1 s between tries; JetStream expires within ~1 s.
+    # The waiter tries every 0.1 s at most; JetStream expires a key within ~1 s.
     assert time.monotonic() - started < SHORT_TTL_SECONDS + 2.5

@@ -80,6 +80,10 @@ from services.training.model.targets import (
 )
 
 _POLL_SECONDS = 0.5
+# How long a training that failed on a peer's socket error waits for the scheduler to
+# report a lost worker (it notices a killed process within a second or two).
+_PEER_LOSS_WAIT_SECONDS = 5.0
+_PEER_ERROR_MARKS = ("Socket recv error", "Socket send error", "Connection reset by peer")
 _NOT_READ = (ColumnType.ALL_NULL,)
 # Iteration counts at which the validation split is scored to pick the best one.
 VALIDATION_POINTS = 10
@@ -374,11 +378,23 @@ class _DaskJob:
             except concurrent.futures.TimeoutError:
                 continue
             except Exception as error:
-                self._check_workers()
+                self._check_workers_after(error)
                 raise DaskUnavailable(
                     reasons.DASK_TRAINING_FAILED,
                     f"distributed training failed: {type(error).__name__}: {error}",
                 ) from error
+
+    def _check_workers_after(self, error: Exception) -> None:
+        """A peer's socket error is how the surviving workers see a killed one, often
+        before the scheduler has dropped it (a suite run saw DASK_TRAINING_FAILED
+        'Socket recv error, Connection reset by peer' for a killed worker): give the
+        scheduler a few seconds to say so before calling it a training failure."""
+        deadline = time.monotonic() + (_PEER_LOSS_WAIT_SECONDS if _is_peer_error(error) else 0)
+        while True:
+            self._check_workers()
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(_POLL_SECONDS / 5)
 
     def _check_workers(self) -> None:
         lost = self.workers - set(self.client.ncores())
@@ -448,6 +464,11 @@ class _DaskJob:
         predicted = model.predict_proba(x_valid, num_iteration=iterations)
         probabilities = np.asarray(self._wait(self.client.compute(predicted)))
         return probabilities[:, 1] if decision.task == Task.BINARY else probabilities
+
+
+def _is_peer_error(error: Exception) -> bool:
+    text = str(error)
+    return any(mark in text for mark in _PEER_ERROR_MARKS)
 
 
 def _progress(variable: Any) -> int:

@@ -222,16 +222,14 @@ class Tracker:
         timings: MlflowTimings,
         job_result: str = "{}",
     ) -> PublishedModel:
-        """Log everything about a trained model, register it, and decide `champion`."""
-        with (
-            tempfile.TemporaryDirectory(dir=self._ensure_work_dir()) as scratch,
-            self.registry.holding_champion(job.model_name),
-        ):
+        """Log everything about a trained model, register it, and decide `champion`.
+
+        Only the last step holds the champion lock: held from the first MLflow call to
+        the last, a Trainer publishing one small job after another kept it nearly all
+        the time, and another Trainer's job waited 25 s for it in a fault-test burst."""
+        with tempfile.TemporaryDirectory(dir=self._ensure_work_dir()) as scratch:
             root = Path(scratch)
             # 1. Every call that depends on nothing else, at once.
-            champion = self._mlflow.submit(
-                timings, "read_champion", self.registry.champion_version, job.model_name
-            )
             earlier = (
                 self._mlflow.submit(
                     timings,
@@ -266,22 +264,24 @@ class Tracker:
             version = (earlier.result() if earlier else None) or self.registry.register(
                 run, job, result, timings
             )
-            # 3. The champion, read while this lock was held, against the new version, both
-            # scored on this job's validation rows when the champion's features fit them.
-            current = champion.result()
-            same_rows = None
-            if current is not None and current.version != version.version:
-                with self._mlflow.step(timings, "score_champion"):
-                    same_rows = score_champion(job.model_name, current, result)
-            published = self.registry.settle_champion(
-                job.model_name,
-                version,
-                result.metrics,
-                result.primary_metric,
-                current,
-                timings,
-                same_rows,
-            )
+            # 3. The champion, read under the lock, against the new version, both scored on
+            # this job's validation rows when the champion's features fit them.
+            with self.registry.holding_champion(job.model_name):
+                with self._mlflow.step(timings, "read_champion"):
+                    current = self.registry.champion_version(job.model_name)
+                same_rows = None
+                if current is not None and current.version != version.version:
+                    with self._mlflow.step(timings, "score_champion"):
+                        same_rows = score_champion(job.model_name, current, result)
+                published = self.registry.settle_champion(
+                    job.model_name,
+                    version,
+                    result.metrics,
+                    result.primary_metric,
+                    current,
+                    timings,
+                    same_rows,
+                )
             finalized.result()
             ended.result()
         return published

@@ -33,6 +33,10 @@ T = TypeVar("T")
 
 # Beyond the TTL: a waiter outlasts a dead holder's key before it gives up.
 WAIT_BEYOND_TTL_SECONDS = 30.0
+# A waiter polls at least this often. The lock is free only between one holder's
+# release and its next take: with a 1 s back-off, a Trainer waited 25 s while the
+# other Trainer of a fault-test burst took the lock 17 times in a row.
+MAX_RETRY_DELAY_SECONDS = 0.1
 
 
 @dataclass
@@ -105,7 +109,7 @@ class NatsChampionLock:
     async def _acquire(self, key: str) -> int | None:
         """The revision of this holder's key, or None when the wait is over."""
         deadline = time.monotonic() + self._wait_seconds
-        delay = 0.05
+        delay = 0.02
         while time.monotonic() < deadline:
             try:
                 return await self._bucket.create(key, self._owner)
@@ -114,6 +118,6 @@ class NatsChampionLock:
             # (a fault test saw a job fail on it after its Trainer was killed). Free now.
             except (KeyWrongLastSequenceError, KeyNotFoundError):
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
         logger.warning("champion lock not acquired; going on without it", extra={"key": key})
         return None

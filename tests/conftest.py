@@ -43,7 +43,7 @@ os.environ.setdefault("MODELYARD_TRAINER_NUM_THREADS", "1")
 def pytest_xdist_make_scheduler(
     config: pytest.Config, log: Producer
 ) -> SuiteGroupScheduling | None:
-    """`--dist loadgroup` (as `make test TEST_WORKERS=2` runs): tests/parallel_groups.py."""
+    """`--dist loadgroup` (as `make test` runs): tests/parallel_groups.py."""
     if config.getoption("dist") != "loadgroup":
         return None
     return SuiteGroupScheduling(config, log)

@@ -1,4 +1,4 @@
-"""How `make test TEST_WORKERS=2` shares the suite between its pytest-xdist workers.
+"""How `make test` shares the suite between its two pytest-xdist workers.
 
 A group runs whole on one worker, so a fixture it shares (module or session
 scope) starts once for it. The directories in DIRECTORY_GROUPS share one

@@ -6,11 +6,14 @@ back; a Trainer killed mid-job has its job redelivered after the ack wait."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from nats.js.errors import NotFoundError
 
 from devstack.components import MlflowServer, NatsServer
 from modelyard.dispatch.v1 import dispatch_pb2
@@ -32,15 +35,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.fault]
 ACK_WAIT_SECONDS = 6
 
 
-@pytest.fixture(scope="module")
-def trainer(
+@pytest_asyncio.fixture(scope="module")
+async def trainer(
     tmp_path_factory: pytest.TempPathFactory,
     nats_server: NatsServer,
     mlflow_server: MlflowServer,
     dataset_server: DatasetServer,
-) -> Iterator[TrainerProcess]:
+    bus: Bus,
+) -> AsyncIterator[TrainerProcess]:
+    # A Trainer sets the shared consumer's ack wait only when it creates it: an earlier
+    # module's Trainer (30 s) had made it, and this module's kill test waited 30 s, not 6.
+    with contextlib.suppress(NotFoundError):
+        await bus.js.delete_consumer(TRAINING_REQUESTS_STREAM, TRAINERS_CONSUMER)
     work_dir = tmp_path_factory.mktemp("trainer-redelivery")
-    process = start_trainer(
+    process = await asyncio.to_thread(
+        start_trainer,
         work_dir,
         nats_server,
         mlflow_server,
@@ -50,7 +59,7 @@ def trainer(
         MODELYARD_TRAINER_MAX_ATTEMPTS="3",
     )
     yield process
-    process.stop()
+    await asyncio.to_thread(process.stop)
 
 
 async def deliver_and_nak(bus: Bus, job_id: str, times: int) -> None:

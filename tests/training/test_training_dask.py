@@ -7,6 +7,7 @@ Cancel reaches a distributed job; a worker killed mid-training makes the job ret
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,55 @@ def test_another_training_error_is_not_held_back() -> None:
     job = _DaskJob(SlowToNoticeScheduler(), None, "y", None, None, "job-1")  # type: ignore[arg-type]
     job._check_workers_after(ValueError("num_leaves must be > 1"))  # no wait, no loss
     assert job.client.answers == 2
+
+
+# lightgbm.dask warns that each worker picks its own thread count (as the Trainer's jobs do).
+@pytest.mark.filterwarnings("ignore:Parameter n_jobs will be ignored:UserWarning")
+def test_a_stopped_jobs_stuck_training_part_frees_its_worker_within_seconds(
+    dask_cluster: DaskCluster,
+) -> None:
+    """One worker raising mid-training (as the stop event makes it do) leaves its peer
+    blocked in LightGBM's sockets for the network time-out (1 minute here); the job's
+    clean-up restarts that worker, so the next training starts within seconds."""
+    from distributed import Client
+    from lightgbm import dask as lgb_dask
+
+    def frames(client: Any) -> tuple[Any, Any]:
+        """A 2-part table with one part on each worker, so both train and talk."""
+        import dask.dataframe as dd
+
+        rng = np.random.default_rng(3)
+        parts_x, parts_y = [], []
+        for worker in sorted(client.ncores()):
+            x = pd.DataFrame(rng.normal(size=(5000, 6)), columns=[f"x{i}" for i in range(6)])
+            parts_x.append(client.scatter(x, workers=[worker]))
+            parts_y.append(client.scatter((x["x0"] > 0).astype("int64"), workers=[worker]))
+        meta_y = pd.Series([], dtype="int64", name="x0")
+        return dd.from_delayed(parts_x, meta=x.iloc[:0]), dd.from_delayed(parts_y, meta=meta_y)
+
+    with Client(dask_cluster.address, timeout=60) as client:
+        first_worker = min(client.run(lambda dask_worker: dask_worker.name).values())
+
+        def stop_on_one_worker(env: Any) -> None:
+            from distributed import get_worker
+
+            if env.iteration == 20 and get_worker().name == first_worker:
+                raise RuntimeError("stopped on one worker only")
+
+        job = _DaskJob(client, None, "x0", None, None, "job-stuck")  # type: ignore[arg-type]
+        x, y = frames(client)
+        model = lgb_dask.DaskLGBMClassifier(client=client, n_estimators=5000, time_out=1)
+        with client.as_current(), pytest.raises(Exception, match="stopped on one worker"):
+            model.fit(x, y, callbacks=[stop_on_one_worker])
+        job._note_training_parts()
+        assert job._workers_running(job.training_parts), "no worker was left blocked"
+        job._free_stuck_workers()
+        assert not job._workers_running(job.training_parts)
+    dask_cluster.wait_for_workers(2)
+
+    started = time.monotonic()
+    with Client(dask_cluster.address, timeout=60) as client:
+        x, y = frames(client)
+        lgb_dask.DaskLGBMClassifier(client=client, n_estimators=20, time_out=1).fit(x, y)
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"the next training waited {elapsed:.0f} s for the stuck worker"

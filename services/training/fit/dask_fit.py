@@ -34,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -79,6 +80,8 @@ from services.training.model.targets import (
     json_label,
 )
 
+logger = logging.getLogger("modelyard.trainer.dask")
+
 _POLL_SECONDS = 0.5
 # How long a training that failed on a peer's socket error waits for the scheduler to
 # report a lost worker (it notices a killed process within a second or two).
@@ -91,6 +94,11 @@ VALIDATION_POINTS = 10
 # peers stopped (stop event, lost worker) waits before giving up and freeing its
 # thread; the default of MODELYARD_TRAINER_DASK_NETWORK_TIMEOUT_MINUTES.
 NETWORK_TIMEOUT_MINUTES = 2
+# After a job stops mid-training, how long its training parts get to end on their own
+# before the workers still running one are restarted (see `_free_stuck_workers`).
+STUCK_PART_GRACE_SECONDS = 2.0
+RESTART_TIMEOUT_SECONDS = 30.0
+TRAIN_PART_PREFIX = "_train_part"
 
 
 class DaskUnavailable(Exception):
@@ -169,6 +177,7 @@ class _DaskJob:
             raise DaskUnavailable(reasons.DASK_UNAVAILABLE, "the Dask cluster has no worker")
         self.timings: dict[str, float] = {}
         self.network_timeout_minutes = network_timeout_minutes
+        self.training_parts: set[str] = set()  # lightgbm.dask's task keys for this job
 
     def run(self, requested_task: Task, params: dict[str, ParamValue]) -> TrainingResult:
         started = time.perf_counter()
@@ -345,6 +354,8 @@ class _DaskJob:
             except BaseException:
                 with contextlib.suppress(Exception):
                     stop.set()
+                with contextlib.suppress(Exception):
+                    self._free_stuck_workers()
                 # Closing the client cancels what the job left on the cluster, and so
                 # ends the helper thread's wait; it is not waited for here.
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -366,6 +377,7 @@ class _DaskJob:
     ) -> None:
         reported = 0
         while True:
+            self._note_training_parts()
             self.hooks.check()
             self._check_workers()
             done = iteration()
@@ -383,6 +395,42 @@ class _DaskJob:
                     reasons.DASK_TRAINING_FAILED,
                     f"distributed training failed: {type(error).__name__}: {error}",
                 ) from error
+
+    def _note_training_parts(self) -> None:
+        self.training_parts |= {
+            str(key) for key in list(self.client.futures) if str(key).startswith(TRAIN_PART_PREFIX)
+        }
+
+    def _free_stuck_workers(self) -> None:
+        """Restart the workers still running one of this job's training parts once the
+        job has stopped.
+
+        A LightGBM worker that raised (stop event, error) leaves its peers blocked in a
+        collective until LightGBM's network time-out (minutes), and every job after it
+        waits behind them: a suite run's next job started 61 s late. Only a part whose
+        peers all saw the stop at the same iteration ends on its own; a thread blocked in
+        LightGBM's sockets cannot be interrupted, so its worker process is restarted (its
+        nanny starts a new one in seconds).
+        """
+        self._note_training_parts()
+        deadline = time.monotonic() + STUCK_PART_GRACE_SECONDS
+        while stuck := self._workers_running(self.training_parts):
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "restarting Dask workers held by a stopped job's training",
+                    extra={"workers": sorted(stuck)},
+                )
+                self.client.restart_workers(
+                    sorted(stuck), timeout=RESTART_TIMEOUT_SECONDS, raise_for_error=False
+                )
+                return
+            time.sleep(_POLL_SECONDS / 5)
+
+    def _workers_running(self, parts: set[str]) -> set[str]:
+        if not parts:
+            return set()
+        running: dict[str, list[str]] = self.client.run(dask_parts.executing_keys)
+        return {worker for worker, keys in running.items() if parts.intersection(keys)}
 
     def _check_workers_after(self, error: Exception) -> None:
         """A peer's socket error is how the surviving workers see a killed one, often

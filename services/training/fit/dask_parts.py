@@ -288,6 +288,12 @@ class JobCallback:
             Variable(self.progress_variable).set(env.iteration + 1)
 
 
+def executing_keys(dask_worker: Any) -> list[str]:
+    """The keys of the tasks a worker's threads are running (for `Client.run`; a task
+    whose result nobody wants any more is still running until its thread returns)."""
+    return [str(task.key) for task in dask_worker.state.executing]
+
+
 def table_schema(url: str) -> pa.Schema:
     with open_url(url) as source:
         return pq.ParquetFile(source).schema_arrow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -128,14 +129,33 @@ class Stack:
         return fresh
 
     def start(self) -> None:
+        """Everything up, MLflow's start (its slowest part) overlapping the others'."""
         # Secrets, credentials and databases live here: the owner's alone.
         private_directory(self.work_dir)
         self.nats = start_nats(self.work_dir)
-        self.mlflow = start_mlflow(
-            self.work_dir,
-            password=self.secrets["mlflow_admin_password"],
-            trainer_password=self.secrets["mlflow_trainer_password"],
-        )
+        with ThreadPoolExecutor(1, thread_name_prefix="start-mlflow") as pool:
+            mlflow_started = pool.submit(
+                start_mlflow,
+                self.work_dir,
+                password=self.secrets["mlflow_admin_password"],
+                trainer_password=self.secrets["mlflow_trainer_password"],
+            )
+            try:
+                self._start_what_needs_no_mlflow()
+            finally:
+                self.mlflow = mlflow_started.result()
+        # The Trainer signs in to MLflow as the user MLflow's setup step made.
+        trainers = [
+            self._launch_service("trainer", instance=index)
+            for index in range(self.options.trainers)
+        ]
+        gateway = self._launch_gateway()
+        for name in trainers:
+            self._wait_serving(name)
+        self._wait_gateway(gateway)
+        self.write_state()
+
+    def _start_what_needs_no_mlflow(self) -> None:
         if self.options.blob_store == "s3":
             self.s3 = start_s3(self.work_dir)
         if self.options.dask_workers:
@@ -149,21 +169,18 @@ class Stack:
         # Jobs whether a job exists before training it.
         self.addresses["trainer"] = f"127.0.0.1:{free_port()}"
         self.addresses["jobs"] = f"127.0.0.1:{free_port()}"
-        self.start_service("dataset")
-        for index in range(self.options.trainers):
-            self.start_service("trainer", instance=index)
-        self.start_service("jobs")
-        self.start_gateway()
-        self.write_state()
+        for name in [self._launch_service("dataset"), self._launch_service("jobs")]:
+            self._wait_serving(name)
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            self.processes[name].stop()
+        """The services first (they may still call the rest while shutting down), then
+        the rest; each group stopped together."""
+        _stop_together(list(self.processes.values()))
         if self.dask is not None:
             self.dask.stop()
-        for component in (self.s3, self.mlflow, self.nats):
-            if component is not None:
-                component.process.stop()
+        _stop_together(
+            [component.process for component in (self.s3, self.mlflow, self.nats) if component]
+        )
         if self.options.database == "postgresql":
             for url in self.database_urls.values():
                 drop_postgres_database(url)
@@ -186,7 +203,6 @@ class Stack:
 
     def service_env(self, service: str, address: str) -> dict[str, str]:
         assert self.nats is not None
-        assert self.mlflow is not None
         if service == "dataset":
             env = {
                 "MODELYARD_DATASET_LISTEN_ADDRESS": address,
@@ -212,6 +228,7 @@ class Stack:
                 "MODELYARD_JOBS_TRAINER_SERVICE_ADDRESS": self.addresses["trainer"],
             }
         elif service == "trainer":
+            assert self.mlflow is not None
             env = {
                 "MODELYARD_TRAINER_LISTEN_ADDRESS": address,
                 **self.nats.env("TRAINER", nats_access.TRAINER),
@@ -231,21 +248,31 @@ class Stack:
 
     def start_service(self, service: str, instance: int = 0) -> ManagedProcess:
         """Start (or restart) one service process and wait until it is SERVING."""
+        name = self._launch_service(service, instance)
+        self._wait_serving(name)
+        return self.processes[name]
+
+    def _launch_service(self, service: str, instance: int = 0) -> str:
+        """Start one service process (not waiting for it); its name."""
         name = service if instance == 0 else f"{service}-{instance}"
         address = self.addresses.get(name) or f"127.0.0.1:{free_port()}"
         self.addresses[name] = address
         metrics = self.metrics_addresses.get(name) or f"127.0.0.1:{free_port()}"
         self.metrics_addresses[name] = metrics
         metrics_env = {f"MODELYARD_{ENV_PREFIXES[service]}_METRICS_ADDRESS": metrics}
-        process = ManagedProcess(
+        self.processes[name] = ManagedProcess(
             name=name,
             command=[sys.executable, "-m", SERVICE_MODULES[service]],
             env=self.common_env() | self.service_env(service, address) | metrics_env,
             log_path=self.work_dir / "logs" / f"{name}.log",
         ).start()
-        self.processes[name] = process
-        process.wait_until(lambda: grpc_serving(address, self.options.tls), timeout=120)
-        return process
+        return name
+
+    def _wait_serving(self, name: str) -> None:
+        address = self.addresses[name]
+        self.processes[name].wait_until(
+            lambda: grpc_serving(address, self.options.tls), timeout=120
+        )
 
     def gateway_env(self) -> dict[str, str]:
         env = {
@@ -263,6 +290,11 @@ class Stack:
         return env | self.options.extra_env.get("gateway", {})
 
     def start_gateway(self) -> ManagedProcess:
+        process = self._launch_gateway()
+        self._wait_gateway(process)
+        return process
+
+    def _launch_gateway(self) -> ManagedProcess:
         if not self.gateway_port:
             preferred = self.options.preferred_gateway_port
             free = preferred and not port_open("127.0.0.1", preferred)
@@ -274,8 +306,10 @@ class Stack:
             log_path=self.work_dir / "logs" / "gateway.log",
         ).start()
         self.processes["gateway"] = process
-        process.wait_until(lambda: port_open("127.0.0.1", self.gateway_port), timeout=60)
         return process
+
+    def _wait_gateway(self, process: ManagedProcess) -> None:
+        process.wait_until(lambda: port_open("127.0.0.1", self.gateway_port), timeout=60)
 
     # -- what clients need ---------------------------------------------------------
 
@@ -305,3 +339,8 @@ class Stack:
         path = self.work_dir / "stack.json"
         path.write_text(json.dumps(state, indent=2))
         path.chmod(0o600)
+
+
+def _stop_together(processes: list[ManagedProcess]) -> None:
+    with ThreadPoolExecutor(max(1, len(processes)), thread_name_prefix="stop") as pool:
+        list(pool.map(ManagedProcess.stop, processes))

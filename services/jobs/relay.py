@@ -120,11 +120,15 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._last_prune = 0.0
 
-    def wake(self, traced_msg_id: str | None = None) -> None:
-        """Publish now: something was just committed to the outbox. The row
-        `traced_msg_id`, when given, is published in the caller's trace."""
-        if traced_msg_id is not None:
-            self._publisher.remember_trace(traced_msg_id)
+    def continue_trace(self, msg_id: str) -> None:
+        """Publish the row `msg_id` in the caller's trace. Called before the row is
+        committed: on PostgreSQL the commit's notification can wake the relay before
+        the caller gets to `wake()` (an e2e run saw the request published in a trace of
+        its own)."""
+        self._publisher.remember_trace(msg_id)
+
+    def wake(self) -> None:
+        """Publish now: something was just committed to the outbox."""
         self._wake.set()
 
     async def run(self) -> None:

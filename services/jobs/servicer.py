@@ -131,6 +131,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         dataset = await self._check_dependencies(request)
         await self._check_quote(request, dataset)
         job = self._new_job(request, dataset)
+        self._relay.continue_trace(job.job_id)
         try:
             await self._store.insert(job, [training_request_entry(_training_request(job))])
         except DuplicateRequestId:
@@ -140,7 +141,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             return _of_kind(existing, TrainingJob, request.request_id)
         if self._settings.fault_crash_after_commit:
             os._exit(137)  # TEST ONLY: committed, not published (see settings)
-        self._relay.wake(traced_msg_id=job.job_id)
+        self._relay.wake()
         with log_context(job_id=job.job_id):
             logger.info(
                 "training job queued",
@@ -309,6 +310,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         _check_replayable(source)
         await self._check_dataset_kept(source)
         job, replay = self._replay_job(source, request.request_id)
+        self._relay.continue_trace(job.job_id)
         try:
             await self._store.insert(job, [training_request_entry(_training_request(job, replay))])
         except DuplicateRequestId:
@@ -317,7 +319,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             return ReplayTrainingJobResponse(
                 training_job=_of_kind(existing, TrainingJob, request.request_id)
             )
-        self._relay.wake(traced_msg_id=job.job_id)
+        self._relay.wake()
         with log_context(job_id=job.job_id):
             logger.info("replay queued", extra={"source_job_id": source_id})
         return ReplayTrainingJobResponse(training_job=job)
@@ -455,13 +457,14 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
                 return _of_kind(existing, ScoringJob, request.request_id)
         dataset, version = await self._check_scoring_dependencies(request)
         job = self._new_scoring_job(request, dataset, version)
+        self._relay.continue_trace(job.job_id)
         try:
             await self._store.insert(job, [training_request_entry(_scoring_request(job))])
         except DuplicateRequestId:
             existing = await self._store.find_by_request_id(request.request_id)
             assert existing is not None
             return _of_kind(existing, ScoringJob, request.request_id)
-        self._relay.wake(traced_msg_id=job.job_id)
+        self._relay.wake()
         with log_context(job_id=job.job_id):
             logger.info(
                 "scoring job queued",

@@ -14,6 +14,7 @@ import grpc
 import nats
 import pytest
 from nats.js import JetStreamContext
+from opentelemetry import context as otel_context
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +32,7 @@ from runtime.messaging import (
     TRAINING_REQUESTS_STREAM,
     cancellations,
 )
+from runtime.tracing import context_from_headers
 from services.jobs.app import MIGRATIONS_DIR
 from services.jobs.outbox import training_request_entry
 from services.jobs.relay import OutboxRelay, Publisher
@@ -166,6 +168,50 @@ async def test_another_replicas_commit_wakes_the_relay(
             lambda: stored_requests(js, job.job_id), lambda found: len(found) == 1, within=3
         )
     assert published == [request_of(job)]
+
+
+async def stored_traceparents(js: JetStreamContext, job_id: str) -> list[str]:
+    """The `traceparent` header of every stored TrainingRequest of `job_id`."""
+    info = await js.stream_info(TRAINING_REQUESTS_STREAM)
+    found = []
+    for sequence in range(max(1, info.state.first_seq), info.state.last_seq + 1):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            message = await js.get_msg(TRAINING_REQUESTS_STREAM, sequence)
+            if TrainingRequest.FromString(message.data or b"").job_id == job_id:
+                found.append((message.headers or {}).get("traceparent", ""))
+    return found
+
+
+async def test_a_row_published_before_its_writer_wakes_the_relay_is_in_the_writers_trace(
+    js: JetStreamContext, engine: AsyncEngine
+) -> None:
+    """The relay may publish a row as soon as it is committed (PostgreSQL's notification,
+    or a poll), before the call that wrote it wakes the relay: the call's trace is handed
+    over before the commit, so the request still travels in it."""
+    notify = engine.dialect.name == "postgresql"
+    relay = OutboxRelay(
+        engine,
+        Publisher(js, await cancellations(js), timeout=2),
+        poll_seconds=60.0 if notify else 0.2,
+        batch_size=10,
+        retention_seconds=3600,
+    )
+    trace_id = uuid.uuid4().hex
+    caller = context_from_headers({"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+    async with contextlib.asynccontextmanager(run_relay)(relay):
+        await asyncio.sleep(0.5)  # the relay is idle, listening
+        job = queued_job()
+        token = otel_context.attach(caller)
+        try:
+            relay.continue_trace(job.job_id)
+            await JobStore(engine).insert(job, [training_request_entry(request_of(job))])
+        finally:
+            otel_context.detach(token)
+        # No wake(): the relay finds the row on its own.
+        traceparents = await eventually(
+            lambda: stored_traceparents(js, job.job_id), lambda found: len(found) == 1, within=3
+        )
+    assert traceparents[0].split("-")[1] == trace_id
 
 
 # -- the test-only crash point, with the real process --------------------------------------

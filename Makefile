@@ -46,9 +46,9 @@ $(NODE_EXAMPLE): examples/node/package.json examples/node/package-lock.json | no
 	@touch $@
 
 # The suite on two pytest-xdist workers (most tests wait on processes, timers and the
-# network, not the CPU; tests/parallel_groups.py says how tests are grouped): about
-# 9-10 min on two cores where one process takes 15-17. `make test TEST_WORKERS=0` runs
-# it in this one process. PYTEST_ARGS adds options.
+# network, not the CPU; tests/parallel_groups.py says how tests are grouped): 7-9 min
+# on two cores, depending on how busy the host is, where one process takes 15-17.
+# `make test TEST_WORKERS=0` runs it in this one process. PYTEST_ARGS adds options.
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)

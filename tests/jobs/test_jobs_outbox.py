@@ -85,8 +85,11 @@ def request_of(job: TrainingJob) -> TrainingRequest:
     return TrainingRequest(job_id=job.job_id, dataset_id=job.dataset_id, target_column="y")
 
 
-async def stored_requests(js: JetStreamContext, job_id: str) -> list[TrainingRequest]:
-    """Every stored TrainingRequest of `job_id`, read without consuming anything."""
+async def stored_messages(
+    js: JetStreamContext, job_id: str
+) -> list[tuple[TrainingRequest, dict[str, str]]]:
+    """Every stored TrainingRequest of `job_id` with its headers, read without consuming
+    anything."""
     info = await js.stream_info(TRAINING_REQUESTS_STREAM)
     found = []
     for sequence in range(max(1, info.state.first_seq), info.state.last_seq + 1):
@@ -96,8 +99,12 @@ async def stored_requests(js: JetStreamContext, job_id: str) -> list[TrainingReq
             if request.job_id == job_id:
                 assert message.headers is not None
                 assert message.headers["Nats-Msg-Id"] == job_id
-                found.append(request)
+                found.append((request, dict(message.headers)))
     return found
+
+
+async def stored_requests(js: JetStreamContext, job_id: str) -> list[TrainingRequest]:
+    return [request for request, _ in await stored_messages(js, job_id)]
 
 
 async def run_relay(relay: OutboxRelay) -> AsyncIterator[None]:
@@ -171,15 +178,7 @@ async def test_another_replicas_commit_wakes_the_relay(
 
 
 async def stored_traceparents(js: JetStreamContext, job_id: str) -> list[str]:
-    """The `traceparent` header of every stored TrainingRequest of `job_id`."""
-    info = await js.stream_info(TRAINING_REQUESTS_STREAM)
-    found = []
-    for sequence in range(max(1, info.state.first_seq), info.state.last_seq + 1):
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            message = await js.get_msg(TRAINING_REQUESTS_STREAM, sequence)
-            if TrainingRequest.FromString(message.data or b"").job_id == job_id:
-                found.append((message.headers or {}).get("traceparent", ""))
-    return found
+    return [headers.get("traceparent", "") for _, headers in await stored_messages(js, job_id)]
 
 
 async def test_a_row_published_before_its_writer_wakes_the_relay_is_in_the_writers_trace(

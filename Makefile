@@ -46,7 +46,7 @@ $(NODE_EXAMPLE): examples/node/package.json examples/node/package-lock.json | no
 	@touch $@
 
 # The suite on two pytest-xdist workers (most tests wait on processes, timers and the
-# network, not the CPU; tests/parallel_groups.py says how tests are grouped): 7-9 min
+# network, not the CPU; tests/parallel_groups.py says how tests are grouped): 7-11 min
 # on two cores, depending on how busy the host is, where one process takes 15-17.
 # `make test TEST_WORKERS=0` runs it in this one process. PYTEST_ARGS adds options.
 TEST_WORKERS ?= 2

@@ -151,19 +151,27 @@ async def test_a_row_committed_while_no_relay_ran_is_published_later(
     assert await stored_requests(js, job.job_id) == [request_of(job)]
 
 
+async def listening_relay(
+    js: JetStreamContext, engine: AsyncEngine, poll_seconds_without_notify: float
+) -> OutboxRelay:
+    """A relay that finds new rows on its own: on PostgreSQL by LISTEN/NOTIFY (its poll
+    too slow to matter), on SQLite, with no NOTIFY, by polling."""
+    notify = engine.dialect.name == "postgresql"
+    return OutboxRelay(
+        engine,
+        Publisher(js, await cancellations(js), timeout=2),
+        poll_seconds=60.0 if notify else poll_seconds_without_notify,
+        batch_size=10,
+        retention_seconds=3600,
+    )
+
+
 async def test_another_replicas_commit_wakes_the_relay(
     js: JetStreamContext, engine: AsyncEngine
 ) -> None:
     """PostgreSQL: LISTEN/NOTIFY wakes a relay at once, whatever its poll interval.
     (SQLite, with no NOTIFY, relies on polling.)"""
-    notify = engine.dialect.name == "postgresql"
-    relay = OutboxRelay(
-        engine,
-        Publisher(js, await cancellations(js), timeout=2),
-        poll_seconds=60.0 if notify else 0.5,
-        batch_size=10,
-        retention_seconds=3600,
-    )
+    relay = await listening_relay(js, engine, poll_seconds_without_notify=0.5)
     async with contextlib.asynccontextmanager(run_relay)(relay):
         await asyncio.sleep(0.5)  # the relay is idle, listening
         job = queued_job()
@@ -187,14 +195,7 @@ async def test_a_row_published_before_its_writer_wakes_the_relay_is_in_the_write
     """The relay may publish a row as soon as it is committed (PostgreSQL's notification,
     or a poll), before the call that wrote it wakes the relay: the call's trace is handed
     over before the commit, so the request still travels in it."""
-    notify = engine.dialect.name == "postgresql"
-    relay = OutboxRelay(
-        engine,
-        Publisher(js, await cancellations(js), timeout=2),
-        poll_seconds=60.0 if notify else 0.2,
-        batch_size=10,
-        retention_seconds=3600,
-    )
+    relay = await listening_relay(js, engine, poll_seconds_without_notify=0.2)
     trace_id = uuid.uuid4().hex
     caller = context_from_headers({"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
     async with contextlib.asynccontextmanager(run_relay)(relay):

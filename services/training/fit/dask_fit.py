@@ -410,18 +410,21 @@ class _DaskJob:
         waits behind them: a suite run's next job started 61 s late. Only a part whose
         peers all saw the stop at the same iteration ends on its own; a thread blocked in
         LightGBM's sockets cannot be interrupted, so its worker process is restarted (its
-        nanny starts a new one in seconds).
+        nanny starts a new one in seconds). The job's other workers are restarted with
+        it: their LightGBM network still points at the stuck one, and a suite run's next
+        training on them failed with "Socket send error, Broken pipe".
         """
         self._note_training_parts()
         deadline = time.monotonic() + STUCK_PART_GRACE_SECONDS
         while stuck := self._workers_running(self.training_parts):
             if time.monotonic() >= deadline:
+                restarted = sorted(stuck | (self.workers & set(self.client.ncores())))
                 logger.warning(
                     "restarting Dask workers held by a stopped job's training",
-                    extra={"workers": sorted(stuck)},
+                    extra={"workers": restarted, "stuck": sorted(stuck)},
                 )
                 self.client.restart_workers(
-                    sorted(stuck), timeout=RESTART_TIMEOUT_SECONDS, raise_for_error=False
+                    restarted, timeout=RESTART_TIMEOUT_SECONDS, raise_for_error=False
                 )
                 return
             time.sleep(_POLL_SECONDS / 5)

@@ -29,7 +29,6 @@ OWN_GROUP_MODULES = (
     "e2e/test_e2e_tls.py",
     "training/test_training_params.py",
     "training/test_training_pipeline.py",
-    "training/test_training_predict.py",
     "training/test_training_row_scoring.py",
     "training/test_training_search.py",
     "training/test_training_versions.py",

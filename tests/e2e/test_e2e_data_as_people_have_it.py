@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,12 +16,12 @@ from typing import Any
 
 import httpx
 import mlflow
-import mlflow.tracking._model_registry.utils as registry_utils
 import numpy as np
 import pandas as pd
 import pytest
 
 from devstack.stack import Stack
+from tests.suite_support import mlflow_client_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -133,22 +132,8 @@ def predicted_labels(api: httpx.Client, model_name: str, rows: list[dict[str, An
 @pytest.fixture
 def mlflow_user(stack: Stack) -> Iterator[None]:
     assert stack.mlflow is not None
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
-    mlflow.set_tracking_uri(stack.mlflow.url)
-    # Registered models resolve through the registry URI, which other tests of the
-    # session may have pointed elsewhere: ours while this test runs, theirs after.
-    saved_registry = registry_utils._registry_uri
-    saved["MLFLOW_REGISTRY_URI"] = os.environ.get("MLFLOW_REGISTRY_URI")
-    mlflow.set_registry_uri(stack.mlflow.url)
-    yield
-    registry_utils._registry_uri = saved_registry
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with mlflow_client_of(stack.mlflow.url, stack.mlflow.username, stack.mlflow.password):
+        yield
 
 
 # A Saturday morning (busy: a weekend) and a Tuesday morning (not busy), as each file wrote them.

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from devstack.stack import Stack
+from tests.suite_support import mlflow_client_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,11 +40,10 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def mlflow(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+def mlflow(stack: Stack) -> Iterator[MlflowClient]:
     assert stack.mlflow is not None
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.mlflow.username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.mlflow.password)
-    return MlflowClient(tracking_uri=stack.mlflow.url)
+    with mlflow_client_of(stack.mlflow.url, stack.mlflow.username, stack.mlflow.password) as client:
+        yield client
 
 
 def upload(client: httpx.Client, name: str, content: bytes) -> str:

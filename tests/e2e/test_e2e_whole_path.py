@@ -8,7 +8,6 @@ store, PostgreSQL when it answers, the three services and the gateway.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from devstack.stack import Stack
 from runtime.messaging import TRAINING_REQUESTS_STREAM
-from tests.suite_support import wait_final
+from tests.suite_support import mlflow_client_of, wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,16 +47,8 @@ def csv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlflow_client_env(stack: Stack) -> Iterator[None]:
     """The test reads MLflow as a data scientist would, with the admin's credentials."""
     assert stack.mlflow is not None
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
-    mlflow.set_tracking_uri(stack.mlflow.url)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with mlflow_client_of(stack.mlflow.url, stack.mlflow.username, stack.mlflow.password):
+        yield
 
 
 CASES = [

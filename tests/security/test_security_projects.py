@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from mlflow.tracking import MlflowClient
 from sqlalchemy import text
 
 from devstack.components import postgres_available
@@ -29,7 +28,7 @@ from modelyard.jobs.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from runtime.db import create_engine
 from runtime.errors import error_reason
-from tests.suite_support import wait_final
+from tests.suite_support import mlflow_client_of, wait_final
 
 pytestmark = pytest.mark.slow
 
@@ -384,7 +383,7 @@ def train_to_success(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]
 
 
 def test_models_are_per_project_in_mlflow_and_predict_sees_only_its_own(
-    stack: Stack, operator: httpx.Client, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, operator: httpx.Client
 ) -> None:
     token_b = project_with_trainer(operator, "models-b")
     token_c = project_with_trainer(operator, "models-c")
@@ -444,11 +443,8 @@ def test_models_are_per_project_in_mlflow_and_predict_sees_only_its_own(
         assert c.get(f"/v1/scoringJobs/{scoring_id}").status_code == 404
 
     assert stack.mlflow is not None
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.mlflow.username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.mlflow.password)
-    experiment = MlflowClient(tracking_uri=stack.mlflow.url).get_experiment(
-        job["mlflow"]["experimentId"]
-    )
+    with mlflow_client_of(stack.mlflow.url, stack.mlflow.username, stack.mlflow.password) as admin:
+        experiment = admin.get_experiment(job["mlflow"]["experimentId"])
     assert experiment.name == "modelyard/models-b"
 
 

@@ -9,7 +9,6 @@ contract says (INTEGER → int64, FLOAT → float64, STRING → string, ...)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -25,6 +24,7 @@ from modelyard.dataset.v1 import dataset_service_pb2_grpc
 from modelyard.jobs.v1 import (
     jobs_service_pb2_grpc,
 )
+from tests.suite_support import mlflow_client_of
 from tests.training.training_support import (
     Bus,
     DatasetServer,
@@ -78,12 +78,10 @@ async def bus(nats_server: NatsServer, dataset_server: DatasetServer) -> AsyncIt
 
 
 @pytest.fixture(scope="session")
-def mlflow_client(mlflow_server: MlflowServer) -> Any:
-    """An MLflow client with the server's credentials, for assertions."""
-    os.environ["MLFLOW_TRACKING_USERNAME"] = mlflow_server.username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = mlflow_server.password
-    import mlflow
-
-    mlflow.set_tracking_uri(mlflow_server.url)
-    mlflow.set_registry_uri(mlflow_server.url)
-    return mlflow.MlflowClient(mlflow_server.url)
+def mlflow_client(mlflow_server: MlflowServer) -> Iterator[Any]:
+    """An MLflow client with the server's credentials, for assertions (the fluent
+    API points at the same server while the session lasts)."""
+    with mlflow_client_of(
+        mlflow_server.url, mlflow_server.username, mlflow_server.password
+    ) as client:
+        yield client

@@ -1,13 +1,12 @@
-"""Predict as a user meets it, through the real gateway and the real Trainer (a whole
-stack: NATS, MLflow with basic auth, the three services, the gateway): values that
-must be refused with a reason and never a 5xx, trust flags on every row, and
-explanations that add up to the model's raw score."""
+"""Predict as a user meets it, through the real gateway and the real Trainer (the
+e2e session's stack: NATS, MLflow with basic auth, the three services, the gateway):
+values that must be refused with a reason and never a 5xx, trust flags on every row,
+and explanations that add up to the model's raw score."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,33 +15,23 @@ from typing import Any
 import grpc
 import httpx
 import mlflow
-import mlflow.tracking._model_registry.utils as registry_utils
 import numpy as np
 import pandas as pd
 import pytest
 from google.protobuf import struct_pb2
 from sklearn.datasets import load_diabetes, load_iris
 
-from devstack.stack import Stack, StackOptions
+from devstack.stack import Stack
 from modelyard.training.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from modelyard_client.cli import typed_row
 from runtime.errors import error_metadata, error_reason
 from services.training.model import pyfunc_model
 from tests.cli.cli_support import Cli
+from tests.suite_support import mlflow_client_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    options = StackOptions(
-        work_dir=tmp_path_factory.mktemp("predict-stack"),
-        extra_env={"trainer": {"MODELYARD_TRAINER_WORKER_SLOTS": "3"}},
-    )
-    with Stack(options) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -248,17 +237,8 @@ def test_a_model_trained_before_flags_existed_predicts_without_flags(
     registered as the earlier Trainer logged it (as the Trainer's MLflow user: the
     models another user made are not the Trainer's to serve)."""
     assert stack.mlflow is not None
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.trainer_username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.trainer_password
-    # Tracking and registry URIs are process-wide, and other tests of the session point
-    # them at their own servers (`models:/` resolves through the registry URI): this
-    # stack's while the model is logged, theirs again after (this stack stops).
-    saved_tracking = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(stack.mlflow.url)
-    saved_registry = registry_utils._registry_uri
-    mlflow.set_registry_uri(stack.mlflow.url)
-    try:
+    trainer = (stack.mlflow.trainer_username, stack.mlflow.trainer_password)
+    with mlflow_client_of(stack.mlflow.url, *trainer):
         local = Path(
             mlflow.artifacts.download_artifacts("models:/churn-model/1", dst_path=str(tmp_path))
         )
@@ -281,14 +261,6 @@ def test_a_model_trained_before_flags_existed_predicts_without_flags(
                 registered_model_name="older-churn",
                 pip_requirements=["lightgbm", "pandas"],
             )
-    finally:
-        mlflow.set_tracking_uri(saved_tracking)
-        registry_utils._registry_uri = saved_registry
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     rows = [
         {"tenure": 90, "fee": 5, "plan": "platinum"},
         {"tenure": 12, "fee": 50.5, "plan": "plus"},
@@ -435,23 +407,13 @@ def test_the_report_files_are_in_the_mlflow_run(
 ) -> None:
     assert stack.mlflow is not None
     job = api.get(f"/v1/trainingJobs/{models['jobs']['flowers']}").json()
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.mlflow.username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow.password
-    try:
-        client = mlflow.MlflowClient(stack.mlflow.url)
+    with mlflow_client_of(stack.mlflow.url, stack.mlflow.username, stack.mlflow.password) as client:
         files = {
             Path(f.path).name for f in client.list_artifacts(job["mlflow"]["runId"], "evaluation")
         }
         local = client.download_artifacts(
             job["mlflow"]["runId"], "evaluation/report.json", str(tmp_path)
         )
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     assert files == {"report.json", "confusion_matrix.png", "calibration_curve.png"}
     stored = json.loads(Path(local).read_text())
     served = _report(api, job["jobId"])

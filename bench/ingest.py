@@ -17,7 +17,10 @@ with the peak RSS of the Dataset service and of the gateway during each
 upload, and the CPU seconds (user + system, median of the runs) that the Dataset
 service, the moto S3 server, the gateway and the bench process itself used
 during each measurement: all of them share the machine's cores, so a ratio that
-misses shows here whose CPU the difference is. It then reads the largest
+misses shows here whose CPU the difference is. Beside each upload, the Dataset
+service's own split of it (median of the runs, from its "dataset ready" log
+line): when the last byte arrived, and how much longer storing the original and
+finishing the conversion took. It then reads the largest
 dataset into pandas through `ReadDataset`, next to reading its Parquet copy
 directly (GET from S3 + `pq.read_table`).
 Targets, printed under the table with the figures measured: upload → READY
@@ -34,6 +37,7 @@ import argparse
 import asyncio
 import importlib.util
 import io
+import json
 import os
 import secrets
 import shutil
@@ -274,7 +278,8 @@ def _start_services(work_dir: Path, s3: S3Server) -> Bench:
     common = {
         "MODELYARD_SERVICE_TOKEN": token,
         "MODELYARD_STATE_DIR": str(work_dir / "state"),
-        "MODELYARD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        # INFO: the Dataset service's "dataset ready" line gives its own split of each upload.
+        "MODELYARD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
     }
     address = f"127.0.0.1:{free_port()}"
@@ -426,6 +431,7 @@ class Samples:
     dataset_rss: float = 0.0
     gateway_rss: float = 0.0
     cpu_runs: list[dict[str, float]] = field(default_factory=list)
+    phases: list[ServerPhases] = field(default_factory=list)
 
     @property
     def cpu(self) -> dict[str, float]:
@@ -444,11 +450,62 @@ class Samples:
             return ""
         return f"median of {len(self.seconds)}: {min(self.seconds):.2f}-{max(self.seconds):.2f} s"
 
+    def note(self, *lead: str) -> str:
+        """`lead`, the spread of the runs and the service's median split of them."""
+        parts = [*lead, self.spread()]
+        if self.phases:
+            parts.append(ServerPhases.median_of(self.phases).describe())
+        return "; ".join(part for part in parts if part)
+
     def add(self, seconds: float, peaks: dict[str, float], cpu: dict[str, float]) -> None:
         self.seconds.append(seconds)
         self.cpu_runs.append(cpu)
         self.dataset_rss = max(self.dataset_rss, peaks.get("dataset", 0.0))
         self.gateway_rss = max(self.gateway_rss, peaks.get("gateway", 0.0))
+
+
+@dataclass(frozen=True)
+class ServerPhases:
+    """The Dataset service's own split of one upload (its "dataset ready" log line):
+    until the last byte was received, then until the original was stored, then until
+    the conversion ended. Where the time after the last byte goes is what a ratio
+    that misses needs."""
+
+    receive: float
+    store: float
+    convert: float
+
+    def describe(self) -> str:
+        return (
+            f"service: last byte at {self.receive:.2f} s, original stored +{self.store:.2f} s, "
+            f"converted +{self.convert:.2f} s"
+        )
+
+    @staticmethod
+    def median_of(runs: list[ServerPhases]) -> ServerPhases:
+        return ServerPhases(
+            statistics.median(run.receive for run in runs),
+            statistics.median(run.store for run in runs),
+            statistics.median(run.convert for run in runs),
+        )
+
+
+def last_upload_phases(bench: Bench) -> ServerPhases | None:
+    """The split of the service's latest upload; None when it logs no INFO lines."""
+    log = bench.work_dir / "logs" / "dataset.log"
+    if not log.exists():
+        return None
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if '"dataset ready"' not in line:
+            continue
+        try:
+            fields = json.loads(line)
+            return ServerPhases(
+                fields["receive_seconds"], fields["store_seconds"], fields["convert_seconds"]
+            )
+        except (ValueError, KeyError):
+            return None
+    return None
 
 
 async def delete_dataset(bench: Bench, dataset_id: str) -> None:
@@ -476,6 +533,8 @@ def measure_size(
         with rss.watch():
             dataset, seconds = timed(lambda: asyncio.run(upload_grpc(bench, path)))
         grpc_runs.add(seconds, rss.peaks, rss.cpu)
+        if (phases := last_upload_phases(bench)) is not None:
+            grpc_runs.phases.append(phases)
         row_count = dataset.row_count
         if dataset_id:
             asyncio.run(delete_dataset(bench, dataset_id))
@@ -493,7 +552,7 @@ def measure_size(
             megabytes,
             baseline=base,
             dataset_rss=grpc_runs.dataset_rss,
-            note=f"{row_count} rows; {grpc_runs.spread()}",
+            note=grpc_runs.note(f"{row_count} rows"),
             cpu=grpc_runs.cpu,
         ),
     ]
@@ -508,7 +567,7 @@ def measure_size(
                 baseline=base,
                 dataset_rss=gateway_runs.dataset_rss,
                 gateway_rss=gateway_runs.gateway_rss,
-                note=gateway_runs.spread(),
+                note=gateway_runs.note(),
                 cpu=gateway_runs.cpu,
             )
         )
@@ -534,6 +593,8 @@ def gateway_run(bench: Bench, path: Path, rss: PeakRss, samples: Samples) -> str
     except (httpx.HTTPError, RuntimeError, ValueError) as error:
         return f"gateway failed: {error}"
     samples.add(seconds, rss.peaks, rss.cpu)
+    if (phases := last_upload_phases(bench)) is not None:
+        samples.phases.append(phases)
     asyncio.run(delete_dataset(bench, dataset_id))
     return ""
 

@@ -45,6 +45,21 @@ def test_distinct_counter_is_exact_up_to_its_limit_then_estimates() -> None:
     assert counter.count() == pytest.approx(50_000, rel=0.03)
 
 
+@pytest.mark.parametrize("distinct", [1000, 1001, 1090, 1150])
+def test_distinct_counter_is_exact_at_its_limit_when_groups_overlap(distinct: int) -> None:
+    """Two groups whose sizes add up past the limit: a sketch decides only when the
+    values are well over it; at the limit, and just over it, the count stays exact."""
+    counter = DistinctCounter(limit=1000)
+    values = np.arange(distinct) * 7919
+    counter.update(pa.array(values[: distinct * 2 // 3], type=pa.int64()))
+    counter.update(pa.array(values[distinct // 3 :], type=pa.int64()))
+    if distinct <= 1000:
+        assert (counter.count(), counter.estimated) == (distinct, False)
+    else:
+        assert counter.estimated
+        assert counter.count() == pytest.approx(distinct, rel=0.03)
+
+
 def test_string_hashes_do_not_depend_on_their_neighbours() -> None:
     alone = hash_values(pa.array(["customer-42"]))[0]
     among_short = hash_values(pa.array(["a", "customer-42"]))[1]

@@ -15,7 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -79,6 +79,19 @@ def run_python_json(code: str) -> dict[str, object]:
     )
     result: dict[str, object] = json.loads(done.stdout)
     return result
+
+
+def post_dataset(
+    api: httpx.Client, body: bytes | IO[bytes], content_type: str = "text/csv", **params: str
+) -> dict[str, Any]:
+    """`POST /v1/datasets` through the gateway (`params`: displayName, newVersionOf...);
+    the dataset it answers with, after checking the answer is a 200."""
+    response = api.post(
+        "/v1/datasets", params=params, content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 200, response.text
+    dataset: dict[str, Any] = response.json()
+    return dataset
 
 
 def wait_final(api: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from devstack.components import postgres_available
 from devstack.otlp import OtlpReceiver
 from devstack.stack import Stack, StackOptions
+from tests.suite_support import post_dataset
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +57,7 @@ def upload(api: httpx.Client) -> Uploader:
 
     def upload_csv(path: Path) -> dict[str, Any]:
         with path.open("rb") as body:
-            response = api.post(
-                "/v1/datasets",
-                params={"displayName": path.stem},
-                content=body,
-                headers={"Content-Type": "text/csv"},
-            )
-        assert response.status_code == 200, response.text
-        dataset: dict[str, Any] = response.json()
+            dataset = post_dataset(api, body, displayName=path.stem)
         assert dataset["state"] == "READY"
         return dataset
 

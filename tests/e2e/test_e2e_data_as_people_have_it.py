@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 
 from devstack.stack import Stack
-from tests.suite_support import mlflow_client_of
+from tests.suite_support import mlflow_client_of, post_dataset, wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,11 +78,7 @@ def parquet(frame: pd.DataFrame) -> bytes:
 
 
 def upload(api: httpx.Client, body: bytes, content_type: str, **params: str) -> dict[str, Any]:
-    response = api.post(
-        "/v1/datasets", params=params, content=body, headers={"Content-Type": content_type}
-    )
-    assert response.status_code == 200, response.text
-    dataset: dict[str, Any] = response.json()
+    dataset = post_dataset(api, body, content_type, **params)
     assert dataset["state"] == "READY"
     assert dataset["rowCount"] == str(ROWS)
     return dataset
@@ -111,16 +106,6 @@ def start_job(api: httpx.Client, reference: str, model_name: str) -> dict[str, A
     assert created.status_code == 200, created.text
     job: dict[str, Any] = created.json()
     return job
-
-
-def wait_for_job(api: httpx.Client, job_id: str, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = api.get(f"/v1/trainingJobs/{job_id}").json()
-        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still not final after {timeout}s")
 
 
 def predicted_labels(api: httpx.Client, model_name: str, rows: list[dict[str, Any]]) -> list[str]:
@@ -195,8 +180,8 @@ def test_one_table_in_five_shapes_and_versions_trains_by_name_and_predicts_from_
     by_version = start_job(api, f"{name}@1", f"{name}-first")
     assert by_name["datasetId"] == fifth["datasetId"]
     assert by_version["datasetId"] == first["datasetId"]
-    latest = wait_for_job(api, by_name["jobId"])
-    earliest = wait_for_job(api, by_version["jobId"])
+    latest = wait_final(api, f"/v1/trainingJobs/{by_name['jobId']}")
+    earliest = wait_final(api, f"/v1/trainingJobs/{by_version['jobId']}")
 
     for job, version in ((latest, "5"), (earliest, "1")):
         assert job["state"] == "SUCCEEDED", job.get("error")

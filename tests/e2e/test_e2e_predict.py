@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,9 @@ from modelyard_client.cli import typed_row
 from runtime.errors import error_metadata, error_reason
 from services.training.model import pyfunc_model
 from tests.cli.cli_support import Cli
-from tests.suite_support import mlflow_client_of
+from tests.suite_support import mlflow_client_of, post_dataset, wait_final
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +76,11 @@ def models(api: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> dict[
         path = directory / f"{name}.csv"
         frame.to_csv(path, index=False)
         frames[name] = frame
-        uploaded = api.post(
-            "/v1/datasets",
-            params={"displayName": name},
-            content=path.read_bytes(),
-            headers={"Content-Type": "text/csv"},
-        )
-        assert uploaded.status_code == 200, uploaded.text
+        uploaded = post_dataset(api, path.read_bytes(), displayName=name)
         created = api.post(
             "/v1/trainingJobs",
             json={
-                "datasetId": uploaded.json()["datasetId"],
+                "datasetId": uploaded["datasetId"],
                 "targetColumn": target,
                 "registeredModelName": f"{name}-model",
             },
@@ -97,19 +88,9 @@ def models(api: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> dict[
         assert created.status_code == 200, created.text
         jobs[name] = created.json()["jobId"]
     for job_id in jobs.values():
-        job = wait_for_job(api, job_id)
+        job = wait_final(api, f"/v1/trainingJobs/{job_id}", timeout=300)
         assert job["state"] == "SUCCEEDED", job.get("error")
     return {"frames": frames, "jobs": jobs}
-
-
-def wait_for_job(api: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = api.get(f"/v1/trainingJobs/{job_id}").json()
-        if job["state"] in FINAL_STATES:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still not final after {timeout}s")
 
 
 def predict_raw(api: httpx.Client, model: str, body: str) -> httpx.Response:
@@ -438,7 +419,7 @@ def test_a_job_without_a_report_is_404_with_a_reason(
         },
     )
     assert failed.status_code == 200, failed.text
-    job = wait_for_job(api, failed.json()["jobId"])
+    job = wait_final(api, f"/v1/trainingJobs/{failed.json()['jobId']}", timeout=300)
     assert job["state"] == "FAILED"
     response = api.get(f"/v1/trainingJobs/{job['jobId']}/report")
     assert response.status_code == 404

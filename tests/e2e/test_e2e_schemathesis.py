@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import pytest
 
 from devstack.components import postgres_available
 from devstack.stack import Stack, StackOptions
+from tests.suite_support import post_dataset, wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -88,19 +88,8 @@ def seeds(fuzzed_stack: Stack) -> dict[str, Any]:
     """A READY dataset, a throwaway one, a SUCCEEDED job and its registered model."""
     headers = {"Authorization": f"Bearer {fuzzed_stack.api_token}"}
     with httpx.Client(base_url=fuzzed_stack.gateway_url, headers=headers, timeout=60) as api:
-
-        def upload(name: str) -> dict[str, Any]:
-            response = api.post(
-                "/v1/datasets",
-                params={"displayName": name},
-                content=CSV.encode(),
-                headers={"Content-Type": "text/csv"},
-            )
-            assert response.status_code == 200, response.text
-            dataset: dict[str, Any] = response.json()
-            return dataset
-
-        dataset, throwaway = upload("fuzz-kept"), upload("fuzz-throwaway")
+        dataset = post_dataset(api, CSV.encode(), displayName="fuzz-kept")
+        throwaway = post_dataset(api, CSV.encode(), displayName="fuzz-throwaway")
         created = api.post(
             "/v1/trainingJobs",
             json={
@@ -110,12 +99,7 @@ def seeds(fuzzed_stack: Stack) -> dict[str, Any]:
             },
         )
         assert created.status_code == 200, created.text
-        job = created.json()
-        deadline = time.monotonic() + 180
-        while job["state"] not in {"SUCCEEDED", "FAILED", "CANCELLED"}:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)
-            job = api.get(f"/v1/trainingJobs/{job['jobId']}").json()
+        job = wait_final(api, f"/v1/trainingJobs/{created.json()['jobId']}", timeout=180)
         assert job["state"] == "SUCCEEDED", job
     return {
         "dataset_id": dataset["datasetId"],

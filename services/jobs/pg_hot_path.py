@@ -14,7 +14,7 @@ statements go straight to asyncpg, on a small pool of their own:
 
 Lists, the relay and the watchdog's queries stay on SQLAlchemy, and SQLite uses
 SQLAlchemy for everything. A connection the server dropped (terminated backend,
-restart) costs one retry, not an error.
+restart) costs one retry on a new connection, not an error.
 """
 
 from __future__ import annotations
@@ -183,5 +183,10 @@ class PostgresHotPath:
                 "database connection lost; retrying once",
                 extra=error_fields(error),
             )
+            # A lost backend rarely goes alone (server restart, terminated sessions):
+            # the pool's other idle connections may be dead too without knowing it yet,
+            # and a CI run's retry met one ("another operation is in progress"). The
+            # retry gets a new connection instead.
+            await self._pool.expire_connections()
         async with self._pool.acquire() as connection:
             return await operation(connection)

@@ -14,21 +14,12 @@ import pytest
 
 from devstack.otlp import OtlpReceiver
 from devstack.stack import Stack
+from tests.suite_support import wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SAMPLE = Path(__file__).resolve().parents[2] / "devstack" / "samples" / "iris.csv"
 SERVER, CONSUMER = 2, 5  # OTLP span kinds
-
-
-def wait_final(api: httpx.Client, job_id: str, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = api.get(f"/v1/trainingJobs/{job_id}").json()
-        if job["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not final")
 
 
 def test_one_trace_spans_gateway_jobs_nats_and_trainer(
@@ -44,7 +35,7 @@ def test_one_trace_spans_gateway_jobs_nats_and_trainer(
         headers={"traceparent": traceparent},
     )
     assert created.status_code == 200, created.text
-    assert wait_final(api, created.json()["jobId"])["state"] == "SUCCEEDED"
+    assert wait_final(api, f"/v1/trainingJobs/{created.json()['jobId']}")["state"] == "SUCCEEDED"
 
     def spans_by_service() -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
@@ -89,7 +80,7 @@ def test_every_process_exports_prometheus_metrics(
     job_id = api.post(
         "/v1/trainingJobs", json={"datasetId": dataset["datasetId"], "targetColumn": "species"}
     ).json()["jobId"]
-    assert wait_final(api, job_id)["state"] == "SUCCEEDED"
+    assert wait_final(api, f"/v1/trainingJobs/{job_id}")["state"] == "SUCCEEDED"
     time.sleep(2)  # Jobs samples its gauges every second in this stack
 
     def scrape(address: str) -> str:

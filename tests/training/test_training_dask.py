@@ -219,8 +219,7 @@ TRAINED_ALONE = "the scheduler put every part on one worker"
 
 def fit_noting_parts(job: _DaskJob, model: Any, x: Any, y: Any, **fit_args: Any) -> list[str]:
     """Fits `model` on a thread and returns its errors, noting the job's training parts
-    while it runs, as the Trainer does (once the fit has failed, the client may have let
-    go of the part still running)."""
+    while it runs, as the Trainer does."""
     failures: list[str] = []
 
     def fit() -> None:

@@ -189,8 +189,11 @@ def start_mlflow(
             "127.0.0.1",
             "--port",
             str(port),
+            # One process: Flask's handlers already run on a thread pool under uvicorn,
+            # and each further worker imports the whole server again (~7 CPU-seconds,
+            # paid by every stack a test starts).
             "--workers",
-            "2",
+            "1",
             "--backend-store-uri",
             backend_store_uri or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
             "--artifacts-destination",

@@ -20,11 +20,11 @@ from mlflow import MlflowClient
 
 from devstack.components import postgres_available
 from devstack.stack import Stack, StackOptions
-from tests.suite_support import mlflow_client_of
+from tests import suite_support
+from tests.suite_support import FINAL_STATES, mlflow_client_of
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
-FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
 ACK_WAIT_SECONDS = 4
 SAMPLE = Path(__file__).resolve().parents[2] / "devstack" / "samples" / "iris.csv"
 
@@ -120,12 +120,7 @@ def wait_until(predicate: Any, timeout: float, message: str) -> Any:
 
 
 def wait_final(api: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    job: dict[str, Any] = wait_until(
-        lambda: (job := get_job(api, job_id))["state"] in FINAL_STATES and job,
-        timeout,
-        f"job {job_id} not final after {timeout}s",
-    )
-    return job
+    return suite_support.wait_final(api, f"/v1/trainingJobs/{job_id}", timeout)
 
 
 def versions_of_job(client: MlflowClient, job_id: str) -> list[Any]:
@@ -359,12 +354,7 @@ def scoring_job(api: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def wait_scoring_final(api: httpx.Client, job_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = wait_until(
-        lambda: (found := scoring_job(api, job_id))["state"] in FINAL_STATES and found,
-        300,
-        f"scoring job {job_id} not final",
-    )
-    return job
+    return suite_support.wait_final(api, f"/v1/scoringJobs/{job_id}", 300)
 
 
 def datasets_named(api: httpx.Client, name: str) -> list[str]:

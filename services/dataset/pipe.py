@@ -92,6 +92,9 @@ class RecordingReader(io.RawIOBase):
 
     `recent()` lets an error about an over-long row look at the text that
     caused it. `next_chunk` returns b"" at the end of the stream.
+
+    pyarrow reads on a thread of its own while the conversion's thread may call
+    `recent()`, so what is remembered changes under a lock.
     """
 
     def __init__(self, next_chunk: Any, keep_bytes: int) -> None:
@@ -100,6 +103,7 @@ class RecordingReader(io.RawIOBase):
         self._chunk = b""
         self._offset = 0
         self._recent: deque[bytes] = deque()
+        self._recent_lock = threading.Lock()
         self._recent_bytes = 0
         self._keep_bytes = keep_bytes
         self._eof = False
@@ -150,15 +154,18 @@ class RecordingReader(io.RawIOBase):
     def _remember(self, data: bytes) -> None:
         if not data:
             return
-        self._recent.append(data)
-        self._recent_bytes += len(data)
-        while (
-            len(self._recent) > 1 and self._recent_bytes - len(self._recent[0]) >= self._keep_bytes
-        ):
-            self._recent_bytes -= len(self._recent.popleft())
+        with self._recent_lock:
+            self._recent.append(data)
+            self._recent_bytes += len(data)
+            while (
+                len(self._recent) > 1
+                and self._recent_bytes - len(self._recent[0]) >= self._keep_bytes
+            ):
+                self._recent_bytes -= len(self._recent.popleft())
 
     def recent(self) -> bytes:
-        return b"".join(self._recent)
+        with self._recent_lock:
+            return b"".join(self._recent)
 
 
 def pipe_reader(pipe: Pipe, keep_bytes: int) -> RecordingReader:

@@ -6,13 +6,23 @@ threads, and the servicer wraps the few calls it makes itself in
 
 Writers are all-or-nothing: bytes become visible under their key only on
 `commit()`; `abort()` leaves nothing behind (a local temporary file is
-removed, an S3 multipart upload is aborted).
+removed, an S3 multipart upload is aborted, segments written are deleted).
+
+On S3 a blob that only this service reads back (an upload's original) may be
+kept in segments: numbered objects, each stored with one PUT as it fills, and
+an index under the blob's own key, written on commit. A multipart upload costs
+the S3 server every byte twice, the second time when completing it copies the
+parts into one object, after the last byte, while the client waits; a
+segment's bytes are stored once, while the upload is still arriving.
+`open_reader` reads either kind; a presigned URL or a server-side copy needs a
+whole object (the Parquet copy always is one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -32,7 +42,7 @@ from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, HeadObjectOutputTypeDef
 
 logger = logging.getLogger("modelyard.dataset.blobs")
 
@@ -45,6 +55,18 @@ ORIGINAL_CODEC = "zstd"
 def original_key(dataset_id: str, codec: str = "") -> str:
     """The uploaded file; `codec` "zstd" when it is kept compressed (see ingest.py)."""
     return f"datasets/{dataset_id}/original.csv" + (".zst" if codec else "")
+
+
+# The user metadata (x-amz-meta-*) that marks a segmented blob's index object.
+SEGMENTS_METADATA = "modelyard-segments"
+
+
+def segments_prefix(key: str) -> str:
+    return f"{key}.segments/"
+
+
+def segment_key(key: str, number: int) -> str:
+    return f"{segments_prefix(key)}{number:05d}"
 
 
 def parquet_key(dataset_id: str) -> str:
@@ -80,6 +102,14 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def open_writer(self, key: str) -> BlobWriter:
         """A writer whose bytes appear under `key` on commit."""
+        ...
+
+    def open_segmented_writer(self, key: str) -> BlobWriter:
+        """Like `open_writer`, for a blob read back only with `open_reader`.
+
+        The store may keep it in segments (see the module's docstring): no
+        `read_access` or `copy` of it.
+        """
         ...
 
     def open_reader(self, key: str) -> BinaryIO:
@@ -161,6 +191,9 @@ class LocalBlobStore:
     def open_writer(self, key: str) -> BlobWriter:
         return LocalBlobWriter(self.path(key))
 
+    def open_segmented_writer(self, key: str) -> BlobWriter:
+        return self.open_writer(key)  # a local rename costs nothing: always one file
+
     def open_reader(self, key: str) -> BinaryIO:
         try:
             return self.path(key).open("rb")
@@ -205,11 +238,12 @@ class LocalBlobStore:
 # -- S3 ---------------------------------------------------------------------------------
 
 
-class S3MultipartWriter(io.RawIOBase):
-    """Uploads parts as they fill, a few at a time; small blobs become one PUT on commit.
+class _S3PartsWriter(io.RawIOBase):
+    """Cuts what is written into parts of `part_bytes` and sends each as it fills.
 
-    Each part is filled in a buffer of its own, sent as it is (no joining copy) and
-    dropped once uploaded: at most `max_parts_in_flight` + 1 parts are in memory.
+    Each part is filled in a buffer of its own, sent as it is (no joining copy)
+    and dropped once stored: at most `max_parts_in_flight` + 1 parts are in
+    memory. Subclasses say how a part is stored and what commit does.
     """
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
@@ -220,9 +254,6 @@ class S3MultipartWriter(io.RawIOBase):
         self._part = bytearray()  # allocated at the first write (a blob may stay empty)
         self._filled = 0
         self._position = 0
-        self._upload_id: str | None = None
-        self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
-        self._parts: list[CompletedPartTypeDef] = []
 
     def writable(self) -> bool:
         return True
@@ -253,6 +284,25 @@ class S3MultipartWriter(io.RawIOBase):
 
     def tell(self) -> int:
         return self._position
+
+    def _send_part(self, data: bytearray) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class S3MultipartWriter(_S3PartsWriter):
+    """A multipart upload, its parts sent a few at a time; a small blob is one PUT on commit."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        super().__init__(store, key)
+        self._upload_id: str | None = None
+        self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
+        self._parts: list[CompletedPartTypeDef] = []
 
     def _send_part(self, data: bytearray) -> None:
         if self._upload_id is None:
@@ -294,16 +344,111 @@ class S3MultipartWriter(io.RawIOBase):
 
     def abort(self) -> None:
         self._part, self._filled = bytearray(), 0
-        for future in self._in_flight:
-            future.cancel()
-        for future in self._in_flight:
-            with contextlib.suppress(Exception):
-                future.result()
-        self._in_flight.clear()
+        _cancel_all(self._in_flight)
         if self._upload_id is not None:
             self._client.abort_multipart_upload(
                 Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
             )
+
+
+class S3SegmentedWriter(_S3PartsWriter):
+    """Each part a segment object of its own; the index, written on commit, makes it visible."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        super().__init__(store, key)
+        self._in_flight: deque[Future[int]] = deque()
+        self._sizes: list[int] = []  # of the segments stored, in order
+
+    def _send_part(self, data: bytearray) -> None:
+        while len(self._in_flight) >= self._store.max_parts_in_flight:
+            self._sizes.append(self._in_flight.popleft().result())
+        number = len(self._sizes) + len(self._in_flight)
+        self._in_flight.append(self._store.executor.submit(self._put_segment, number, data))
+
+    def _put_segment(self, number: int, data: bytearray) -> int:
+        self._client.put_object(
+            Bucket=self._store.bucket, Key=segment_key(self._key, number), Body=as_body(data)
+        )
+        return len(data)
+
+    def commit(self) -> None:
+        if rest := self._take_part():
+            self._send_part(rest)
+        while self._in_flight:
+            self._sizes.append(self._in_flight.popleft().result())
+        self._client.put_object(
+            Bucket=self._store.bucket,
+            Key=self._key,
+            Body=json.dumps({"segment_bytes": self._sizes}).encode(),
+            ContentType="application/json",
+            Metadata={SEGMENTS_METADATA: str(len(self._sizes))},
+        )
+
+    def abort(self) -> None:
+        self._part, self._filled = bytearray(), 0
+        _cancel_all(self._in_flight)
+        self._store.delete_prefix(segments_prefix(self._key))
+
+
+def _cancel_all(in_flight: deque[Future[Any]]) -> None:
+    """Cancel the sends not started and wait for the others, whatever their outcome."""
+    for future in in_flight:
+        future.cancel()
+    for future in in_flight:
+        with contextlib.suppress(Exception):
+            future.result()
+    in_flight.clear()
+
+
+class S3SegmentsReader(io.RawIOBase):
+    """A segmented blob's segments, read one after the other as one stream."""
+
+    def __init__(self, store: S3BlobStore, key: str, count: int) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._count = count
+        self._next = 0
+        self._body: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes (all that is left when negative), fewer only at the end."""
+        wanted = -1 if size is None or size < 0 else size
+        pieces: list[bytes] = []
+        got = 0
+        while wanted < 0 or got < wanted:
+            body = self._body or self._open_next()
+            if body is None:
+                break
+            piece = body.read(-1 if wanted < 0 else wanted - got)
+            if not piece:
+                body.close()
+                self._body = None
+                continue
+            pieces.append(piece)
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _open_next(self) -> BinaryIO | None:
+        if self._next >= self._count:
+            return None
+        self._body = self._store.open_reader(segment_key(self._key, self._next))
+        self._next += 1
+        return self._body
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        super().close()
 
 
 def as_body(data: bytearray) -> bytes:
@@ -370,6 +515,9 @@ class S3BlobStore:
     def open_writer(self, key: str) -> BlobWriter:
         return S3MultipartWriter(self, key)
 
+    def open_segmented_writer(self, key: str) -> BlobWriter:
+        return S3SegmentedWriter(self, key)
+
     def open_reader(self, key: str) -> BinaryIO:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
@@ -377,7 +525,23 @@ class S3BlobStore:
             if _is_not_found(error):
                 raise BlobNotFoundError(key) from error
             raise
-        return response["Body"]  # type: ignore[return-value]
+        segments = response.get("Metadata", {}).get(SEGMENTS_METADATA)
+        if segments is None:
+            return response["Body"]  # type: ignore[return-value]
+        response["Body"].close()  # the index: the count in its metadata is all a read needs
+        return S3SegmentsReader(self, key, int(segments))  # type: ignore[return-value]
+
+    def _head_of_whole_blob(self, key: str) -> HeadObjectOutputTypeDef:
+        """The blob's HEAD; refuses a segmented one (it has no single object to hand out)."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_not_found(error):
+                raise BlobNotFoundError(key) from error
+            raise
+        if SEGMENTS_METADATA in head.get("Metadata", {}):
+            raise ValueError(f"{key!r} is kept in segments: read it with open_reader")
+        return head
 
     def open_random_access(self, key: str) -> BinaryIO:
         """A local, anonymous copy of the blob, fetched with one streamed GET.
@@ -409,12 +573,7 @@ class S3BlobStore:
 
     def read_access(self, key: str, seconds: int) -> ReadAccess:
         """A presigned GET URL: read-only, this one key, for `seconds`; no credential leaves."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            if _is_not_found(error):
-                raise BlobNotFoundError(key) from error
-            raise
+        head = self._head_of_whole_blob(key)
         url = self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds
         )
@@ -424,6 +583,7 @@ class S3BlobStore:
 
     def copy(self, source: str, target: str) -> None:
         """A copy made by the S3 server itself (multipart above 5 GB): no bytes through here."""
+        self._head_of_whole_blob(source)
         self.client.copy(
             {"Bucket": self.bucket, "Key": source},
             self.bucket,
@@ -433,6 +593,7 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
+        self.delete_prefix(segments_prefix(key))  # when it was kept in segments
 
     def delete_prefix(self, prefix: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -1,6 +1,6 @@
 """One upload, from the first byte to a typed Parquet copy, in bounded memory.
 
-    event loop ──chunks──▶ writer thread ──▶ original blob (S3 multipart as it fills)
+    event loop ──chunks──▶ writer thread ──▶ original blob (S3 segments as they fill)
          │                     sha256, size
          └──────feed──────▶ conversion thread ──▶ Parquet blob + profile
 
@@ -232,7 +232,13 @@ class Ingest:
         writer: BlobWriter | None = None
         try:
             first = self._chunks.get()  # after it, the format (and so the codec) is known
-            writer = self._store.open_writer(original_key(self._dataset_id, self._original_codec))
+            key = original_key(self._dataset_id, self._original_codec)
+            # A Parquet original may become the Parquet copy by a server-side copy, which
+            # needs one whole object; any other is only read back here (see blobstore.py).
+            if self._sniffed.format == Format.FORMAT_PARQUET:
+                writer = self._store.open_writer(key)
+            else:
+                writer = self._store.open_segmented_writer(key)
             codec = pa.Codec(ORIGINAL_CODEC, compression_level=1) if self._original_codec else None
             data = first
             while data is not None:

@@ -52,8 +52,8 @@ class DatasetSettings(CommonSettings, ApiTokenClientSettings):
         default=5 * MiB,
         ge=5 * MiB,
         description=(
-            "Part size of S3 multipart uploads (memory: x (parts in flight + 1) x 2 files "
-            "per upload)."
+            "Size of an S3 multipart upload's parts and of an original's segments "
+            "(memory: x (parts in flight + 1) x 2 files per upload)."
         ),
     )
     s3_max_parts_in_flight: int = Field(

@@ -14,7 +14,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from devstack.components import S3Server
-from services.dataset.blobstore import BlobNotFoundError, BlobStore, LocalBlobStore, S3BlobStore
+from services.dataset.blobstore import (
+    BlobNotFoundError,
+    BlobStore,
+    LocalBlobStore,
+    S3BlobStore,
+    segments_prefix,
+)
 from tests.dataset.dataset_support import MiB, s3_keys
 
 
@@ -25,6 +31,12 @@ def store(
     if request.param == "local":
         yield LocalBlobStore(tmp_path / "blobs")
         return
+    with _s3_store(s3_server) as s3:
+        yield s3
+
+
+@contextlib.contextmanager
+def _s3_store(s3_server: S3Server) -> Iterator[S3BlobStore]:
     s3 = S3BlobStore(
         f"blobs-{os.urandom(4).hex()}",
         endpoint_url=s3_server.endpoint_url,
@@ -34,8 +46,10 @@ def store(
     )
     s3.ensure_bucket()  # creates the bucket
     s3.ensure_bucket()  # and accepts that it exists
-    yield s3
-    s3.close()
+    try:
+        yield s3
+    finally:
+        s3.close()
 
 
 def test_written_blob_appears_only_on_commit(store: BlobStore) -> None:
@@ -84,6 +98,68 @@ def test_delete_prefix_removes_blobs_and_unfinished_writes(
     # upload it would abort on S3 is gone already).
     with contextlib.suppress(ClientError):
         unfinished.abort()
+
+
+def test_segmented_blob_appears_only_on_commit_and_reads_back_whole(
+    store: BlobStore, s3_server: S3Server
+) -> None:
+    data = os.urandom(12 * MiB + 12345)  # three segments of 5 MiB on S3
+    writer = store.open_segmented_writer("datasets/f/original.csv.zst")
+    for offset in range(0, len(data), MiB):
+        writer.write(data[offset : offset + MiB])
+    assert not store.exists("datasets/f/original.csv.zst")
+    writer.commit()
+    if isinstance(store, S3BlobStore):
+        stored = _leftovers(store, s3_server, "datasets/f/")
+        segments = segments_prefix("datasets/f/original.csv.zst")
+        assert stored == ["datasets/f/original.csv.zst"] + [f"{segments}{n:05d}" for n in range(3)]
+    with store.open_reader("datasets/f/original.csv.zst") as reader:
+        assert reader.read() == data
+    # Reads that straddle segments get every byte asked for, in order.
+    with store.open_reader("datasets/f/original.csv.zst") as reader:
+        pieces: list[bytes] = []
+        while piece := reader.read(3 * MiB + 7):
+            pieces.append(piece)
+        assert [len(piece) for piece in pieces[:-1]] == [3 * MiB + 7] * (len(pieces) - 1)
+        assert b"".join(pieces) == data
+
+
+def test_empty_segmented_blob_reads_back_empty(store: BlobStore) -> None:
+    writer = store.open_segmented_writer("datasets/g/original.csv.zst")
+    writer.commit()
+    with store.open_reader("datasets/g/original.csv.zst") as reader:
+        assert reader.read() == b""
+
+
+def test_aborted_segmented_write_leaves_nothing(store: BlobStore, s3_server: S3Server) -> None:
+    writer = store.open_segmented_writer("datasets/h/original.csv.zst")
+    writer.write(os.urandom(11 * MiB))  # segments already stored on S3
+    writer.abort()
+    assert not store.exists("datasets/h/original.csv.zst")
+    assert _leftovers(store, s3_server, "datasets/h/") == []
+
+
+def test_deleting_a_segmented_blob_removes_its_segments(
+    store: BlobStore, s3_server: S3Server
+) -> None:
+    writer = store.open_segmented_writer("datasets/i/original.csv.zst")
+    writer.write(os.urandom(6 * MiB))
+    writer.commit()
+    store.delete("datasets/i/original.csv.zst")
+    assert _leftovers(store, s3_server, "datasets/i/") == []
+
+
+def test_s3_hands_out_no_url_or_copy_of_a_segmented_blob(s3_server: S3Server) -> None:
+    """Its index object alone is not the blob: a URL or a copy of it would be wrong bytes."""
+    with _s3_store(s3_server) as store:
+        writer = store.open_segmented_writer("datasets/j/original.csv.zst")
+        writer.write(b"a,b\n1,2\n")
+        writer.commit()
+        with pytest.raises(ValueError, match="segments"):
+            store.read_access("datasets/j/original.csv.zst", 60)
+        with pytest.raises(ValueError, match="segments"):
+            store.copy("datasets/j/original.csv.zst", "datasets/j/data.parquet")
+        assert not store.exists("datasets/j/data.parquet")
 
 
 def test_random_access_reads_parquet(store: BlobStore) -> None:

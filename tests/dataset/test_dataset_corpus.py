@@ -519,4 +519,10 @@ async def test_only_ready_datasets_keep_files(corpus: Corpus) -> None:
     owners = {key.removeprefix("(multipart) ").split("/")[1] for key in keys}
     assert owners == ready
     assert not [key for key in keys if key.startswith("(multipart)")]
-    assert len(keys) == 2 * len(ready)
+    for dataset_id in ready:
+        names = {key.split("/", 2)[2] for key in keys if key.split("/")[1] == dataset_id}
+        segments = {name for name in names if ".segments/" in name}
+        originals = names - segments - {"data.parquet"}
+        assert "data.parquet" in names
+        assert len(originals) == 1, names  # one original, and any segments are its own
+        assert all(name.startswith(f"{min(originals)}.segments/") for name in segments)

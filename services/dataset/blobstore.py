@@ -10,10 +10,10 @@ removed, an S3 multipart upload is aborted, segments written are deleted).
 
 On S3 a blob that only this service reads back (an upload's original) may be
 kept in segments: numbered objects, each stored with one PUT as it fills, and
-an index under the blob's own key, written on commit. A multipart upload costs
-the S3 server every byte twice, the second time when completing it copies the
-parts into one object, after the last byte, while the client waits; a
-segment's bytes are stored once, while the upload is still arriving.
+an index under the blob's own key, written on commit. Completing a multipart
+upload can cost the S3 server every byte a second time (moto copies the parts
+into one object; other servers may too), after the last byte, while the client
+waits; a segment's bytes are stored once, while the upload is still arriving.
 `open_reader` reads either kind; a presigned URL or a server-side copy needs a
 whole object (the Parquet copy always is one).
 """

@@ -8,14 +8,16 @@ Writers are all-or-nothing: bytes become visible under their key only on
 `commit()`; `abort()` leaves nothing behind (a local temporary file is
 removed, an S3 multipart upload is aborted, segments written are deleted).
 
-On S3 a blob that only this service reads back (an upload's original) may be
-kept in segments: numbered objects, each stored with one PUT as it fills, and
-an index under the blob's own key, written on commit. Completing a multipart
-upload can cost the S3 server every byte a second time (moto copies the parts
-into one object; other servers may too), after the last byte, while the client
-waits; a segment's bytes are stored once, while the upload is still arriving.
-`open_reader` reads either kind; a presigned URL or a server-side copy needs a
-whole object (the Parquet copy always is one).
+On S3 a blob written with `open_segmented_writer` is kept in segments:
+numbered objects, each stored with one PUT as it fills, and an index under the
+blob's own key, written on commit. Completing a multipart upload can cost the
+S3 server every byte a second time (moto copies the parts into one object;
+other servers may too), after the last byte, while the client waits; a
+segment's bytes are stored once, while the upload is still arriving.
+`open_reader` reads either kind. A presigned URL or a server-side copy needs
+one whole object: the first one asked for joins the segments, on the server
+(UploadPartCopy), into an object that replaces the index, then deletes them;
+a reader that was reading the segments goes on from the whole object.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -105,11 +108,8 @@ class BlobStore(Protocol):
         ...
 
     def open_segmented_writer(self, key: str) -> BlobWriter:
-        """Like `open_writer`, for a blob read back only with `open_reader`.
-
-        The store may keep it in segments (see the module's docstring): no
-        `read_access` or `copy` of it.
-        """
+        """Like `open_writer`; the store may keep the blob in segments until a URL
+        or a copy of it needs one whole object (see the module's docstring)."""
         ...
 
     def open_reader(self, key: str) -> BinaryIO:
@@ -401,7 +401,11 @@ def _cancel_all(in_flight: deque[Future[Any]]) -> None:
 
 
 class S3SegmentsReader(io.RawIOBase):
-    """A segmented blob's segments, read one after the other as one stream."""
+    """A segmented blob's segments, read one after the other as one stream.
+
+    When a segment is gone, the segments were joined into one object since this
+    reader opened the index: it reads on from that object, at the same offset.
+    """
 
     def __init__(self, store: S3BlobStore, key: str, count: int) -> None:
         super().__init__()
@@ -409,7 +413,9 @@ class S3SegmentsReader(io.RawIOBase):
         self._key = key
         self._count = count
         self._next = 0
+        self._offset = 0
         self._body: BinaryIO | None = None
+        self._whole = False
 
     def readable(self) -> bool:
         return True
@@ -430,6 +436,7 @@ class S3SegmentsReader(io.RawIOBase):
                 continue
             pieces.append(piece)
             got += len(piece)
+            self._offset += len(piece)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def readinto(self, buffer: Any) -> int:
@@ -438,9 +445,13 @@ class S3SegmentsReader(io.RawIOBase):
         return len(data)
 
     def _open_next(self) -> BinaryIO | None:
-        if self._next >= self._count:
+        if self._whole or self._next >= self._count:
             return None
-        self._body = self._store.open_reader(segment_key(self._key, self._next))
+        try:
+            self._body = self._store.open_reader(segment_key(self._key, self._next))
+        except BlobNotFoundError:
+            self._body = self._store.open_whole_from(self._key, self._offset)
+            self._whole = True
         self._next += 1
         return self._body
 
@@ -495,6 +506,8 @@ class S3BlobStore:
         self.executor = ThreadPoolExecutor(
             max_workers=4 * max_parts_in_flight, thread_name_prefix="s3-part"
         )
+        # One join of a blob at a time in this process (a few locks, shared by hash).
+        self._join_locks = [threading.Lock() for _ in range(16)]
 
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist yet."""
@@ -531,17 +544,91 @@ class S3BlobStore:
         response["Body"].close()  # the index: the count in its metadata is all a read needs
         return S3SegmentsReader(self, key, int(segments))  # type: ignore[return-value]
 
-    def _head_of_whole_blob(self, key: str) -> HeadObjectOutputTypeDef:
-        """The blob's HEAD; refuses a segmented one (it has no single object to hand out)."""
+    def open_whole_from(self, key: str, offset: int) -> BinaryIO:
+        """The whole (joined) blob from byte `offset` on."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-")
+        except ClientError as error:
+            if _is_not_found(error):
+                raise BlobNotFoundError(key) from error
+            if str(error.response.get("Error", {}).get("Code")) == "InvalidRange":
+                return io.BytesIO()  # the offset is the end of the blob
+            raise
+        if SEGMENTS_METADATA in response.get("Metadata", {}):
+            raise BlobNotFoundError(f"{key}: a segment is missing")
+        return response["Body"]  # type: ignore[return-value]
+
+    def _head_of_whole_blob(self, key: str) -> HeadObjectOutputTypeDef:
+        """The blob's HEAD, its segments joined into one object first when it has any."""
+        head = self._head(key)
+        segments = head.get("Metadata", {}).get(SEGMENTS_METADATA)
+        if segments is None:
+            return head
+        with self._join_locks[hash(key) % len(self._join_locks)]:
+            head = self._head(key)  # another thread may have joined it meanwhile
+            if SEGMENTS_METADATA in head.get("Metadata", {}):
+                try:
+                    self._join_segments(key, int(head["Metadata"][SEGMENTS_METADATA]))
+                except ClientError:
+                    # Another replica joined them first (and deleted them under this one)?
+                    if SEGMENTS_METADATA in self._head(key).get("Metadata", {}):
+                        raise
+                head = self._head(key)
+        return head
+
+    def _head(self, key: str) -> HeadObjectOutputTypeDef:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             if _is_not_found(error):
                 raise BlobNotFoundError(key) from error
             raise
-        if SEGMENTS_METADATA in head.get("Metadata", {}):
-            raise ValueError(f"{key!r} is kept in segments: read it with open_reader")
-        return head
+
+    def _join_segments(self, key: str, count: int) -> None:
+        """Replace the index under `key` with one object of its segments, copied by the
+        server (no byte through here), then delete the segments."""
+        started = time.perf_counter()
+        if count == 0:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+        else:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+            try:
+                parts = list(
+                    self.executor.map(
+                        lambda number: self._copy_part(key, upload_id, number), range(count)
+                    )
+                )
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except BaseException:
+                with contextlib.suppress(ClientError):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+                raise
+        self.delete_prefix(segments_prefix(key))
+        logger.info(
+            "segments joined",
+            extra={
+                "key": key,
+                "segments": count,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    def _copy_part(self, key: str, upload_id: str, number: int) -> CompletedPartTypeDef:
+        response = self.client.upload_part_copy(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number + 1,
+            CopySource={"Bucket": self.bucket, "Key": segment_key(key, number)},
+        )
+        return {"PartNumber": number + 1, "ETag": response["CopyPartResult"]["ETag"]}
 
     def open_random_access(self, key: str) -> BinaryIO:
         """A local, anonymous copy of the blob, fetched with one streamed GET.

@@ -234,7 +234,7 @@ class Ingest:
             first = self._chunks.get()  # after it, the format (and so the codec) is known
             key = original_key(self._dataset_id, self._original_codec)
             # A Parquet original may become the Parquet copy by a server-side copy, which
-            # needs one whole object; any other is only read back here (see blobstore.py).
+            # needs one whole object: written whole, rather than joined then (blobstore.py).
             if self._sniffed.format == Format.FORMAT_PARQUET:
                 writer = self._store.open_writer(key)
             else:
@@ -409,7 +409,8 @@ class Ingest:
         return open_source
 
     def _open_parquet(self) -> BlobWriter:
-        writer = self._store.open_writer(parquet_key(self._dataset_id))
+        # In segments: joined into one object only when a URL to it is first asked for.
+        writer = self._store.open_segmented_writer(parquet_key(self._dataset_id))
         return self._cache.caching(writer, self._dataset_id) if self._cache else writer
 
     # -- giving up ---------------------------------------------------------------------------

@@ -204,6 +204,15 @@ class RunningService:
         root = self.settings.resolved_blob_dir() / prefix
         return sorted(str(path) for path in root.rglob("*")) if root.exists() else []
 
+    def blobs(self, dataset_id: str) -> list[str]:
+        """The dataset's blobs by name (`original.csv`, ...), each once: on S3 a blob
+        kept in segments is its index object, with the segments left out."""
+        return sorted(
+            key.rsplit("/", 1)[1]
+            for key in self.blob_keys(dataset_id)
+            if ".segments/" not in key and not key.startswith("(multipart)")
+        )
+
 
 ServiceFactory = Callable[..., Any]
 

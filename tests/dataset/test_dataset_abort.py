@@ -157,7 +157,8 @@ async def test_service_killed_mid_upload_is_swept_by_the_next_process(
         call = client.stub.UploadDataset(endless_upload(name, sent))
         await asyncio.wait_for(sent.wait(), timeout=60)
         dataset = await uploading_dataset(client, name)
-        assert any(key.startswith("(multipart)") for key in service.blob_keys(dataset.dataset_id))
+        # Stored while the upload arrives: segments of the original and of the Parquet copy.
+        assert any(".segments/" in key for key in service.blob_keys(dataset.dataset_id))
 
         first.kill()
         with pytest.raises(grpc.aio.AioRpcError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,17 +150,31 @@ def test_deleting_a_segmented_blob_removes_its_segments(
     assert _leftovers(store, s3_server, "datasets/i/") == []
 
 
-def test_s3_hands_out_no_url_or_copy_of_a_segmented_blob(s3_server: S3Server) -> None:
-    """Its index object alone is not the blob: a URL or a copy of it would be wrong bytes."""
-    with _s3_store(s3_server) as store:
-        writer = store.open_segmented_writer("datasets/j/original.csv.zst")
-        writer.write(b"a,b\n1,2\n")
-        writer.commit()
-        with pytest.raises(ValueError, match="segments"):
-            store.read_access("datasets/j/original.csv.zst", 60)
-        with pytest.raises(ValueError, match="segments"):
-            store.copy("datasets/j/original.csv.zst", "datasets/j/data.parquet")
-        assert not store.exists("datasets/j/data.parquet")
+def test_a_url_or_copy_of_a_segmented_blob_gets_it_whole(
+    store: BlobStore, s3_server: S3Server
+) -> None:
+    """The first URL joins the segments into one object; a reader that was reading
+    them when they were deleted goes on with the right bytes."""
+    data = os.urandom(11 * MiB + 321)
+    writer = store.open_segmented_writer("datasets/j/data.parquet")
+    writer.write(data)
+    writer.commit()
+    with store.open_reader("datasets/j/data.parquet") as early_reader:
+        head = early_reader.read(6 * MiB)  # into the second segment
+
+        access = store.read_access("datasets/j/data.parquet", 60)
+
+        assert access.size_bytes == len(data)
+        with urllib.request.urlopen(access.url) as response:
+            assert response.read() == data
+        stored = _leftovers(store, s3_server, "datasets/j/")
+        assert len(stored) == 1 and stored[0].endswith("datasets/j/data.parquet")
+        assert head + early_reader.read() == data
+    store.copy("datasets/j/data.parquet", "datasets/j/copy.parquet")
+    with store.open_reader("datasets/j/copy.parquet") as reader:
+        assert reader.read() == data
+    # Joined already: a second URL is given at once.
+    assert store.read_access("datasets/j/data.parquet", 60).size_bytes == len(data)
 
 
 def test_random_access_reads_parquet(store: BlobStore) -> None:

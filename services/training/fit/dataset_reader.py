@@ -35,6 +35,7 @@ from services.training.model.targets import TrainingFailure
 # Columns the pipeline never uses as features: not worth streaming.
 NOT_READ = (ColumnType.ALL_NULL,)
 _QUEUED_CHUNKS = 8
+PARQUET_ACCESS_TIMEOUT_SECONDS = 300.0
 _BATCH_ROWS = 65_536
 _TRANSIENT_CODES = (
     grpc.StatusCode.UNAVAILABLE,
@@ -154,7 +155,8 @@ class DatasetReader:
             access: dataset_service_pb2.GetParquetAccessResponse = (
                 await self._stub.GetParquetAccess(
                     dataset_service_pb2.GetParquetAccessRequest(dataset_id=dataset.dataset_id),
-                    timeout=self._timeout,
+                    # The first call joins a large copy into one object on S3 (seconds).
+                    timeout=max(self._timeout, PARQUET_ACCESS_TIMEOUT_SECONDS),
                 )
             )
         except grpc.aio.AioRpcError as error:

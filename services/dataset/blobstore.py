@@ -60,6 +60,10 @@ def original_key(dataset_id: str, codec: str = "") -> str:
     return f"datasets/{dataset_id}/original.csv" + (".zst" if codec else "")
 
 
+# S3's limit on the parts of one multipart upload: a segmented blob joins from at most
+# this many segments (50 GB at the smallest segment size).
+MAX_MULTIPART_PARTS = 10_000
+
 # The user metadata (x-amz-meta-*) that marks a segmented blob's index object.
 SEGMENTS_METADATA = "modelyard-segments"
 
@@ -588,6 +592,11 @@ class S3BlobStore:
         """Replace the index under `key` with one object of its segments, copied by the
         server (no byte through here), then delete the segments."""
         started = time.perf_counter()
+        if count > MAX_MULTIPART_PARTS:
+            raise ValueError(
+                f"{key!r} has {count} segments; one object can be joined from at most "
+                f"{MAX_MULTIPART_PARTS} (raise s3_part_bytes)"
+            )
         if count == 0:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
         else:

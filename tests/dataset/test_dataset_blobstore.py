@@ -7,6 +7,7 @@ import io
 import os
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -175,6 +176,39 @@ def test_a_url_or_copy_of_a_segmented_blob_gets_it_whole(
         assert reader.read() == data
     # Joined already: a second URL is given at once.
     assert store.read_access("datasets/j/data.parquet", 60).size_bytes == len(data)
+
+
+def test_two_replicas_asking_for_a_url_at_once_both_get_the_whole_blob(
+    s3_server: S3Server,
+) -> None:
+    """Two Dataset service processes join the same segments at once: both give out
+    the whole blob, and no segment is left behind."""
+    data = os.urandom(16 * MiB + 1)
+    with _s3_store(s3_server) as first:
+        writer = first.open_segmented_writer("datasets/k/data.parquet")
+        writer.write(data)
+        writer.commit()
+        second = S3BlobStore(
+            first.bucket,
+            endpoint_url=s3_server.endpoint_url,
+            region=s3_server.region,
+            part_bytes=5 * MiB,
+            max_parts_in_flight=2,
+        )
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                sizes = list(
+                    pool.map(
+                        lambda store: store.read_access("datasets/k/data.parquet", 60).size_bytes,
+                        [first, second],
+                    )
+                )
+        finally:
+            second.close()
+        assert sizes == [len(data), len(data)]
+        assert _leftovers(first, s3_server, "datasets/k/") == ["datasets/k/data.parquet"]
+        with first.open_reader("datasets/k/data.parquet") as reader:
+            assert reader.read() == data
 
 
 def test_random_access_reads_parquet(store: BlobStore) -> None:

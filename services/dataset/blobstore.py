@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,13 +246,14 @@ class LocalBlobStore:
 class _S3PartsWriter(io.RawIOBase):
     """Cuts what is written into parts of `part_bytes` and sends each as it fills.
 
-    Each part is filled in a buffer of its own, sent as it is (no joining copy)
-    and dropped once stored: at most `max_parts_in_flight` + 1 parts are in
-    memory. Subclasses say how a part is stored and what commit does.
+    Each part is filled in a buffer of its own, handed to `send` as it is (no
+    joining copy) and dropped once stored: at most `max_parts_in_flight` + 1
+    parts are in memory. Subclasses give `send` and say what commit and abort do.
     """
 
-    def __init__(self, store: S3BlobStore, key: str) -> None:
+    def __init__(self, store: S3BlobStore, key: str, send: Callable[[bytearray], None]) -> None:
         super().__init__()
+        self._send = send
         self._store = store
         self._client = store.client
         self._key = key
@@ -275,7 +277,7 @@ class _S3PartsWriter(io.RawIOBase):
             self._filled += piece
             written += piece
             if self._filled == len(self._part):
-                self._send_part(self._take_part())
+                self._send(self._take_part())
         self._position += size
         return size
 
@@ -289,21 +291,12 @@ class _S3PartsWriter(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
-    def _send_part(self, data: bytearray) -> None:
-        raise NotImplementedError
-
-    def commit(self) -> None:
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        raise NotImplementedError
-
 
 class S3MultipartWriter(_S3PartsWriter):
     """A multipart upload, its parts sent a few at a time; a small blob is one PUT on commit."""
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
-        super().__init__(store, key)
+        super().__init__(store, key, send=self._send_part)
         self._upload_id: str | None = None
         self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
         self._parts: list[CompletedPartTypeDef] = []
@@ -359,7 +352,7 @@ class S3SegmentedWriter(_S3PartsWriter):
     """Each part a segment object of its own; the index, written on commit, makes it visible."""
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
-        super().__init__(store, key)
+        super().__init__(store, key, send=self._send_part)
         self._in_flight: deque[Future[int]] = deque()
         self._sizes: list[int] = []  # of the segments stored, in order
 

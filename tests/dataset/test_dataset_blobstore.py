@@ -76,11 +76,15 @@ def test_multipart_blob_round_trips(store: BlobStore) -> None:
         assert reader.read() == data
 
 
-def test_aborted_write_leaves_nothing(store: BlobStore, s3_server: S3Server) -> None:
-    writer = store.open_writer("datasets/c/original.csv")
-    writer.write(os.urandom(11 * MiB))  # parts already sent on S3
+@pytest.mark.parametrize("segmented", [False, True], ids=["whole", "segmented"])
+def test_aborted_write_leaves_nothing(
+    store: BlobStore, s3_server: S3Server, segmented: bool
+) -> None:
+    key = "datasets/c/original.csv"
+    writer = store.open_segmented_writer(key) if segmented else store.open_writer(key)
+    writer.write(os.urandom(11 * MiB))  # parts or segments already sent on S3
     writer.abort()
-    assert not store.exists("datasets/c/original.csv")
+    assert not store.exists(key)
     assert _leftovers(store, s3_server, "datasets/c/") == []
 
 
@@ -131,14 +135,6 @@ def test_empty_segmented_blob_reads_back_empty(store: BlobStore) -> None:
     writer.commit()
     with store.open_reader("datasets/g/original.csv.zst") as reader:
         assert reader.read() == b""
-
-
-def test_aborted_segmented_write_leaves_nothing(store: BlobStore, s3_server: S3Server) -> None:
-    writer = store.open_segmented_writer("datasets/h/original.csv.zst")
-    writer.write(os.urandom(11 * MiB))  # segments already stored on S3
-    writer.abort()
-    assert not store.exists("datasets/h/original.csv.zst")
-    assert _leftovers(store, s3_server, "datasets/h/") == []
 
 
 def test_deleting_a_segmented_blob_removes_its_segments(

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Protocol, TypeVar, cast
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, HeadObjectOutputTypeDef
 
 logger = logging.getLogger("modelyard.dataset.blobs")
+
+T = TypeVar("T")
 
 DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -298,8 +300,7 @@ class S3MultipartWriter(_S3PartsWriter):
     def __init__(self, store: S3BlobStore, key: str) -> None:
         super().__init__(store, key, send=self._send_part)
         self._upload_id: str | None = None
-        self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
-        self._parts: list[CompletedPartTypeDef] = []
+        self._sends: BoundedSends[CompletedPartTypeDef] = BoundedSends(store)
 
     def _send_part(self, data: bytearray) -> None:
         if self._upload_id is None:
@@ -307,10 +308,7 @@ class S3MultipartWriter(_S3PartsWriter):
                 Bucket=self._store.bucket, Key=self._key
             )
             self._upload_id = response["UploadId"]
-        while len(self._in_flight) >= self._store.max_parts_in_flight:
-            self._parts.append(self._in_flight.popleft().result())
-        number = len(self._parts) + len(self._in_flight) + 1
-        self._in_flight.append(self._store.executor.submit(self._upload_part, number, data))
+        self._sends.submit(self._upload_part, self._sends.count + 1, data)
 
     def _upload_part(self, number: int, data: bytearray) -> CompletedPartTypeDef:
         assert self._upload_id is not None
@@ -330,18 +328,16 @@ class S3MultipartWriter(_S3PartsWriter):
             return
         if rest:
             self._send_part(rest)
-        while self._in_flight:
-            self._parts.append(self._in_flight.popleft().result())
         self._client.complete_multipart_upload(
             Bucket=self._store.bucket,
             Key=self._key,
             UploadId=self._upload_id,
-            MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
+            MultipartUpload={"Parts": self._sends.wait_all()},  # in part order
         )
 
     def abort(self) -> None:
         self._part, self._filled = bytearray(), 0
-        _cancel_all(self._in_flight)
+        self._sends.cancel()
         if self._upload_id is not None:
             self._client.abort_multipart_upload(
                 Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
@@ -353,14 +349,10 @@ class S3SegmentedWriter(_S3PartsWriter):
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
         super().__init__(store, key, send=self._send_part)
-        self._in_flight: deque[Future[int]] = deque()
-        self._sizes: list[int] = []  # of the segments stored, in order
+        self._sends: BoundedSends[int] = BoundedSends(store)  # each gives its segment's size
 
     def _send_part(self, data: bytearray) -> None:
-        while len(self._in_flight) >= self._store.max_parts_in_flight:
-            self._sizes.append(self._in_flight.popleft().result())
-        number = len(self._sizes) + len(self._in_flight)
-        self._in_flight.append(self._store.executor.submit(self._put_segment, number, data))
+        self._sends.submit(self._put_segment, self._sends.count, data)
 
     def _put_segment(self, number: int, data: bytearray) -> int:
         self._client.put_object(
@@ -371,30 +363,53 @@ class S3SegmentedWriter(_S3PartsWriter):
     def commit(self) -> None:
         if rest := self._take_part():
             self._send_part(rest)
-        while self._in_flight:
-            self._sizes.append(self._in_flight.popleft().result())
+        sizes = self._sends.wait_all()
         self._client.put_object(
             Bucket=self._store.bucket,
             Key=self._key,
-            Body=json.dumps({"segment_bytes": self._sizes}).encode(),
+            Body=json.dumps({"segment_bytes": sizes}).encode(),
             ContentType="application/json",
-            Metadata={SEGMENTS_METADATA: str(len(self._sizes))},
+            Metadata={SEGMENTS_METADATA: str(len(sizes))},
         )
 
     def abort(self) -> None:
         self._part, self._filled = bytearray(), 0
-        _cancel_all(self._in_flight)
+        self._sends.cancel()
         self._store.delete_prefix(segments_prefix(self._key))
 
 
-def _cancel_all(in_flight: deque[Future[Any]]) -> None:
-    """Cancel the sends not started and wait for the others, whatever their outcome."""
-    for future in in_flight:
-        future.cancel()
-    for future in in_flight:
-        with contextlib.suppress(Exception):
-            future.result()
-    in_flight.clear()
+class BoundedSends(Generic[T]):
+    """Sends run on the store's pool, at most `max_parts_in_flight` at once (a new
+    one waits for the oldest); their results kept in the order they were sent."""
+
+    def __init__(self, store: S3BlobStore) -> None:
+        self._store = store
+        self._in_flight: deque[Future[T]] = deque()
+        self._results: list[T] = []
+
+    @property
+    def count(self) -> int:
+        """Sends made so far."""
+        return len(self._results) + len(self._in_flight)
+
+    def submit(self, send: Callable[..., T], *args: Any) -> None:
+        while len(self._in_flight) >= self._store.max_parts_in_flight:
+            self._results.append(self._in_flight.popleft().result())
+        self._in_flight.append(self._store.executor.submit(send, *args))
+
+    def wait_all(self) -> list[T]:
+        while self._in_flight:
+            self._results.append(self._in_flight.popleft().result())
+        return self._results
+
+    def cancel(self) -> None:
+        """Cancel the sends not started and wait for the others, whatever their outcome."""
+        for future in self._in_flight:
+            future.cancel()
+        for future in self._in_flight:
+            with contextlib.suppress(Exception):
+                future.result()
+        self._in_flight.clear()
 
 
 class S3SegmentsReader(io.RawIOBase):

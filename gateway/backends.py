@@ -18,6 +18,7 @@ from gateway.routes import Route, RouteKind
 from gateway.settings import GatewaySettings
 from modelyard.access.v1 import access_service_pb2, access_service_pb2_grpc
 from runtime.channels import open_channel
+from runtime.wire import serialized
 
 
 class Backends:
@@ -40,7 +41,9 @@ class Backends:
 
     def _stub(self, route: Route) -> Any:
         channel = self._channels[route.backend]
-        serializer = route.request_class.SerializeToString
+        serializer: Any = route.request_class.SerializeToString
+        if route.kind is RouteKind.UPLOAD:
+            serializer = serialized  # its chunk messages come encoded (streaming.rechunk)
         deserializer = route.response_class.FromString
         if route.kind is RouteKind.UNARY:
             factory = channel.unary_unary

@@ -16,9 +16,9 @@ from runtime.access_client import ApiTokenChecker
 from runtime.app import App
 from runtime.db import create_engine, database_reachable, migrate, session_factory
 from runtime.server import GrpcServer
+from runtime.wire import serialized
 from services.dataset.blobstore import BlobStore, LocalBlobStore, S3BlobStore, dataset_prefix
 from services.dataset.cache import ParquetCache
-from services.dataset.reading import serialize_read_response
 from services.dataset.reasons import INGEST_INTERRUPTED
 from services.dataset.repository import DatasetRepository
 from services.dataset.servicer import DatasetServicer
@@ -119,7 +119,7 @@ class DatasetApp(App):
                 "ReadDataset": grpc.unary_stream_rpc_method_handler(
                     servicer.ReadDataset,
                     request_deserializer=dataset_service_pb2.ReadDatasetRequest.FromString,
-                    response_serializer=serialize_read_response,
+                    response_serializer=serialized,
                 ),
             },
         )

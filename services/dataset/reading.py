@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from modelyard.dataset.v1 import dataset_service_pb2
+from runtime.wire import field_head
 from services.dataset.blobstore import BlobStore
 from services.dataset.content import Compression, decompressed
 
@@ -85,32 +87,13 @@ class ArrowStream:
         self._file.close()
 
 
-_ARROW_IPC_TAG = bytes([1 << 3 | 2])  # ReadDatasetResponse.arrow_ipc: field 1, length-delimited
-
-
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value >= 0x80:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
+_ARROW_IPC_FIELD = dataset_service_pb2.ReadDatasetResponse.DESCRIPTOR.fields_by_name["arrow_ipc"]
 
 
 def encoded_response(ipc: pa.Buffer) -> bytes:
-    """A serialized `ReadDatasetResponse` holding `ipc`, built with one copy.
-
-    Building the protobuf message and serializing it would copy every record
-    batch twice more; the encoding of one bytes field is simple and stable.
-    """
-    return b"".join((_ARROW_IPC_TAG, _varint(ipc.size), memoryview(ipc)))
-
-
-def serialize_read_response(response: bytes | Any) -> bytes:
-    """ReadDataset's response serializer: encoded bytes pass through as they are."""
-    if isinstance(response, bytes):
-        return response
-    return bytes(response.SerializeToString())
+    """A serialized `ReadDatasetResponse` holding `ipc`, built with one copy (see
+    runtime.wire; the call's serializer lets it through)."""
+    return b"".join((field_head(_ARROW_IPC_FIELD.number, ipc.size), memoryview(ipc)))
 
 
 def read_chunks(

@@ -24,6 +24,7 @@ import grpc
 
 from modelyard.dataset.v1 import dataset_service_pb2
 from runtime.errors import ServiceError
+from runtime.wire import LENGTH_DELIMITED, varint
 from services.dataset import reasons
 
 # When the service answers early, it still reads (and drops) what the client sends,
@@ -34,15 +35,12 @@ DRAIN_MAX_BYTES = 256 * 1024 * 1024
 DRAIN_MAX_SECONDS = 15.0
 
 
-# The first byte of an UploadDatasetRequest holding a chunk: the chunk field's number,
+# The tag an UploadDatasetRequest holding a chunk starts with: the chunk field's number,
 # wire type 2 (length-delimited). Taken from the descriptor so a renumbering cannot
 # silently break the reader.
-_LENGTH_DELIMITED = 2
-_CHUNK_TAG = bytes(
-    [
-        dataset_service_pb2.UploadDatasetRequest.DESCRIPTOR.fields_by_name["chunk"].number << 3
-        | _LENGTH_DELIMITED
-    ]
+_CHUNK_TAG = varint(
+    dataset_service_pb2.UploadDatasetRequest.DESCRIPTOR.fields_by_name["chunk"].number << 3
+    | LENGTH_DELIMITED
 )
 _VARINT_MAX_BYTES = 10
 
@@ -69,8 +67,8 @@ def deserialize_upload_request(
     slice of the bytes gRPC hands over. Anything else (the header, a message with
     other fields) is parsed by protobuf as usual.
     """
-    if raw[:1] == _CHUNK_TAG:
-        length, offset = 0, 1
+    if raw[: len(_CHUNK_TAG)] == _CHUNK_TAG:
+        length, offset = 0, len(_CHUNK_TAG)
         for shift in range(0, 7 * _VARINT_MAX_BYTES, 7):
             if offset >= len(raw):
                 break

@@ -23,9 +23,14 @@ def varint(value: int) -> bytes:
     return bytes(encoded)
 
 
+def field_tag(field_number: int) -> bytes:
+    """A length-delimited field's tag: its number and wire type."""
+    return varint(field_number << 3 | LENGTH_DELIMITED)
+
+
 def field_head(field_number: int, length: int) -> bytes:
     """What comes before a length-delimited field's `length` bytes on the wire."""
-    return varint(field_number << 3 | LENGTH_DELIMITED) + varint(length)
+    return field_tag(field_number) + varint(length)
 
 
 def serialized(message: Message | bytes) -> bytes:

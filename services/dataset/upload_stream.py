@@ -24,7 +24,7 @@ import grpc
 
 from modelyard.dataset.v1 import dataset_service_pb2
 from runtime.errors import ServiceError
-from runtime.wire import LENGTH_DELIMITED, varint
+from runtime.wire import field_tag
 from services.dataset import reasons
 
 # When the service answers early, it still reads (and drops) what the client sends,
@@ -38,9 +38,8 @@ DRAIN_MAX_SECONDS = 15.0
 # The tag an UploadDatasetRequest holding a chunk starts with: the chunk field's number,
 # wire type 2 (length-delimited). Taken from the descriptor so a renumbering cannot
 # silently break the reader.
-_CHUNK_TAG = varint(
-    dataset_service_pb2.UploadDatasetRequest.DESCRIPTOR.fields_by_name["chunk"].number << 3
-    | LENGTH_DELIMITED
+_CHUNK_TAG = field_tag(
+    dataset_service_pb2.UploadDatasetRequest.DESCRIPTOR.fields_by_name["chunk"].number
 )
 _VARINT_MAX_BYTES = 10
 

@@ -199,6 +199,10 @@ class BoundedReadAhead(io.RawIOBase):
     ahead of the batches taken. A read made while the consumer has waited
     `starved_seconds` for a batch goes ahead anyway (and is not counted), so a reader
     that needs more text to finish a batch never waits for a batch it cannot finish.
+
+    Opening the reader is the first such wait: `open_csv` reads and parses the first
+    block itself, and when that fails, pyarrow waits for the read its thread has in
+    flight before raising. A read held back then would wait for a batch nobody takes.
     """
 
     def __init__(self, source: RecordingReader, blocks: int, starved_seconds: float) -> None:
@@ -207,7 +211,7 @@ class BoundedReadAhead(io.RawIOBase):
         self._blocks = blocks
         self._starved_seconds = starved_seconds
         self._ahead = 0
-        self._waiting_since: float | None = None
+        self._waiting_since: float | None = time.monotonic()  # until `opened()`
         self._closed = False
         self._condition = threading.Condition()
 
@@ -237,6 +241,11 @@ class BoundedReadAhead(io.RawIOBase):
         return (
             waiting_since is not None and time.monotonic() - waiting_since >= self._starved_seconds
         )
+
+    def opened(self) -> None:
+        """The reader is open: nobody waits for a batch until one is asked for."""
+        with self._condition:
+            self._waiting_since = None
 
     def waiting_for_batch(self) -> None:
         with self._condition:
@@ -279,6 +288,7 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         except pa.ArrowInvalid as error:
             self._read_ahead.stop()
             raise self._translate(error) from None
+        self._read_ahead.opened()
         try:
             self.source_names = _column_names(self._reader)
             self.header = repair_header(self.source_names, fmt.has_header, limits.header)

@@ -57,3 +57,39 @@ def test_closing_early_releases_a_reader_waiting_for_room() -> None:
         time.sleep(0.2)
     assert time.monotonic() - started < 5
     assert text.read_bytes < len(text.data)
+
+
+def chunked(data: bytes, chunk: int = 256 * 1024) -> RecordingReader:
+    offsets = iter(range(0, len(data) + chunk, chunk))
+    return RecordingReader(lambda: data[next(offsets) :][:chunk], keep_bytes=2 * MiB)
+
+
+def test_a_reader_that_fails_while_opening_does_not_wait_for_its_read_ahead() -> None:
+    """The first row is longer than the reader's blocks: opening fails while the read-ahead
+    thread may already wait for room. pyarrow waits for that thread's read before
+    `open_csv` raises, so that read must not wait for a batch nobody will take."""
+    names = ",".join(f"c{index}" for index in range(500))
+    values = ",".join("v" * 8000 for _ in range(500))  # one row of 4 MB, blocks of 1 MiB
+    data = f"{names}\n{values}\n".encode()
+    limits = Limits(
+        max_columns=1000, max_field_bytes=MiB, max_row_bytes=MiB, max_column_name_chars=100
+    )
+    for _ in range(5):  # the wait is a race (nearly always lost with text in memory)
+        errors: list[Exception] = []
+        converting = threading.Thread(
+            target=convert_collecting_errors, args=(chunked(data), limits, errors), daemon=True
+        )
+        converting.start()
+        converting.join(timeout=20)
+        assert not converting.is_alive(), "the conversion waits for its own read-ahead"
+        assert [getattr(error, "reason", None) for error in errors] == ["ROW_TOO_LARGE"]
+
+
+def convert_collecting_errors(
+    source: RecordingReader, limits: Limits, errors: list[Exception]
+) -> None:
+    try:
+        with CsvBatches(source, CsvFormat(), limits) as batches:
+            list(batches)
+    except Exception as error:
+        errors.append(error)

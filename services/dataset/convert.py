@@ -8,15 +8,17 @@ the like parsed by `dates.py`), checks field sizes, and hands groups of about
 
 Types: pyarrow infers a column's type from the first block only (a few
 thousand rows), and the date patterns are chosen from that block too. That
-first pass is the fast path. When a later value does not fit (a numeric
-column with a stray "n/a" near the end, a column empty at the top, a date
-that settles day-first vs month-first late), `TypeConflictError` says so and
-the types are inferred again from every value (`inference.py`), then the file
-is converted a second time with those types.
+first pass is the fast path: the first block is read once on its own to learn
+those types, and the reader is then told them (it takes less CPU so). When a
+later value does not fit (a numeric column with a stray "n/a" near the end, a
+column empty at the top, a date that settles day-first vs month-first late),
+`TypeConflictError` says so and the types are inferred again from every value
+(`inference.py`), then the file is converted a second time with those types.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -35,7 +37,7 @@ from modelyard.dataset.v1 import dataset_pb2
 from runtime.errors import ServiceError, invalid_argument, resource_exhausted
 from services.dataset import dates, reasons
 from services.dataset.blobstore import BlobWriter
-from services.dataset.headers import HeaderLimits, repair_header
+from services.dataset.headers import Header, HeaderLimits, repair_header
 from services.dataset.pipe import RecordingReader
 from services.dataset.profile import TableProfiler
 from services.dataset.stages import Stage
@@ -264,6 +266,71 @@ class BoundedReadAhead(io.RawIOBase):
             self._condition.notify_all()
 
 
+def _first_block_plan(
+    source: RecordingReader, fmt: CsvFormat, limits: Limits
+) -> tuple[RecordingReader, tuple[list[str], TypePlan] | None]:
+    """The types pyarrow infers from the first block, learnt by reading that block on
+    its own, and the text to read again from its start.
+
+    The streaming reader infers types from its first block only, but a reader left
+    to infer them spends about half as much CPU again on the same text as one told
+    them (95 MB: 0.44-0.52 s against 0.28-0.33 s; the cause is inside pyarrow).
+    Reading the first block twice costs one block. None when that cannot be done
+    (the reader then infers, and reports what is wrong with the text), or when two
+    columns share a name: the reader takes types by name.
+    """
+    block = limits.max_row_bytes  # the reader's block size
+    head = source.read(block)
+    pending = [head]
+    text = RecordingReader(lambda: pending.pop() if pending else source.read(block), 0)
+    # The reader's first block ends at its last complete row: the rest is read with the next.
+    rows = head if len(head) < block else _complete_rows(head)
+    if rows is None:
+        return text, None
+    try:
+        with contextlib.closing(
+            pacsv.open_csv(io.BytesIO(rows), **_reader_options(fmt, limits, {}))
+        ) as probe:
+            names = list(probe.schema.names)
+            if len(set(names)) < len(names):
+                return text, None
+            first = next(iter(probe), None)
+            header = repair_header(names, fmt.has_header, limits.header)
+            return text, (names, _plan_from(probe.schema, first, header))
+    except (pa.ArrowException, UnicodeDecodeError, ServiceError):
+        return text, None
+
+
+def _complete_rows(text: bytes, max_quoted_line_ends: int = 1000) -> bytes | None:
+    """`text` up to its last line end outside quotes; None when there is none (or when
+    more than `max_quoted_line_ends` line ends at its end are inside quotes)."""
+    quotes_before = text.count(b'"')  # before `end`
+    end = len(text)
+    for _ in range(max_quoted_line_ends):
+        line_end = text.rfind(b"\n", 0, end)
+        if line_end < 0:
+            return None
+        quotes_before -= text.count(b'"', line_end, end)
+        if quotes_before % 2 == 0:
+            return text[: line_end + 1]
+        end = line_end
+    return None
+
+
+def _plan_from(schema: pa.Schema, first: pa.RecordBatch | None, header: Header) -> TypePlan:
+    """Every column's type from the reader's schema, date patterns from its first batch,
+    and whether the trailing blank column goes (no value in it)."""
+    columns = []
+    for index, item in enumerate(schema):
+        pattern = None
+        if first is not None and pa.types.is_string(item.type):
+            pattern = dates.detect(first.column(index))
+        columns.append(ColumnPlan(item.type, pattern))
+    trailing = header.trailing_blank
+    drop = trailing is not None and pa.types.is_null(schema.field(trailing).type)
+    return TypePlan(columns, drop)
+
+
 class CsvBatches(AbstractContextManager["CsvBatches"]):
     """The record batches of a text table, typed and named as the dataset keeps them,
     with pyarrow's errors turned into the service's."""
@@ -279,7 +346,13 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         self._source = source
         self._fmt = fmt
         self._limits = limits
-        self._read_ahead = BoundedReadAhead(source, READ_AHEAD_BLOCKS, READER_STARVED_SECONDS)
+        self._first: pa.RecordBatch | None = None
+        text = source
+        if plan is None:
+            text, first_block = _first_block_plan(source, fmt, limits)
+            if first_block is not None:
+                source_names, plan = first_block
+        self._read_ahead = BoundedReadAhead(text, READ_AHEAD_BLOCKS, READER_STARVED_SECONDS)
         try:
             self._reader = pacsv.open_csv(
                 self._read_ahead,
@@ -292,7 +365,6 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
         try:
             self.source_names = _column_names(self._reader)
             self.header = repair_header(self.source_names, fmt.has_header, limits.header)
-            self._first: pa.RecordBatch | None = None
             self.plan = plan if plan is not None else self._plan_from_first_batch()
             if self.plan.drop_trailing:
                 self.header = self.header.drop_trailing()
@@ -309,15 +381,7 @@ class CsvBatches(AbstractContextManager["CsvBatches"]):
     def _plan_from_first_batch(self) -> TypePlan:
         """Types as pyarrow inferred them, with date patterns chosen from the first block."""
         self._first = self._read_next()
-        columns = []
-        for index, item in enumerate(self._reader.schema):
-            pattern = None
-            if self._first is not None and pa.types.is_string(item.type):
-                pattern = dates.detect(self._first.column(index))
-            columns.append(ColumnPlan(item.type, pattern))
-        trailing = self.header.trailing_blank
-        drop = trailing is not None and pa.types.is_null(self._reader.schema.field(trailing).type)
-        return TypePlan(columns, drop)
+        return _plan_from(self._reader.schema, self._first, self.header)
 
     def _read_next(self) -> pa.RecordBatch | None:
         self._read_ahead.waiting_for_batch()

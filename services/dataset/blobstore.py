@@ -104,6 +104,10 @@ class BlobWriter(Protocol):
 
     def tell(self) -> int: ...
 
+    def finish(self) -> None:
+        """No more writes: start storing what is still buffered, without waiting for it."""
+        ...
+
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -172,6 +176,9 @@ class LocalBlobWriter(io.RawIOBase):
 
     def tell(self) -> int:
         return self._position
+
+    def finish(self) -> None:
+        self._file.flush()
 
     def commit(self) -> None:
         self._file.flush()
@@ -321,6 +328,10 @@ class S3MultipartWriter(_S3PartsWriter):
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
 
+    def finish(self) -> None:
+        if self._upload_id is not None and (rest := self._take_part()):
+            self._send_part(rest)  # a small blob stays one PUT, on commit
+
     def commit(self) -> None:
         rest = self._take_part()
         if self._upload_id is None:
@@ -360,9 +371,12 @@ class S3SegmentedWriter(_S3PartsWriter):
         )
         return len(data)
 
-    def commit(self) -> None:
+    def finish(self) -> None:
         if rest := self._take_part():
             self._send_part(rest)
+
+    def commit(self) -> None:
+        self.finish()
         sizes = self._sends.wait_all()
         self._client.put_object(
             Bucket=self._store.bucket,

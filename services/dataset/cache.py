@@ -121,6 +121,14 @@ class CachingWriter(io.RawIOBase):
     def tell(self) -> int:
         return self._blob.tell()
 
+    def finish(self) -> None:
+        self._blob.finish()
+        if self._copy is not None:
+            try:
+                self._copy.finish()
+            except OSError:
+                self._drop_copy()
+
     def commit(self) -> None:
         self._blob.commit()
         if self._copy is not None:

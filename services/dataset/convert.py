@@ -586,7 +586,7 @@ class ParquetSink:
 
         try:
             with Stage(self.profiler.update, "profile") as profiling:
-                if writer is None:
+                if writer is None or self.writer_sink is None:
                     for group in groups:
                         profiling.submit(group)
                     return
@@ -594,9 +594,12 @@ class ParquetSink:
                     for group in groups:
                         profiling.submit(group)
                         writing.submit(group)
+                # The file's end goes to the store while the last group is profiled.
+                writer.close()
+                self.writer_sink.finish()
         finally:
             if writer is not None:
-                writer.close()
+                writer.close()  # once only: a closed writer ignores it
 
     def result(self, repairs: list[dataset_pb2.HeaderRepair]) -> Conversion:
         if self.profiler.rows == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,30 @@ def test_segmented_blob_appears_only_on_commit_and_reads_back_whole(
             pieces.append(piece)
         assert [len(piece) for piece in pieces[:-1]] == [3 * MiB + 7] * (len(pieces) - 1)
         assert b"".join(pieces) == data
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["whole", "segmented"])
+def test_a_finished_blob_is_stored_before_its_commit_and_appears_only_then(
+    store: BlobStore, s3_server: S3Server, segmented: bool
+) -> None:
+    """finish() starts storing the buffered rest (the Parquet copy's end goes out while
+    its last rows are still being profiled); commit still decides whether it appears."""
+    data = os.urandom(7 * MiB + 99)  # a part of 5 MiB and a rest on S3
+    key = "datasets/h/parquet.parquet"
+    open_writer = store.open_segmented_writer if segmented else store.open_writer
+    writer = open_writer(key)
+    writer.write(data)
+    writer.finish()
+    if isinstance(store, S3BlobStore) and segmented:
+        last_segment = f"{segments_prefix(key)}00001"
+        deadline = time.monotonic() + 10
+        while last_segment not in _leftovers(store, s3_server, "datasets/h/"):
+            assert time.monotonic() < deadline, "the rest was not sent on finish()"
+            time.sleep(0.02)
+    assert not store.exists(key)
+    writer.commit()
+    with store.open_reader(key) as reader:
+        assert reader.read() == data
 
 
 def test_empty_segmented_blob_reads_back_empty(store: BlobStore) -> None:

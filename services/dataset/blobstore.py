@@ -156,12 +156,18 @@ class BlobStore(Protocol):
 
 
 class LocalBlobWriter(io.RawIOBase):
-    """Writes to a hidden temporary file beside the target, renamed into place on commit."""
+    """Writes to a hidden temporary file beside the target, renamed into place on commit.
 
-    def __init__(self, target: Path) -> None:
+    A durable writer flushes the file to disk before the rename, so that the name
+    never stands for half a file after a power loss. A copy that can be dropped
+    after a restart (the read cache) skips that wait.
+    """
+
+    def __init__(self, target: Path, *, durable: bool = True) -> None:
         super().__init__()
         target.parent.mkdir(parents=True, exist_ok=True)
         self._target = target
+        self._durable = durable
         self._partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         self._file = self._partial.open("wb")
         self._position = 0
@@ -182,7 +188,8 @@ class LocalBlobWriter(io.RawIOBase):
 
     def commit(self) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._partial, self._target)
 

@@ -9,6 +9,12 @@ stale; deleted datasets are refused before the cache is looked at.
 Files are written to a temporary name and renamed into place, so processes
 sharing the folder never see half a file; the least recently used files go
 when the cache passes its size.
+
+A copy is not flushed to disk before it is renamed into place: that wait was
+about 25 ms on the way to READY for a 95 MB upload. Only a machine that stops
+(a power loss, a kernel crash) can lose what the kernel had not written yet,
+and such a machine starts again: files older than its start are removed when
+the cache is opened, before anything reads them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import io
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,17 +36,45 @@ logger = logging.getLogger("modelyard.dataset.cache")
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
 
 
+def machine_started_at() -> float | None:
+    """When the machine last started, in seconds since the epoch (None when the system
+    has no clock that counts from there)."""
+    boot_clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if boot_clock is None:
+        return None
+    return time.time() - time.clock_gettime(boot_clock)
+
+
 class ParquetCache:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
         root.mkdir(parents=True, exist_ok=True)
+        started = machine_started_at()
+        # Without a start time to compare with, every copy is flushed to disk instead.
+        self._durable = started is None
+        if started is not None:
+            self._remove_files_older_than(started)
+
+    def _remove_files_older_than(self, started: float) -> None:
+        """Drop what was written before the machine started: it may be incomplete."""
+        removed = 0
+        for path in [*self.root.glob("*.parquet"), *self.root.glob(".*.partial")]:
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < started:
+                    path.unlink()
+                    removed += 1
+        if removed:
+            logger.info(
+                "read cache: removed the files written before the machine started",
+                extra={"files": removed},
+            )
 
     def _path(self, dataset_id: str) -> Path:
         return self.root / f"{dataset_id}.parquet"
 
     def writer(self, dataset_id: str) -> BlobWriter:
-        return LocalBlobWriter(self._path(dataset_id))
+        return LocalBlobWriter(self._path(dataset_id), durable=self._durable)
 
     def caching(self, blob: BlobWriter, dataset_id: str) -> BlobWriter:
         """`blob`, with a copy of what is written kept here."""

@@ -24,6 +24,7 @@ from runtime.channels import open_channel
 from runtime.errors import error_reason, status_from_rpc_error
 from runtime.settings import CommonSettings
 from services.dataset.app import DatasetApp
+from services.dataset.pipe import RecordingReader
 from services.dataset.settings import DatasetSettings
 
 TOKEN = "dataset-tests-token"
@@ -133,6 +134,12 @@ def chunks_of(data: bytes | Path, chunk_bytes: int) -> Iterator[bytes]:
         return
     for offset in range(0, len(data), chunk_bytes):
         yield data[offset : offset + chunk_bytes]
+
+
+def recording_reader(data: bytes, chunk_bytes: int, keep_bytes: int) -> RecordingReader:
+    """`data` as the conversion reads an upload: in chunks of `chunk_bytes`."""
+    chunks = chunks_of(data, chunk_bytes)
+    return RecordingReader(lambda: next(chunks, b""), keep_bytes)
 
 
 async def failure_of(call: Any) -> Failure:

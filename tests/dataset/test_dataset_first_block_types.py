@@ -21,6 +21,7 @@ from services.dataset.convert import (
     _first_block_plan,
 )
 from services.dataset.pipe import RecordingReader
+from tests.dataset.dataset_support import recording_reader
 
 MiB = 1024 * 1024
 BLOCK = 64 * 1024
@@ -29,9 +30,8 @@ LIMITS = Limits(
 )
 
 
-def source_of(data: bytes, chunk: int = 10_000) -> RecordingReader:
-    offsets = iter(range(0, len(data) + chunk, chunk))
-    return RecordingReader(lambda: data[next(offsets) :][:chunk], keep_bytes=2 * BLOCK)
+def source_of(data: bytes) -> RecordingReader:
+    return recording_reader(data, chunk_bytes=10_000, keep_bytes=2 * BLOCK)
 
 
 def table_text(rows: int) -> bytes:

@@ -11,6 +11,7 @@ import time
 
 from services.dataset.convert import READ_AHEAD_BLOCKS, CsvBatches, CsvFormat, Limits
 from services.dataset.pipe import RecordingReader
+from tests.dataset.dataset_support import recording_reader
 
 MiB = 1024 * 1024
 LIMITS = Limits(max_columns=10, max_field_bytes=MiB, max_row_bytes=MiB, max_column_name_chars=100)
@@ -59,11 +60,6 @@ def test_closing_early_releases_a_reader_waiting_for_room() -> None:
     assert text.read_bytes < len(text.data)
 
 
-def chunked(data: bytes, chunk: int = 256 * 1024) -> RecordingReader:
-    offsets = iter(range(0, len(data) + chunk, chunk))
-    return RecordingReader(lambda: data[next(offsets) :][:chunk], keep_bytes=2 * MiB)
-
-
 def test_a_reader_that_fails_while_opening_does_not_wait_for_its_read_ahead() -> None:
     """The first row is longer than the reader's blocks: opening fails while the read-ahead
     thread may already wait for room. pyarrow waits for that thread's read before
@@ -77,7 +73,9 @@ def test_a_reader_that_fails_while_opening_does_not_wait_for_its_read_ahead() ->
     for _ in range(5):  # the wait is a race (nearly always lost with text in memory)
         errors: list[Exception] = []
         converting = threading.Thread(
-            target=convert_collecting_errors, args=(chunked(data), limits, errors), daemon=True
+            target=convert_collecting_errors,
+            args=(recording_reader(data, 256 * 1024, 2 * MiB), limits, errors),
+            daemon=True,
         )
         converting.start()
         converting.join(timeout=20)
